@@ -1,0 +1,3 @@
+from lorasum.cli import main
+
+raise SystemExit(main())
