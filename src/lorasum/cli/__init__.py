@@ -1,0 +1,81 @@
+"""The ``lorasum`` command line: one parser, one place that maps errors to exit codes.
+
+Exit codes: 0 success; 1 internal error (a bug: please report it with ``--debug``);
+2 user error (bad file, config, adapter or flag: one line naming the file and the
+problem); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+
+from lorasum import __version__
+from lorasum.errors import UserError
+
+from . import compose as _compose
+from . import data as _data
+from . import evaluate as _evaluate
+from . import reproduce as _reproduce
+from . import similarity as _similarity
+from . import train as _train
+
+__all__ = ["main", "build_parser"]
+
+_COMMANDS = (_train, _compose, _similarity, _evaluate, _reproduce, _data)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (subcommands train, compose, similarity, eval, reproduce, report, data)."""
+    parser = argparse.ArgumentParser(
+        prog="lorasum",
+        description="Train one LoRA adapter per domain, compose adapters exactly, measure their geometry, "
+        "and compare with fine-tuning on the merged data (arXiv 2508.11985).",
+    )
+    parser.add_argument("--version", action="version", version=f"lorasum {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress bars or info logs")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in _COMMANDS:
+        module.add_parser(sub, common)
+    return parser
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
+    level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
+    if not args.debug:
+        for noisy in ("transformers", "peft", "huggingface_hub", "urllib3", "filelock"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
+        try:
+            import transformers
+
+            transformers.utils.logging.set_verbosity_error()
+        except Exception:  # pragma: no cover - transformers missing is reported later
+            pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; return the exit code (0 ok, 1 internal error, 2 user error, 130 interrupted)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"lorasum: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lorasum: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug, not the user's fault
+        if args.debug:
+            traceback.print_exc()
+        print(f"lorasum: internal error: {type(e).__name__}: {e} (run with --debug for the traceback)",
+              file=sys.stderr)
+        return 1

@@ -1,0 +1,82 @@
+"""Options shared by several subcommands, turned into an :class:`ExperimentConfig`."""
+
+from __future__ import annotations
+
+import argparse
+
+from lorasum.config import ExperimentConfig, load_config
+from lorasum.errors import ConfigError
+
+
+def csv_list(text: str) -> list[str]:
+    """``"a,b"`` → ``["a", "b"]`` (argparse type)."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError("expected a comma-separated list")
+    return items
+
+
+def int_list(text: str) -> list[int]:
+    """``"0,1"`` → ``[0, 1]`` (argparse type)."""
+    try:
+        return [int(t) for t in csv_list(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="experiment YAML whose settings are the defaults (flags override)")
+    p.add_argument("--model", help="hub id (default gpt2), local folder, .gguf file, or smollm2-135m")
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--max-length", type=int, help="tokens per example (default 512)")
+
+
+def add_data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-root", help="data folder (default $LORASUM_DATA_ROOT)")
+    p.add_argument("--train-size", type=int, help="training examples per domain (default all)")
+    p.add_argument("--test-size", type=int, help="test examples per domain (default all)")
+    p.add_argument("--split-seed", type=int, help="seed of the train/validation/test split (default 0)")
+
+
+def add_train_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--r", type=int, dest="lora_r", help="LoRA rank r (default 4)")
+    p.add_argument("--lora-alpha", type=float, help="LoRA alpha; scaling = alpha / r (default 64)")
+    p.add_argument("--lora-dropout", type=float, help="LoRA dropout (default 0.1)")
+    p.add_argument("--target-modules", type=csv_list, help="module name suffixes (default per architecture)")
+    p.add_argument("--lr", type=float, dest="learning_rate", help="AdamW learning rate (default 5e-5)")
+    p.add_argument("--epochs", type=float, help="training epochs (default 1)")
+    p.add_argument("--max-steps", type=int, help="optimizer steps; overrides --epochs")
+    p.add_argument("--batch-size", type=int, help="examples per step (default 8)")
+
+
+def build_config(args: argparse.Namespace) -> ExperimentConfig:
+    """Defaults ← ``--config`` file ← command-line flags; validated by the schema.
+
+    Raises:
+        ConfigError: the file or a flag value is invalid.
+    """
+    base = load_config(args.config) if getattr(args, "config", None) else ExperimentConfig()
+    raw = base.model_dump(mode="python")
+    sections = {
+        "": {"model": "model", "device": "device"},
+        "data": {"max_length": "max_length", "data_root": "root", "train_size": "train_size",
+                 "test_size": "test_size", "split_seed": "split_seed"},
+        "lora": {"lora_r": "r", "lora_alpha": "lora_alpha", "lora_dropout": "lora_dropout",
+                 "target_modules": "target_modules"},
+        "train": {"learning_rate": "learning_rate", "epochs": "epochs", "max_steps": "max_steps",
+                  "batch_size": "batch_size"},
+    }
+    for section, mapping in sections.items():
+        target = raw[section] if section else raw
+        for arg, key in mapping.items():
+            value = getattr(args, arg, None)
+            if value is not None:
+                target[key] = value
+    if getattr(args, "batch_size", None) is not None:
+        raw["eval"]["batch_size"] = args.batch_size
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except Exception as e:  # pydantic.ValidationError
+        first = e.errors()[0] if hasattr(e, "errors") else {"loc": (), "msg": str(e)}
+        loc = ".".join(str(x) for x in first["loc"])
+        raise ConfigError(f"invalid option {loc}: {first['msg']}") from None

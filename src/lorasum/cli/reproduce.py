@@ -1,0 +1,58 @@
+"""``lorasum reproduce`` (the whole experiment) and ``lorasum report`` (rebuild a report)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ._options import csv_list, int_list
+
+
+def add_parser(sub, common) -> None:
+    p = sub.add_parser("reproduce", parents=[common], help="run the whole experiment from a config",
+                       description="Train one adapter per domain and a merged-data adapter per combination, sum "
+                       "the single adapters, evaluate everything per domain, measure RMS cosines, write a report. "
+                       "An existing run folder is continued: finished work is reused.")
+    p.add_argument("--config", required=True, help="experiment YAML (see configs/)")
+    p.add_argument("--out", required=True, help="run folder (created, or continued if it is one)")
+    p.add_argument("--seeds", type=int_list, help="override the config's seeds, e.g. 0,1,2")
+    p.add_argument("--domains", type=csv_list, help="override the config's domains, e.g. math,medicine")
+    p.add_argument("--model", help="override the config's model")
+    p.add_argument("--device", help="override the config's device")
+    p.add_argument("--overwrite", action="store_true", help="recompute everything instead of reusing cached work")
+    p.set_defaults(func=run)
+
+    r = sub.add_parser("report", parents=[common], help="rebuild the report of a run folder",
+                       description="Rebuild RUN/report/ from RUN/results.json.")
+    r.add_argument("run_dir", help="run folder written by reproduce")
+    r.set_defaults(func=run_report)
+
+
+def run(args: argparse.Namespace) -> int:
+    from lorasum.config import load_config
+    from lorasum.experiment import run_experiment
+
+    cfg = load_config(args.config, seeds=args.seeds, domains=args.domains, model=args.model, device=args.device)
+    results = run_experiment(cfg, args.out, overwrite=args.overwrite, progress=not args.quiet)
+    _print_headline(results)
+    print(f"report: {Path(args.out) / 'report' / 'report.md'}")
+    return 0
+
+
+def _print_headline(results: dict) -> None:
+    print(f"{'combination':<32} {'seed':>4} {'RMS cos':>9} {'PPL sum':>9} {'PPL merged':>10} {'Δ %':>8}")
+    for c in results["combinations"]:
+        name = "+".join(c["domains"])
+        print(f"{name:<32} {c['seed']:>4} {c['rms_cosine']:>9.5f} {c['ppl_sum']['union']:>9.3f} "
+              f"{c['ppl_merged']['union']:>10.3f} {c['ppl_change_pct']['union']:>+8.2f}")
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from lorasum.report import load_results, write_report
+
+    run_dir = Path(args.run_dir)
+    results = load_results(run_dir / "results.json")
+    written = write_report(results, run_dir / "report")
+    for path in written.values():
+        print(path)
+    return 0

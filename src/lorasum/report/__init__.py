@@ -1,0 +1,86 @@
+"""Experiment report: Markdown and self-contained HTML, a flat CSV and PNG figures from ``results.json``.
+
+Usage::
+
+    results = load_results("runs/quickstart/results.json")
+    paths = write_report(results, "runs/quickstart/report")
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+
+from lorasum.errors import UserError
+from lorasum.report.plots import PLOT_FILES, all_plots
+from lorasum.report.render import build_blocks, to_html, to_markdown
+from lorasum.report.tables import RESULT_COLUMNS, results_rows
+from lorasum.storage import atomic_write_bytes, atomic_write_text
+
+__all__ = ["SCHEMA_VERSIONS", "REPORT_FILES", "load_results", "write_report", "results_csv"]
+
+SCHEMA_VERSIONS = (1,)
+REPORT_FILES = ("report.md", "report.html", "results.csv", *PLOT_FILES)
+_REQUIRED = ("config", "evaluations", "combinations")
+
+
+def load_results(path: str | os.PathLike) -> dict:
+    """Read ``results.json`` and check its schema version and top-level keys.
+
+    Raises:
+        UserError: the file is missing, is not JSON, is not an object, has an unknown
+            ``schema_version`` (known: ``SCHEMA_VERSIONS``) or lacks a required key; the
+            message names the file.
+    """
+    path = Path(path)
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: results file not found") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    if not isinstance(results, dict):
+        raise UserError(f"{path}: expected a JSON object at the top level, got {type(results).__name__}")
+    version = results.get("schema_version")
+    if version not in SCHEMA_VERSIONS:
+        known = ", ".join(map(str, SCHEMA_VERSIONS))
+        raise UserError(f"{path}: unknown schema_version {version!r} (this lorasum reads {known})")
+    missing = [k for k in _REQUIRED if not isinstance(results.get(k), dict if k == "config" else list)]
+    if missing:
+        raise UserError(f"{path}: missing or malformed key(s): {', '.join(missing)}")
+    return results
+
+
+def results_csv(results: dict) -> str:
+    """CSV text with one flat row per evaluation (columns ``RESULT_COLUMNS``)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=RESULT_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(results_rows(results))
+    return buf.getvalue()
+
+
+def write_report(results: dict, out_dir: str | os.PathLike) -> dict[str, Path]:
+    """Write ``report.md``, ``report.html``, ``results.csv`` and the PNG figures into ``out_dir``.
+
+    Each file is written atomically (:mod:`lorasum.storage`); existing report files are
+    replaced. ``out_dir`` is created if needed.
+
+    Returns:
+        file name → path of each written file (keys: ``REPORT_FILES``).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    images = all_plots(results)
+    blocks = build_blocks(results, images)
+    title = f"lorasum report: {(results.get('config') or {}).get('name', 'experiment')}"
+    paths = {name: atomic_write_bytes(out / name, png) for name, png in images.items()}
+    paths["results.csv"] = atomic_write_text(out / "results.csv", results_csv(results))
+    paths["report.md"] = atomic_write_text(out / "report.md", to_markdown(blocks))
+    paths["report.html"] = atomic_write_text(out / "report.html", to_html(blocks, images, title))
+    return {name: paths[name] for name in REPORT_FILES}

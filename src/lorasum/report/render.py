@@ -1,0 +1,280 @@
+"""Assemble the report (verdict, tables, figures, differences from the paper) as Markdown and HTML.
+
+The report is first built as a list of blocks (heading, paragraph, bullet list, table, image);
+:func:`to_markdown` and :func:`to_html` render the same blocks, so both files hold the same
+numbers. The HTML file is self-contained: figures are embedded as base64 ``data:`` URIs.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import re
+from dataclasses import dataclass
+
+from lorasum.experiment.stats import mean_std_ci
+from lorasum.report.summary import combos, finite, fmt, seeds_of
+from lorasum.report.tables import (
+    Table,
+    change_by_domain_table,
+    correlation_stats,
+    correlation_table,
+    data_table,
+    geometry_table,
+    headline_table,
+    paper_change,
+    per_seed_table,
+    perplexity_table,
+    training_table,
+    transfer_table,
+)
+
+__all__ = ["Heading", "Para", "Bullets", "Image", "build_blocks", "verdict", "differences", "to_markdown", "to_html"]
+
+PAPER_DATA = {"math": "MathQA", "medicine": "MedQuAD", "finance": "financial-qa-10K"}
+_KNOWN_SOURCES = {"gsm8k": "GSM8K", "mathqa": "MathQA", "pubmedqa": "PubMedQA", "medquad": "MedQuAD",
+                  "tatqa": "TAT-QA", "tat-qa": "TAT-QA", "tat_qa": "TAT-QA", "financial-qa-10k": "financial-qa-10K"}
+SMALL_N = 10  # fewer correlation points than this: the verdict says the correlation is indicative only
+
+
+@dataclass
+class Heading:
+    level: int
+    text: str
+
+
+@dataclass
+class Para:
+    text: str
+
+
+@dataclass
+class Bullets:
+    items: list[str]
+
+
+@dataclass
+class Image:
+    name: str
+    alt: str
+
+
+def _model_name(results: dict) -> str:
+    return (results.get("model") or {}).get("name") or (results.get("config") or {}).get("model") or "?"
+
+
+def _combo_phrase(c, vals: list[float]) -> str:
+    s = mean_std_ci(vals)
+    txt = f"{c.label} (Δ {fmt(s['mean'], 'pct')} %"
+    if finite(s["ci_low"]):
+        txt += f", 95 % CI [{fmt(s['ci_low'], 'pct')}, {fmt(s['ci_high'], 'pct')}]"
+    return txt + ")"
+
+
+def _sum_vs_merged_sentence(results: dict) -> str:
+    better, worse, unclear = [], [], []
+    for c in combos(results):
+        vals = [v for v in c.per_seed("change") if finite(v)]
+        if not vals:
+            continue
+        s = mean_std_ci(vals)
+        if finite(s["ci_low"]) and s["ci_low"] <= 0 <= s["ci_high"]:
+            unclear.append(_combo_phrase(c, vals))
+        else:
+            (better if s["mean"] < 0 else worse).append(_combo_phrase(c, vals))
+    if not (better or worse or unclear):
+        return "No combination has a union perplexity change in these results."
+    parts = []
+    if better:
+        parts.append("lower than the merged-data model for " + _join(better))
+    if worse:
+        parts.append("higher for " + _join(worse))
+    out = "The summed adapters reached a union perplexity " + "; ".join(parts) + "." if parts else ""
+    if unclear:
+        out += (" " if out else "") + "The 95 % CI spans zero (no clear difference) for " + _join(unclear) + "."
+    return out
+
+
+def _join(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _paper_sentence(results: dict) -> str:
+    agree, total = 0, 0
+    for c in combos(results):
+        paper = paper_change(c.domains)
+        vals = [v for v in c.per_seed("change") if finite(v)]
+        if paper is None or not vals:
+            continue
+        total += 1
+        agree += (sum(vals) / len(vals) < 0) == (paper < 0)
+    if not total:
+        return ""
+    return (f" The paper (GPT-2 Small, different data) reported −9.10 / +4.54 / +27.56 % for math+medicine / "
+            f"math+finance / finance+medicine; the sign agrees for {agree} of {total} such pairs here.")
+
+
+def verdict(results: dict) -> str:
+    """One paragraph generated from the numbers: sum vs merged per combination, correlation, caveats."""
+    seeds = seeds_of(results)
+    text = f"Model {_model_name(results)}, {len(seeds)} seed{'s' if len(seeds) != 1 else ''}. "
+    text += _sum_vs_merged_sentence(results)
+    s = correlation_stats(results)["all"]
+    if finite(s["pearson_r"]):
+        text += (f" Across n = {s['n']} combination×seed points, RMS cosine and the union perplexity change "
+                 f"correlate with Pearson r = {fmt(s['pearson_r'], 'r')} (p = {fmt(s['pearson_p'], 'p')}; "
+                 f"Spearman ρ = {fmt(s['spearman_rho'], 'r')}); least-squares slope {fmt(s['slope'])} % per unit "
+                 f"cosine.")
+    else:
+        text += (f" The correlation of RMS cosine with the perplexity change cannot be estimated from n = {s['n']} "
+                 "points (needs at least 3 with varying values).")
+    text += _paper_sentence(results)
+    caveats = []
+    if len(seeds) < 2:
+        caveats.append("with one seed the run-to-run variation is unknown")
+    if s["n"] < SMALL_N:
+        caveats.append(f"with only n = {s['n']} points the correlation is indicative, not conclusive")
+    sizes = [d.get("train") for d in (results.get("data") or {}).values() if finite(d.get("train"))]
+    if sizes and min(sizes) < 1000:
+        caveats.append(f"adapters were trained on as few as {min(sizes)} examples per domain")
+    if caveats:
+        text += " Caveat: " + "; ".join(caveats) + "."
+    return text
+
+
+def _source_name(dom: str, results: dict) -> str:
+    srcs = ((results.get("data") or {}).get(dom) or {}).get("sources") or []
+    for s in srcs:
+        low = str(s.get("path", "")).lower()
+        for key, name in _KNOWN_SOURCES.items():
+            if key in low:
+                return name
+    return srcs[0].get("path", "?").rsplit("/", 1)[-1] if srcs else "?"
+
+
+def differences(results: dict) -> list[str]:
+    """Bullets: how this run's setting differs from arXiv 2508.11985."""
+    cfg = results.get("config") or {}
+    lora = cfg.get("lora") or {}
+    model = results.get("model") or {}
+    n_params = model.get("n_params")
+    size = f", {n_params / 1e6:.0f} M parameters" if finite(n_params) else ""
+    out = [f"Model: {_model_name(results)} ({model.get('arch', '?')}{size}); the paper used GPT-2 Small (124 M)."]
+    r, alpha = lora.get("r"), lora.get("lora_alpha")
+    same = "same as" if (r, alpha) == (4, 64) else "the paper used"
+    out.append(f"LoRA: r = {r if r is not None else '?'}, lora_alpha = {alpha if alpha is not None else '?'} "
+               f"({same} r = 4, alpha = 64); target modules: {lora.get('target_modules') or 'the model default'}.")
+    for dom in cfg.get("domains") or list((results.get("data") or {}).keys()):
+        ours, paper = _source_name(dom, results), PAPER_DATA.get(dom, "—")
+        tag = "same source, our own split" if ours == paper else "stand-in"
+        out.append(f"Data, {dom}: {ours} (paper: {paper}; {tag}).")
+    out.append("Loss: standard causal-LM cross-entropy on the answer tokens only; prompt and padding tokens are "
+               "masked out of the loss and the perplexity. Perplexity = exp(total NLL / answer tokens) over a test "
+               "set; the union is token-weighted over the combination's domains.")
+    out.append("Composition: the adapter sum is exact, ΔW = Σ_i (lora_alpha/r)·B_i·A_i per target module, with no "
+               "training after summation; the merged baseline is one adapter trained on the union of the training "
+               "sets with the same LoRA and optimiser settings.")
+    seeds = seeds_of(results)
+    out.append(f"Seeds: {len(seeds)} ({', '.join(map(str, seeds))}); every seed retrains all adapters.")
+    return out
+
+
+def build_blocks(results: dict, images: dict[str, bytes] | None = None) -> list:
+    """All report blocks in order; ``images`` (file name → PNG) decides which figures are shown."""
+    images = images or {}
+    cfg = results.get("config") or {}
+    several = any(len(c.seeds) > 1 for c in combos(results))
+    b: list = [Heading(1, f"lorasum report: {cfg.get('name', 'experiment')}"), Para(verdict(results))]
+    b.append(Para(f"*Created {results.get('created', '?')} by lorasum {results.get('lorasum_version', '?')}; "
+                  f"model source `{(results.get('model') or {}).get('source', '?')}`.*"))
+    b += [Heading(2, "Headline"), headline_table(results)]
+    if several:
+        b.append(per_seed_table(results))
+    b.append(change_by_domain_table(results))
+    b += [Heading(2, "Perplexity by model"), perplexity_table(results)]
+    b += _image("perplexity_by_domain.png", "Perplexity by evaluation domain", images)
+    b += [Heading(2, "Transfer matrix"), transfer_table(results)]
+    b += _image("transfer_matrix.png", "Transfer matrix heatmap", images)
+    b += [Heading(2, "Adapter geometry"), geometry_table(results)]
+    b += [Heading(2, "Correlation"), correlation_table(results)]
+    b += _image("rms_cosine_vs_ppl_change.png", "RMS cosine vs perplexity change", images)
+    b += [Heading(2, "Training"), training_table(results), Heading(2, "Data"), data_table(results)]
+    b += [Heading(2, "How this differs from the paper"), Bullets(differences(results))]
+    return b
+
+
+def _image(name: str, alt: str, images: dict[str, bytes]) -> list:
+    return [Image(name, alt)] if name in images else []
+
+
+def _md_table(t: Table) -> str:
+    esc = [[c.replace("|", "\\|") for c in row] for row in [t.headers, *t.rows]]
+    sep = [("---:" if a == "r" else ":---") for a in t.align]
+    lines = [f"**{t.title}**", "", "| " + " | ".join(esc[0]) + " |", "| " + " | ".join(sep) + " |"]
+    lines += ["| " + " | ".join(r) + " |" for r in esc[1:]]
+    if not t.rows:
+        lines.append("| " + " | ".join(["—"] * len(t.headers)) + " |")
+    if t.note:
+        lines += ["", f"_{t.note}_"]
+    return "\n".join(lines)
+
+
+def to_markdown(blocks: list) -> str:
+    """Markdown text; images are referenced by file name (they sit next to report.md)."""
+    out = []
+    for blk in blocks:
+        if isinstance(blk, Heading):
+            out.append("#" * blk.level + " " + blk.text)
+        elif isinstance(blk, Para):
+            out.append(blk.text)
+        elif isinstance(blk, Bullets):
+            out.append("\n".join(f"- {i}" for i in blk.items))
+        elif isinstance(blk, Table):
+            out.append(_md_table(blk))
+        elif isinstance(blk, Image):
+            out.append(f"![{blk.alt}]({blk.name})")
+    return "\n\n".join(out) + "\n"
+
+
+def _inline(text: str) -> str:
+    s = html.escape(text, quote=False)
+    s = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", s)
+    s = re.sub(r"`(.+?)`", r"<code>\1</code>", s)
+    return re.sub(r"(?<![\w*])\*(.+?)\*(?![\w*])", r"<em>\1</em>", s)
+
+
+def _html_table(t: Table) -> str:
+    def row(cells: list[str], tag: str) -> str:
+        return "<tr>" + "".join(f'<{tag} class="{a}">{_inline(c)}</{tag}>' for c, a in zip(cells, t.align, strict=True)) + "</tr>"
+
+    body = "\n".join(row(r, "td") for r in t.rows)
+    note = f'<p class="note">{_inline(t.note)}</p>' if t.note else ""
+    return (f"<figure><figcaption>{_inline(t.title)}</figcaption><table><thead>{row(t.headers, 'th')}</thead>"
+            f"<tbody>\n{body}\n</tbody></table>{note}</figure>")
+
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:70em;margin:2em auto;padding:0 1em;line-height:1.45}
+table{border-collapse:collapse;margin:.5em 0}th,td{border:1px solid #ccc;padding:.25em .6em}
+th{background:#f3f3f3}td.r,th.r{text-align:right;font-variant-numeric:tabular-nums}td.l,th.l{text-align:left}
+figcaption{font-weight:600;margin-bottom:.3em}.note{color:#555;font-size:.9em}img{max-width:100%}
+code{background:#f5f5f5;padding:0 .2em;font-size:.9em;word-break:break-all}"""
+
+
+def to_html(blocks: list, images: dict[str, bytes], title: str = "lorasum report") -> str:
+    """Self-contained HTML: same blocks as the Markdown, figures embedded as ``data:image/png;base64`` URIs."""
+    out = []
+    for blk in blocks:
+        if isinstance(blk, Heading):
+            out.append(f"<h{blk.level}>{_inline(blk.text)}</h{blk.level}>")
+        elif isinstance(blk, Para):
+            out.append(f"<p>{_inline(blk.text)}</p>")
+        elif isinstance(blk, Bullets):
+            out.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in blk.items) + "</ul>")
+        elif isinstance(blk, Table):
+            out.append(_html_table(blk))
+        elif isinstance(blk, Image) and blk.name in images:
+            data = base64.b64encode(images[blk.name]).decode("ascii")
+            out.append(f'<figure><img alt="{html.escape(blk.alt)}" src="data:image/png;base64,{data}"></figure>')
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{_CSS}</style></head>\n<body>\n" + "\n".join(out) + "\n</body></html>\n")
+

@@ -1,0 +1,186 @@
+"""Regroup a results dict (``results.json``, schema_version 1) for tables, plots and text.
+
+The runner writes one row per (model, seed, evaluation domain) and one combination entry per
+(domain set, seed). Here those rows are grouped across seeds: every summary holds per-seed
+lists so that callers can report a single value (one seed) or mean ± std and a bootstrap CI
+(several seeds). Number formatting lives here too so that every table uses the same rules.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from lorasum.experiment.stats import mean_std_ci
+
+__all__ = [
+    "KIND_ORDER",
+    "UNION",
+    "ComboSummary",
+    "ModelSummary",
+    "domains_of",
+    "combo_label",
+    "combos",
+    "models",
+    "points",
+    "seeds_of",
+    "finite",
+    "fmt",
+    "cell",
+    "ci_cell",
+]
+
+UNION = "union"
+KIND_ORDER = ("base", "single", "merged", "sum")
+
+_FORMATS = {
+    "ppl": ("{:.3f}", "{:.3f}"),  # perplexity: 3 decimals
+    "pct": ("{:+.2f}", "{:.2f}"),  # Δ %: sign and 2 decimals
+    "cos": ("{:.4g}", "{:.2g}"),  # cosines: 4 significant digits
+    "r": ("{:+.3f}", "{:.3f}"),  # correlation coefficients
+    "p": ("{:.3g}", "{:.3g}"),  # p-values
+    "num": ("{:.4g}", "{:.2g}"),  # anything else
+    "int": ("{:,.0f}", "{:,.0f}"),
+}
+MISSING = "—"
+
+
+def finite(v: Any) -> bool:
+    """True for a real, finite number (not None, NaN, inf or a string)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def fmt(v: Any, kind: str = "num") -> str:
+    """Format one number by ``kind`` (ppl, pct, cos, r, p, num, int); missing or NaN → "—"."""
+    return _FORMATS[kind][0].format(v) if finite(v) else MISSING
+
+
+def cell(values: list[float], kind: str = "num") -> str:
+    """One value, or ``mean ± std`` over seeds when there are several finite values."""
+    vals = [v for v in values if finite(v)]
+    if not vals:
+        return MISSING
+    if len(vals) == 1:
+        return fmt(vals[0], kind)
+    return f"{fmt(float(np.mean(vals)), kind)} ± {_FORMATS[kind][1].format(float(np.std(vals, ddof=1)))}"
+
+
+def ci_cell(values: list[float], kind: str = "num") -> str:
+    """``[low, high]``: 95 % percentile-bootstrap CI of the mean over seeds ("—" for < 2 values)."""
+    s = mean_std_ci([v for v in values if finite(v)])
+    if not finite(s["ci_low"]):
+        return MISSING
+    return f"[{fmt(s['ci_low'], kind)}, {fmt(s['ci_high'], kind)}]"
+
+
+def domains_of(results: dict) -> list[str]:
+    """The experiment's domains in config order (falls back to the data section's keys)."""
+    doms = (results.get("config") or {}).get("domains")
+    return list(doms) if doms else list((results.get("data") or {}).keys())
+
+
+def seeds_of(results: dict) -> list[int]:
+    """The experiment's seeds (config order, else those found in the combinations)."""
+    seeds = (results.get("config") or {}).get("seeds")
+    if seeds:
+        return list(seeds)
+    return sorted({c.get("seed") for c in results.get("combinations", []) if c.get("seed") is not None})
+
+
+def combo_label(domains: list[str] | tuple[str, ...]) -> str:
+    """Display name of a domain combination, e.g. ``math+medicine``."""
+    return "+".join(domains)
+
+
+@dataclass
+class ComboSummary:
+    """One domain combination across seeds; every list is aligned with ``seeds``."""
+
+    domains: tuple[str, ...]
+    seeds: list[Any] = field(default_factory=list)
+    rms_cosine: list[float] = field(default_factory=list)
+    ppl_sum: dict[str, list[float]] = field(default_factory=dict)
+    ppl_merged: dict[str, list[float]] = field(default_factory=dict)
+    change: dict[str, list[float]] = field(default_factory=dict)
+    module_cosines: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return combo_label(self.domains)
+
+    def per_seed(self, name: str, eval_domain: str = UNION) -> list[float]:
+        """Per-seed values of ``ppl_sum``, ``ppl_merged`` or ``change`` on ``eval_domain`` (NaN if absent)."""
+        return getattr(self, name).get(eval_domain, [math.nan] * len(self.seeds))
+
+
+def _num(v: Any) -> float:
+    return float(v) if finite(v) else math.nan
+
+
+def combos(results: dict) -> list[ComboSummary]:
+    """Combinations grouped across seeds, ordered by size, then by first appearance."""
+    by_key: dict[frozenset, ComboSummary] = {}
+    for c in results.get("combinations", []):
+        doms = tuple(c.get("domains", []))
+        s = by_key.setdefault(frozenset(doms), ComboSummary(domains=doms))
+        i = len(s.seeds)
+        s.seeds.append(c.get("seed"))
+        s.rms_cosine.append(_num(c.get("rms_cosine")))
+        s.module_cosines.append(dict(c.get("module_cosines") or {}))
+        for name, src in (("ppl_sum", "ppl_sum"), ("ppl_merged", "ppl_merged"), ("change", "ppl_change_pct")):
+            target = getattr(s, name)
+            for dom, v in (c.get(src) or {}).items():
+                target.setdefault(dom, [math.nan] * i).append(_num(v))
+            for vals in target.values():  # pad domains this seed lacks
+                vals.extend([math.nan] * (i + 1 - len(vals)))
+    return sorted(by_key.values(), key=lambda s: len(s.domains))
+
+
+@dataclass
+class ModelSummary:
+    """One evaluated model (base, single adapter, merged-data adapter or adapter sum)."""
+
+    name: str
+    kind: str
+    domains: tuple[str, ...]
+    ppl: dict[str, list[float]] = field(default_factory=dict)  # eval_domain -> one value per seed
+
+
+def models(results: dict) -> list[ModelSummary]:
+    """Evaluated models in report order: base, singles (domain order), merged, sums (combination order)."""
+    by_name: dict[str, ModelSummary] = {}
+    for e in results.get("evaluations", []):
+        m = by_name.setdefault(
+            e["model"], ModelSummary(name=e["model"], kind=e.get("kind", ""), domains=tuple(e.get("domains") or ()))
+        )
+        m.ppl.setdefault(e.get("eval_domain", UNION), []).append(_num(e.get("ppl")))
+    dom_rank = {d: i for i, d in enumerate(domains_of(results))}
+    combo_rank = {frozenset(c.domains): i for i, c in enumerate(combos(results))}
+    first = {name: i for i, name in enumerate(by_name)}
+
+    def key(m: ModelSummary) -> tuple:
+        kind = KIND_ORDER.index(m.kind) if m.kind in KIND_ORDER else len(KIND_ORDER)
+        if m.kind == "single" and len(m.domains) == 1:
+            sub = dom_rank.get(m.domains[0], len(dom_rank))
+        else:
+            sub = combo_rank.get(frozenset(m.domains), len(combo_rank))
+        return (kind, len(m.domains), sub, first[m.name])
+
+    return sorted(by_name.values(), key=key)
+
+
+def points(results: dict, eval_domain: str = UNION, size: int | None = None) -> list[tuple[str, Any, float, float]]:
+    """(combination label, seed, RMS cosine, Δ perplexity % on ``eval_domain``), one per combination and seed.
+
+    ``size`` keeps only combinations of that many domains (2: pairs).
+    """
+    out = []
+    for s in combos(results):
+        if size is not None and len(s.domains) != size:
+            continue
+        for seed, x, y in zip(s.seeds, s.rms_cosine, s.per_seed("change", eval_domain), strict=True):
+            out.append((s.label, seed, x, y))
+    return out

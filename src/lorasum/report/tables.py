@@ -1,0 +1,243 @@
+"""Report tables built from a results dict (schema_version 1).
+
+Each function returns a :class:`Table` of already formatted strings (see
+:mod:`lorasum.report.summary` for the number formats); :mod:`lorasum.report.render` turns
+tables into Markdown and HTML. Values over several seeds are shown as ``mean ± std``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from lorasum.experiment.stats import correlation
+from lorasum.report.summary import (
+    MISSING,
+    UNION,
+    ci_cell,
+    cell,
+    combos,
+    domains_of,
+    finite,
+    fmt,
+    models,
+    points,
+)
+
+__all__ = [
+    "Table",
+    "PAPER_CHANGE_PCT",
+    "paper_change",
+    "headline_table",
+    "per_seed_table",
+    "change_by_domain_table",
+    "perplexity_table",
+    "transfer_table",
+    "geometry_table",
+    "correlation_stats",
+    "correlation_table",
+    "training_table",
+    "data_table",
+    "results_rows",
+]
+
+# Δ perplexity % (summed adapters vs merged-data fine-tuning) reported by arXiv 2508.11985
+# for GPT-2 Small, r=4, alpha=64 on MathQA / MedQuAD / financial-qa-10K.
+PAPER_CHANGE_PCT: dict[frozenset, float] = {
+    frozenset({"math", "medicine"}): -9.10,
+    frozenset({"math", "finance"}): 4.54,
+    frozenset({"finance", "medicine"}): 27.56,
+}
+
+
+@dataclass
+class Table:
+    """A titled table of formatted cells; ``align`` holds "l" or "r" per column."""
+
+    title: str
+    headers: list[str]
+    rows: list[list[str]]
+    align: list[str] = field(default_factory=list)
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.align:
+            self.align = ["l"] + ["r"] * (len(self.headers) - 1)
+
+
+def paper_change(domains) -> float | None:
+    """The paper's Δ perplexity % for a domain pair, or None when the paper has no such pair."""
+    return PAPER_CHANGE_PCT.get(frozenset(domains))
+
+
+def _several_seeds(results: dict) -> bool:
+    return any(len(c.seeds) > 1 for c in combos(results))
+
+
+def headline_table(results: dict) -> Table:
+    """Combination | RMS cosine | PPL sum | PPL merged | Δ % (union) | [95 % CI] | paper Δ %."""
+    several = _several_seeds(results)
+    headers = ["combination", "RMS cosine", "PPL sum", "PPL merged", "Δ %"]
+    headers += ["Δ % 95% CI", "seeds"] if several else []
+    headers.append("paper Δ %")
+    rows = []
+    for c in combos(results):
+        paper = paper_change(c.domains)
+        row = [c.label, cell(c.rms_cosine, "cos"), cell(c.per_seed("ppl_sum"), "ppl"),
+               cell(c.per_seed("ppl_merged"), "ppl"), cell(c.per_seed("change"), "pct")]
+        if several:
+            row += [ci_cell(c.per_seed("change"), "pct"), str(len(c.seeds))]
+        row.append(MISSING if paper is None else f"{fmt(paper, 'pct')} (different setting)")
+        rows.append(row)
+    note = ("Δ % = 100·(PPL sum − PPL merged)/PPL merged on the union of the combination's test sets; "
+            "negative: the adapter sum beats the merged-data model.")
+    if several:
+        note += " Values over seeds: mean ± std; CI: 95 % percentile bootstrap of the mean."
+    note += (" Paper values: GPT-2 Small on MathQA/MedQuAD/financial-qa-10K, so a different setting "
+             "(see 'How this differs from the paper').")
+    return Table("Headline: adapter sum vs merged-data fine-tuning", headers, rows, note=note)
+
+
+def per_seed_table(results: dict) -> Table:
+    """One row per combination and seed (the values behind the headline means)."""
+    rows = []
+    for c in combos(results):
+        for i, seed in enumerate(c.seeds):
+            rows.append([c.label, str(seed), fmt(c.rms_cosine[i], "cos"), fmt(c.per_seed("ppl_sum")[i], "ppl"),
+                         fmt(c.per_seed("ppl_merged")[i], "ppl"), fmt(c.per_seed("change")[i], "pct")])
+    return Table("Per-seed results", ["combination", "seed", "RMS cosine", "PPL sum", "PPL merged", "Δ %"], rows)
+
+
+def change_by_domain_table(results: dict) -> Table:
+    """Δ perplexity % of each combination on each of its domains and on their union."""
+    doms = domains_of(results)
+    rows = []
+    for c in combos(results):
+        rows.append([c.label] + [cell(c.per_seed("change", d), "pct") if d in c.change else MISSING
+                                 for d in doms + [UNION]])
+    return Table("Δ perplexity % by evaluation domain (sum vs merged)", ["combination"] + doms + [UNION], rows)
+
+
+def perplexity_table(results: dict) -> Table:
+    """Perplexity of every model (base, singles, merged, sums) on each domain and the union."""
+    doms = domains_of(results)
+    cols = doms + [UNION]
+    rows = [[m.name, m.kind] + [cell(m.ppl.get(d, []), "ppl") for d in cols] for m in models(results)]
+    return Table("Perplexity by model and evaluation domain", ["model", "kind"] + cols, rows,
+                 align=["l", "l"] + ["r"] * len(cols),
+                 note="union: token-weighted over the domains the model was evaluated on.")
+
+
+def transfer_table(results: dict) -> Table:
+    """Base and single-adapter perplexity on every domain; the own-domain cell is bold."""
+    doms = domains_of(results)
+    rows = []
+    for m in models(results):
+        if m.kind not in ("base", "single"):
+            continue
+        row = [m.name]
+        for d in doms:
+            txt = cell(m.ppl.get(d, []), "ppl")
+            row.append(f"**{txt}**" if m.kind == "single" and m.domains == (d,) and txt != MISSING else txt)
+        rows.append(row)
+    return Table("Transfer matrix (rows: model, columns: evaluation domain)", ["model"] + doms, rows)
+
+
+def geometry_table(results: dict) -> Table:
+    """Per combination: RMS cosine, mean |cos| and max |cos| over target modules."""
+    rows = []
+    for c in combos(results):
+        mean_abs, max_abs, n_mod = [], [], []
+        for mc in c.module_cosines:
+            vals = np.abs([v for v in mc.values() if finite(v)])
+            mean_abs.append(float(vals.mean()) if vals.size else float("nan"))
+            max_abs.append(float(vals.max()) if vals.size else float("nan"))
+            n_mod.append(vals.size)
+        modules = str(max(n_mod)) if n_mod and max(n_mod) else MISSING
+        rows.append([c.label, cell(c.rms_cosine, "cos"), cell(mean_abs, "cos"), cell(max_abs, "cos"), modules])
+    return Table("Adapter geometry (cosine similarity of ΔW per target module)",
+                 ["combination", "RMS cosine", "mean |cos|", "max |cos|", "modules"], rows)
+
+
+def correlation_stats(results: dict) -> dict[str, dict[str, float]]:
+    """Correlation of RMS cosine (x) with Δ perplexity % on the union (y): "all" points, and "pairs" only."""
+    pts = points(results)
+    out = {"all": correlation([p[2] for p in pts], [p[3] for p in pts])}
+    pairs = points(results, size=2)
+    if len(pairs) != len(pts):
+        out["pairs"] = correlation([p[2] for p in pairs], [p[3] for p in pairs])
+    return out
+
+
+def correlation_table(results: dict) -> Table:
+    """Pearson, Spearman and least-squares slope with its 95 % CI for RMS cosine vs Δ %."""
+    rows = []
+    for name, s in correlation_stats(results).items():
+        ci = MISSING if not finite(s["slope_ci_low"]) else f"[{fmt(s['slope_ci_low'])}, {fmt(s['slope_ci_high'])}]"
+        rows.append(["all combinations" if name == "all" else "pairs only", str(s["n"]), fmt(s["pearson_r"], "r"),
+                     fmt(s["pearson_p"], "p"), fmt(s["spearman_rho"], "r"), fmt(s["spearman_p"], "p"),
+                     fmt(s["slope"]), ci, fmt(s["slope_p"], "p"), fmt(s["intercept"])])
+    headers = ["points", "n", "Pearson r", "p", "Spearman ρ", "p", "slope (Δ % per unit cos)",
+               "slope 95% CI", "slope p", "intercept (Δ %)"]
+    return Table("Correlation: RMS cosine vs Δ perplexity % (union)", headers, rows,
+                 note="One point per combination and seed. Slope CI: ± t(n−2)·stderr.")
+
+
+def training_table(results: dict) -> Table:
+    """Trained adapters: steps, tokens, seconds, final and validation loss."""
+    rows = []
+    for a in results.get("adapters", []):
+        t = a.get("train")
+        if not t:
+            continue
+        rows.append([a.get("name", ""), a.get("kind", ""), str(a.get("seed", "")), fmt(t.get("steps"), "int"),
+                     fmt(t.get("tokens"), "int"), f"{t['seconds']:.1f}" if finite(t.get("seconds")) else MISSING,
+                     fmt(t.get("final_loss"), "ppl"), fmt(t.get("val_loss"), "ppl")])
+    return Table("Training", ["adapter", "kind", "seed", "steps", "tokens", "seconds", "final loss", "val loss"],
+                 rows, align=["l", "l", "r", "r", "r", "r", "r", "r"], note="Losses: mean NLL per answer token (nats).")
+
+
+def data_table(results: dict) -> Table:
+    """Per domain: split sizes, content hash and source files."""
+    rows = []
+    for dom, d in (results.get("data") or {}).items():
+        srcs = ", ".join(f"{_basename(s.get('path', ''))} ({fmt(s.get('records'), 'int')})" for s in d.get("sources", []))
+        rows.append([dom, fmt(d.get("train"), "int"), fmt(d.get("validation"), "int"), fmt(d.get("test"), "int"),
+                     f"`{d['content_hash']}`" if d.get("content_hash") else MISSING, srcs or MISSING])
+    return Table("Data", ["domain", "train", "validation", "test", "content hash", "sources (records)"], rows,
+                 align=["l", "r", "r", "r", "l", "l"])
+
+
+def _basename(path: str) -> str:
+    return path.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+
+
+RESULT_COLUMNS = ["model", "kind", "domains", "seed", "eval_domain", "nll_sum", "n_tokens", "n_examples", "ppl",
+                  "combination", "rms_cosine", "combination_ppl_sum", "combination_ppl_merged",
+                  "combination_ppl_change_pct"]
+
+
+def results_rows(results: dict) -> list[dict[str, object]]:
+    """One flat row per evaluation (columns ``RESULT_COLUMNS``) for ``results.csv``.
+
+    Rows of a sum or merged model carry its combination's RMS cosine and the combination's
+    perplexities and Δ % on the row's evaluation domain; other rows leave those empty.
+    """
+    by_key = {(frozenset(c.get("domains", [])), c.get("seed")): c for c in results.get("combinations", [])}
+    rows = []
+    for e in results.get("evaluations", []):
+        doms = list(e.get("domains") or [])
+        row = {k: e.get(k, "") for k in RESULT_COLUMNS[:9]}
+        row["domains"] = "+".join(doms)
+        c = by_key.get((frozenset(doms), e.get("seed"))) if e.get("kind") in ("sum", "merged") else None
+        ed = e.get("eval_domain")
+        row.update(
+            combination="+".join(c["domains"]) if c else "",
+            rms_cosine=c.get("rms_cosine", "") if c else "",
+            combination_ppl_sum=(c.get("ppl_sum") or {}).get(ed, "") if c else "",
+            combination_ppl_merged=(c.get("ppl_merged") or {}).get(ed, "") if c else "",
+            combination_ppl_change_pct=(c.get("ppl_change_pct") or {}).get(ed, "") if c else "",
+        )
+        rows.append({k: ("" if v is None else v) for k, v in row.items()})
+    return rows

@@ -1,0 +1,58 @@
+import json
+
+import pytest
+
+from lorasum.errors import OutputExistsError
+from lorasum.storage import atomic_dir, atomic_write_json, check_output, sha256_file, sha256_json
+
+
+def test_atomic_write_json_roundtrip_and_no_temp_left(tmp_path):
+    path = atomic_write_json(tmp_path / "sub" / "x.json", {"b": 1, "a": [1, 2]})
+    assert json.loads(path.read_text()) == {"a": [1, 2], "b": 1}
+    assert [p.name for p in path.parent.iterdir()] == ["x.json"]
+
+
+def test_atomic_dir_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "adapter"
+    with pytest.raises(RuntimeError):
+        with atomic_dir(target) as tmp:
+            (tmp / "half.safetensors").write_bytes(b"12")
+            raise RuntimeError("killed")
+    assert not target.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_dir_refuses_to_clobber_and_keeps_old_content(tmp_path):
+    target = tmp_path / "adapter"
+    target.mkdir()
+    (target / "keep.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        with atomic_dir(target):
+            pass
+    assert (target / "keep.txt").read_text() == "mine"
+    with pytest.raises(RuntimeError):
+        with atomic_dir(target, overwrite=True) as tmp:
+            (tmp / "new.txt").write_text("new")
+            raise RuntimeError("killed")
+    assert (target / "keep.txt").read_text() == "mine", "a failed overwrite must keep the old folder"
+    with atomic_dir(target, overwrite=True) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert sorted(p.name for p in target.iterdir()) == ["new.txt"]
+
+
+def test_check_output_accepts_empty_dir(tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert check_output(tmp_path / "empty") == tmp_path / "empty"
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(OutputExistsError):
+        check_output(tmp_path / "f")
+
+
+def test_hashes_are_canonical(tmp_path):
+    assert sha256_json({"a": 1, "b": 2}) == sha256_json({"b": 2, "a": 1})
+    assert sha256_json({"a": 1}) != sha256_json({"a": 2})
+    import hashlib
+
+    p = tmp_path / "f.bin"
+    p.write_bytes(b"abc" * 1000)
+    assert sha256_file(p) == hashlib.sha256(b"abc" * 1000).hexdigest()
