@@ -56,3 +56,18 @@ def test_hashes_are_canonical(tmp_path):
     p = tmp_path / "f.bin"
     p.write_bytes(b"abc" * 1000)
     assert sha256_file(p) == hashlib.sha256(b"abc" * 1000).hexdigest()
+
+
+def test_outputs_get_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    mask = os.umask(0o022)
+    try:
+        f = atomic_write_json(tmp_path / "r.json", {})
+        with atomic_dir(tmp_path / "d") as tmp:
+            (tmp / "x").write_text("x")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE(f.stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o755

@@ -63,7 +63,7 @@ _REFUSED_FLAGS = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class LoraFactor:
     """One module's LoRA update ΔW = scaling · B · A (Hu et al. 2021, eq. 3).
 
@@ -71,6 +71,11 @@ class LoraFactor:
         A: (r, d_in) float32 down-projection (PEFT's ``lora_A.weight``).
         B: (d_out, r) float32 up-projection (PEFT's ``lora_B.weight``).
         scaling: lora_alpha / r, or lora_alpha / sqrt(r) with rsLoRA.
+
+    Equality is identity (``eq=False``): comparing tensors elementwise is left to the caller.
+
+    Raises:
+        AdapterError: A or B is not 2-D, or A's rows differ from B's columns.
     """
 
     A: torch.Tensor

@@ -1,10 +1,13 @@
-"""Merge a LoRA ΔW into a base model's weights in place."""
+"""Merge a LoRA ΔW (or a dense ΔW) into a base model's weights in place."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 
 from lorasum.adapters import Adapter
+from lorasum.compose.dense import DenseDelta
 from lorasum.errors import AdapterError
 
 __all__ = ["merge_into_base"]
@@ -19,12 +22,23 @@ def _is_conv1d(module: torch.nn.Module) -> bool:
     return isinstance(module, Conv1D)
 
 
-def merge_into_base(model: torch.nn.Module, adapter: Adapter) -> torch.nn.Module:
-    """Add each module's ΔW = scaling · B · A to the matching base weight, in place.
+def _updates(delta: Adapter | DenseDelta) -> tuple[str, dict[str, tuple[tuple[int, int], Callable]]]:
+    """(label, module → ((d_out, d_in), () -> float64 ΔW in nn.Linear orientation))."""
+    if isinstance(delta, DenseDelta):
+        return "dense delta", {m: (tuple(d.shape), lambda d=d: d.double()) for m, d in delta.deltas.items()}
+    label = str(delta.path) if delta.path is not None else "adapter"
+    return label, {m: (f.shape, lambda f=f: f.scaling * (f.B.double() @ f.A.double()))
+                   for m, f in delta.factors.items()}
 
+
+def merge_into_base(model: torch.nn.Module, adapter: Adapter | DenseDelta) -> torch.nn.Module:
+    """Add each module's ΔW to the matching base weight, in place.
+
+    ``adapter`` is a LoRA :class:`Adapter` (ΔW = scaling · B · A) or a
+    :class:`~lorasum.compose.dense.DenseDelta` (ΔW given densely, (d_out, d_in)).
     ``model`` is the plain base model (not a PeftModel); module paths are those of
     ``model.named_modules()``. Orientation is decided by the module's type, not by the
-    adapter's ``fan_in_fan_out`` flag: an ``nn.Linear`` weight (d_out, d_in) gets ΔW, a
+    ``fan_in_fan_out`` flag: an ``nn.Linear`` weight (d_out, d_in) gets ΔW, a
     GPT-2 ``Conv1D`` weight (d_in, d_out) gets ΔWᵀ (Conv1D is detected with isinstance,
     importing transformers lazily). The sum is formed in float64 and cast to the weight's
     dtype. All modules are checked before any weight changes, so on error the model is
@@ -37,26 +51,26 @@ def merge_into_base(model: torch.nn.Module, adapter: Adapter) -> torch.nn.Module
         AdapterError: a module path is not in the model, the module is neither nn.Linear
             nor Conv1D, or its weight shape does not match ΔW.
     """
-    plan: list[tuple[torch.Tensor, str, bool]] = []
-    for path in sorted(adapter.factors):
-        f = adapter.factors[path]
+    label, updates = _updates(adapter)
+    plan: list[tuple[torch.Tensor, Callable, bool]] = []
+    for path in sorted(updates):
+        shape, make = updates[path]
         try:
             module = model.get_submodule(path)
         except AttributeError:
-            raise AdapterError(f"{adapter.path or 'adapter'}: module {path} is not in the base model") from None
+            raise AdapterError(f"{label}: module {path} is not in the base model") from None
         conv1d = _is_conv1d(module)
         if not (conv1d or isinstance(module, torch.nn.Linear)):
-            raise AdapterError(f"{adapter.path or 'adapter'}: module {path} is a {type(module).__name__}, "
+            raise AdapterError(f"{label}: module {path} is a {type(module).__name__}, "
                                "not nn.Linear or Conv1D; cannot merge")
-        expected = (f.shape[1], f.shape[0]) if conv1d else f.shape
+        expected = (shape[1], shape[0]) if conv1d else tuple(shape)
         if tuple(module.weight.shape) != expected:
-            raise AdapterError(f"{adapter.path or 'adapter'}: module {path} has weight shape "
+            raise AdapterError(f"{label}: module {path} has weight shape "
                                f"{tuple(module.weight.shape)} but ΔW needs {expected}")
-        plan.append((module.weight, path, conv1d))
+        plan.append((module.weight, make, conv1d))
     with torch.no_grad():
-        for weight, path, conv1d in plan:
-            f = adapter.factors[path]
-            delta = f.scaling * (f.B.double() @ f.A.double())
+        for weight, make, conv1d in plan:
+            delta = make()
             if conv1d:
                 delta = delta.T
             weight.copy_((weight.double() + delta.to(weight.device)).to(weight.dtype))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import re
 import unicodedata
 from collections.abc import Iterable
@@ -12,6 +14,7 @@ from lorasum.data.records import Record
 __all__ = [
     "normalize_text",
     "dedup_key",
+    "dedup_digest",
     "clean_record",
     "deduplicate",
     "clean_records",
@@ -50,6 +53,13 @@ def dedup_key(question: str, answer: str) -> str:
     return f"{_loose(question)}\x1f{_loose(answer)}"
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def dedup_digest(question: str, answer: str) -> bytes:
+    """BLAKE2b digest (16 bytes) of :func:`dedup_key`; memoised, since cleaning and the
+    leakage check both key the same records."""
+    return hashlib.blake2b(dedup_key(question, answer).encode(), digest_size=16).digest()
+
+
 def clean_record(record: Record) -> Record:
     """``record`` with :func:`normalize_text` applied: the question on one line, the
     answer and context keeping their line breaks."""
@@ -70,7 +80,7 @@ def deduplicate(records: Iterable[Record]) -> tuple[list[Record], dict[str, int]
         The context is not part of the key.
     """
     exact: set[tuple[str, str]] = set()
-    loose: set[str] = set()
+    loose: set[bytes] = set()
     kept: list[Record] = []
     counts = {"exact_duplicates": 0, "normalized_duplicates": 0}
     for r in records:
@@ -78,7 +88,7 @@ def deduplicate(records: Iterable[Record]) -> tuple[list[Record], dict[str, int]
             counts["exact_duplicates"] += 1
             continue
         exact.add((r.question, r.answer))
-        key = dedup_key(r.question, r.answer)
+        key = dedup_digest(r.question, r.answer)
         if key in loose:
             counts["normalized_duplicates"] += 1
             continue

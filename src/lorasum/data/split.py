@@ -12,7 +12,7 @@ import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from lorasum.data.clean import dedup_key
+from lorasum.data.clean import dedup_digest, dedup_key
 from lorasum.data.records import Record
 from lorasum.errors import ConfigError, DataError
 
@@ -144,7 +144,7 @@ def check_leakage(splits: Splits | Mapping[str, Sequence[Record]]) -> None:
         name: {
             "group": {r.split_key: r.id for r in recs},
             "id": {r.id: r.id for r in recs},
-            "question+answer": {dedup_key(r.question, r.answer): r.id for r in recs},
+            "question+answer": {dedup_digest(r.question, r.answer): r.id for r in recs},
         }
         for name, recs in named.items()
     }
@@ -186,4 +186,6 @@ def check_cross_domain(domains: Mapping[str, Sequence[Record]]) -> None:
     overlap = find_cross_domain_overlap(domains)
     if overlap:
         a, ia, b, ib = overlap[0]
-        raise DataError(f"cross-domain overlap: {len(overlap)} question(s) appear in two domains, e.g. {ia} ({a}) and {ib} ({b})")
+        raise DataError(
+            f"cross-domain overlap: {len(overlap)} question(s) appear in two domains, e.g. {ia} ({a}) and {ib} ({b})"
+        )

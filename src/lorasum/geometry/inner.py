@@ -19,8 +19,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-import torch
-
 from lorasum.adapters import Adapter, LoraFactor
 from lorasum.errors import AdapterError
 

@@ -1,21 +1,32 @@
-"""Pairwise orthogonality report for a set of adapters."""
+"""Pairwise orthogonality report for a set of adapters.
+
+Per pair and module: the cosine of ΔW (arXiv 2508.11985's orthogonality measure, computed
+from the factors for all pairs at once, :mod:`lorasum.geometry.gram`), the principal-angle
+overlap of the factor subspaces (:mod:`lorasum.geometry.subspace`), the ratio of Frobenius
+norms, and the random baseline |cos| of unrelated updates of the same shapes and ranks
+(:mod:`lorasum.geometry.baseline`); summaries per pair, per layer and for the N×N matrix.
+"""
 
 from __future__ import annotations
 
 import itertools
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from lorasum.adapters import Adapter
-from lorasum.geometry.inner import frobenius_norm, module_cosines, rms
+from lorasum.geometry.baseline import expected_abs_cosine, expected_rms_cosine
+from lorasum.geometry.gram import cosine_matrices
+from lorasum.geometry.inner import frobenius_norm, rms
+from lorasum.geometry.layers import group_by_layer
+from lorasum.geometry.subspace import orthonormal_basis, overlap
 
 __all__ = ["PairStats", "Similarity", "similarity"]
 
 
 @dataclass(frozen=True)
 class PairStats:
-    """Cosines of one pair of adapters.
+    """Cosines and related geometry of one pair of adapters.
 
     Attributes:
         a, b: adapter names.
@@ -24,6 +35,17 @@ class PairStats:
         rms: sqrt(mean over modules of cos²), the pair's "RMS cosine".
         mean_abs: mean over modules of |cos|.
         max_abs: max over modules of |cos|.
+        column_overlap: module → mean cos² of the principal angles between the column spaces
+            of B_a and B_b (0.0 where a module is absent from one adapter).
+        row_overlap: the same for the row spaces of A_a and A_b.
+        norm_ratio: module → ‖ΔW_a‖_F / ‖ΔW_b‖_F on shared modules (inf if only ΔW_b is 0,
+            nan if both are).
+        baseline_abs: module → E|cos| of independent random updates of the same shapes and
+            ranks (:func:`~lorasum.geometry.baseline.expected_abs_cosine`), shared modules.
+        baseline_rms: the RMS cosine expected under that null model over the pair's modules
+            (exact in the squared sense; absent modules count 0 as in ``rms``).
+        layer_rms: layer index → RMS cosine over the pair's modules in that layer (paths
+            without a layer index are left out).
     """
 
     a: str
@@ -32,11 +54,20 @@ class PairStats:
     rms: float
     mean_abs: float
     max_abs: float
+    column_overlap: dict[str, float] = field(default_factory=dict)
+    row_overlap: dict[str, float] = field(default_factory=dict)
+    norm_ratio: dict[str, float] = field(default_factory=dict)
+    baseline_abs: dict[str, float] = field(default_factory=dict)
+    baseline_rms: float = math.nan
+    layer_rms: dict[int, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        """JSON-ready dict."""
+        """JSON-ready dict (layer keys as strings)."""
         return {"a": self.a, "b": self.b, "rms": self.rms, "mean_abs": self.mean_abs,
-                "max_abs": self.max_abs, "cosines": dict(self.cosines)}
+                "max_abs": self.max_abs, "cosines": dict(self.cosines),
+                "baseline_rms": self.baseline_rms, "baseline_abs": dict(self.baseline_abs),
+                "column_overlap": dict(self.column_overlap), "row_overlap": dict(self.row_overlap),
+                "norm_ratio": dict(self.norm_ratio), "layer_rms": {str(k): v for k, v in self.layer_rms.items()}}
 
 
 @dataclass(frozen=True)
@@ -49,12 +80,16 @@ class Similarity:
         norms: name → module path → ‖ΔW‖_F.
         matrix: N×N RMS cosines, ``matrix[i][j]`` for ``names[i]``, ``names[j]``
             (symmetric; the diagonal is an adapter's RMS cosine with itself, 1.0 unless a ΔW is zero).
+        shapes: module path → ΔW shape (d_out, d_in), over all adapters' modules.
+        ranks: name → module path → LoRA rank r.
     """
 
     names: tuple[str, ...]
     pairs: dict[tuple[str, str], PairStats]
     norms: dict[str, dict[str, float]]
     matrix: tuple[tuple[float, ...], ...]
+    shapes: dict[str, tuple[int, int]] = field(default_factory=dict)
+    ranks: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def pair(self, a: str, b: str) -> PairStats:
         """The stats of a pair, in either order.
@@ -63,6 +98,12 @@ class Similarity:
             KeyError: unknown name or a == b.
         """
         return self.pairs[(a, b)] if (a, b) in self.pairs else self.pairs[(b, a)]
+
+    def _combination(self, names: Iterable[str]) -> tuple[list[str], list[str]]:
+        names = list(dict.fromkeys(names))
+        if len(names) < 2:
+            raise ValueError(f"combination_rms needs at least two adapters, got {names}")
+        return names, sorted({m for n in names for m in self.norms[n]})
 
     def combination_rms(self, names: Iterable[str]) -> float:
         """RMS cosine of a set of ≥2 adapters: sqrt of the mean of cos² over all pairs in
@@ -74,40 +115,86 @@ class Similarity:
             ValueError: fewer than two distinct names.
             KeyError: an unknown name.
         """
-        names = list(dict.fromkeys(names))
-        if len(names) < 2:
-            raise ValueError(f"combination_rms needs at least two adapters, got {names}")
-        modules = sorted({m for n in names for m in self.norms[n]})
+        names, modules = self._combination(names)
         values = [self.pair(a, b).cosines.get(m, 0.0)
                   for a, b in itertools.combinations(names, 2) for m in modules]
         return rms(values)
 
+    def combination_baseline_rms(self, names: Iterable[str]) -> float:
+        """The random-baseline counterpart of :meth:`combination_rms` (same pairs and modules;
+        E[cos²] = 1/(d_out·d_in) where both adapters have the module, 0 otherwise).
+
+        Raises:
+            ValueError: fewer than two distinct names.
+            KeyError: an unknown name.
+        """
+        names, modules = self._combination(names)
+        return expected_rms_cosine(self.shapes[m] if m in self.norms[a] and m in self.norms[b] else None
+                                   for a, b in itertools.combinations(names, 2) for m in modules)
+
+    @property
+    def layers(self) -> list[int]:
+        """Sorted layer indices of the adapted modules."""
+        return list(group_by_layer(self.shapes))
+
     def to_dict(self) -> dict:
-        """JSON-ready dict: names, matrix, pairs (list), norms."""
+        """JSON-ready dict: names, matrix, pairs (list), norms, shapes, ranks, layers."""
         return {"names": list(self.names), "matrix": [list(row) for row in self.matrix],
                 "pairs": [p.to_dict() for p in self.pairs.values()],
-                "norms": {n: dict(m) for n, m in self.norms.items()}}
+                "norms": {n: dict(m) for n, m in self.norms.items()},
+                "shapes": {m: list(s) for m, s in self.shapes.items()},
+                "ranks": {n: dict(r) for n, r in self.ranks.items()}, "layers": self.layers}
 
 
-def _stats(a: str, b: str, cos: dict[str, float]) -> PairStats:
+def _summary(cos: dict[str, float]) -> tuple[float, float, float]:
     vals = list(cos.values())
     if not vals:
-        return PairStats(a, b, cos, math.nan, math.nan, math.nan)
-    return PairStats(a, b, cos, rms(vals), sum(abs(v) for v in vals) / len(vals), max(abs(v) for v in vals))
+        return math.nan, math.nan, math.nan
+    return rms(vals), sum(abs(v) for v in vals) / len(vals), max(abs(v) for v in vals)
+
+
+def _ratio(x: float, y: float) -> float:
+    if y > 0:
+        return x / y
+    return math.inf if x > 0 else math.nan
+
+
+def _pair(a: str, b: str, ads: dict[str, Adapter], cos: dict[str, float], norms: dict, bases: dict) -> PairStats:
+    fa, fb = ads[a].factors, ads[b].factors
+    shared = [m for m in cos if m in fa and m in fb]
+    col = {m: overlap(bases[a, m][0], bases[b, m][0]) if m in shared else 0.0 for m in cos}
+    row = {m: overlap(bases[a, m][1], bases[b, m][1]) if m in shared else 0.0 for m in cos}
+    layer_rms = {i: rms(cos[m] for m in ms) for i, ms in group_by_layer(cos).items()}
+    return PairStats(
+        a, b, cos, *_summary(cos), column_overlap=col, row_overlap=row,
+        norm_ratio={m: _ratio(norms[a][m], norms[b][m]) for m in shared},
+        baseline_abs={m: expected_abs_cosine(*fa[m].shape, fa[m].rank, fb[m].rank) for m in shared},
+        baseline_rms=expected_rms_cosine(fa[m].shape if m in shared else None for m in cos) if cos else math.nan,
+        layer_rms=layer_rms)
 
 
 def similarity(adapters: dict[str, Adapter]) -> Similarity:
-    """Per-pair, per-module cosines, their RMS / mean |cos| / max |cos|, per-module
-    Frobenius norms and the N×N matrix of RMS cosines, all from the factors (float64).
+    """Per-pair, per-module cosines, their RMS / mean |cos| / max |cos|, subspace overlaps,
+    norm ratios, random baselines, per-layer RMS, per-module Frobenius norms and the N×N
+    matrix of RMS cosines, all from the factors (float64, no dense ΔW).
 
     Raises:
         AdapterError: a shared module's ΔW shape differs between two adapters.
     """
     names = tuple(adapters)
-    pairs = {(a, b): _stats(a, b, module_cosines(adapters[a], adapters[b]))
-             for a, b in itertools.combinations(names, 2)}
+    ads = [adapters[n] for n in names]
+    cmats = cosine_matrices(ads)
     norms = {n: {m: frobenius_norm(f) for m, f in sorted(adapters[n].factors.items())} for n in names}
-    diag = {n: _stats(n, n, module_cosines(adapters[n], adapters[n])).rms for n in names}
+    bases = {(n, m): (orthonormal_basis(f.B), orthonormal_basis(f.A.T))
+             for n in names for m, f in adapters[n].factors.items()}
+    pairs = {}
+    for (i, a), (j, b) in itertools.combinations(enumerate(names), 2):
+        union = sorted(set(adapters[a].factors) | set(adapters[b].factors))
+        cos = {m: float(cmats[m][i, j]) for m in union}
+        pairs[(a, b)] = _pair(a, b, adapters, cos, norms, bases)
+    diag = {n: _summary({m: float(cmats[m][i, i]) for m in adapters[n].factors})[0] for i, n in enumerate(names)}
     matrix = tuple(tuple(diag[a] if a == b else (pairs.get((a, b)) or pairs[(b, a)]).rms for b in names)
                    for a in names)
-    return Similarity(names=names, pairs=pairs, norms=norms, matrix=matrix)
+    shapes = {m: next(a.factors[m].shape for a in ads if m in a.factors) for m in cmats}
+    ranks = {n: {m: f.rank for m, f in sorted(adapters[n].factors.items())} for n in names}
+    return Similarity(names=names, pairs=pairs, norms=norms, matrix=matrix, shapes=shapes, ranks=ranks)

@@ -49,12 +49,13 @@ def scatter_png(results: dict) -> bytes:
         return _png(fig)
     labels = list(dict.fromkeys(p[0] for p in pts))
     colors = _cycle(len(labels))
+    several = len({p[1] for p in pts}) > 1
     for lab, col in zip(labels, colors, strict=True):
-        xs = [p[2] for p in pts if p[0] == lab]
-        ys = [p[3] for p in pts if p[0] == lab]
-        ax.scatter(xs, ys, color=col, label=lab, s=40, zorder=3)
-        for x, y in zip(xs, ys, strict=True):
-            ax.annotate(lab, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7, color=col)
+        mine = [p for p in pts if p[0] == lab]
+        ax.scatter([p[2] for p in mine], [p[3] for p in mine], color=col, label=lab, s=40, zorder=3)
+        for _, seed, x, y in mine:
+            text = f"{lab} (seed {seed})" if several else lab
+            ax.annotate(text, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7, color=col)
     s = correlation_stats(results)["all"]
     if finite(s["slope"]):
         xs = np.array([min(p[2] for p in pts), max(p[2] for p in pts)])

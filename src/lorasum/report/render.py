@@ -84,15 +84,17 @@ def _sum_vs_merged_sentence(results: dict) -> str:
             (better if s["mean"] < 0 else worse).append(_combo_phrase(c, vals))
     if not (better or worse or unclear):
         return "No combination has a union perplexity change in these results."
-    parts = []
+    sentences = []
     if better:
-        parts.append("lower than the merged-data model for " + _join(better))
+        sentences.append("Summing the adapters gave a lower union perplexity than the merged-data model for "
+                         + _join(better) + ".")
     if worse:
-        parts.append("higher for " + _join(worse))
-    out = "The summed adapters reached a union perplexity " + "; ".join(parts) + "." if parts else ""
+        lead = ("It gave a higher one" if better
+                else "Summing the adapters gave a higher union perplexity than the merged-data model")
+        sentences.append(f"{lead} for {_join(worse)}.")
     if unclear:
-        out += (" " if out else "") + "The 95 % CI spans zero (no clear difference) for " + _join(unclear) + "."
-    return out
+        sentences.append("The 95 % CI of the change spans zero (no clear difference) for " + _join(unclear) + ".")
+    return " ".join(sentences)
 
 
 def _join(items: list[str]) -> str:
@@ -110,7 +112,7 @@ def _paper_sentence(results: dict) -> str:
         agree += (sum(vals) / len(vals) < 0) == (paper < 0)
     if not total:
         return ""
-    return (f" The paper (GPT-2 Small, different data) reported −9.10 / +4.54 / +27.56 % for math+medicine / "
+    return (f" The paper (GPT-2 Small, different data) reported -9.10 / +4.54 / +27.56 % for math+medicine / "
             f"math+finance / finance+medicine; the sign agrees for {agree} of {total} such pairs here.")
 
 
@@ -132,6 +134,9 @@ def verdict(results: dict) -> str:
     caveats = []
     if len(seeds) < 2:
         caveats.append("with one seed the run-to-run variation is unknown")
+    elif len(seeds) < 5:
+        caveats.append(f"with {len(seeds)} seeds the bootstrap CIs are coarse (they cannot reach beyond the "
+                       "observed values)")
     if s["n"] < SMALL_N:
         caveats.append(f"with only n = {s['n']} points the correlation is indicative, not conclusive")
     sizes = [d.get("train") for d in (results.get("data") or {}).values() if finite(d.get("train"))]
@@ -152,6 +157,11 @@ def _source_name(dom: str, results: dict) -> str:
     return srcs[0].get("path", "?").rsplit("/", 1)[-1] if srcs else "?"
 
 
+def _modules(lora: dict, model: dict) -> str:
+    mods = lora.get("target_modules") or model.get("target_modules")
+    return ", ".join(mods) if mods else "the model default"
+
+
 def differences(results: dict) -> list[str]:
     """Bullets: how this run's setting differs from arXiv 2508.11985."""
     cfg = results.get("config") or {}
@@ -163,7 +173,7 @@ def differences(results: dict) -> list[str]:
     r, alpha = lora.get("r"), lora.get("lora_alpha")
     same = "same as" if (r, alpha) == (4, 64) else "the paper used"
     out.append(f"LoRA: r = {r if r is not None else '?'}, lora_alpha = {alpha if alpha is not None else '?'} "
-               f"({same} r = 4, alpha = 64); target modules: {lora.get('target_modules') or 'the model default'}.")
+               f"({same} r = 4, alpha = 64); target modules: {_modules(lora, model)}.")
     for dom in cfg.get("domains") or list((results.get("data") or {}).keys()):
         ours, paper = _source_name(dom, results), PAPER_DATA.get(dom, "—")
         tag = "same source, our own split" if ours == paper else "stand-in"

@@ -39,7 +39,7 @@ KIND_ORDER = ("base", "single", "merged", "sum")
 _FORMATS = {
     "ppl": ("{:.3f}", "{:.3f}"),  # perplexity: 3 decimals
     "pct": ("{:+.2f}", "{:.2f}"),  # Δ %: sign and 2 decimals
-    "cos": ("{:.4g}", "{:.2g}"),  # cosines: 4 significant digits
+    "cos": ("{:.4g}", "{:.3g}"),  # cosines: 4 significant digits
     "r": ("{:+.3f}", "{:.3f}"),  # correlation coefficients
     "p": ("{:.3g}", "{:.3g}"),  # p-values
     "num": ("{:.4g}", "{:.2g}"),  # anything else

@@ -202,15 +202,11 @@ def data_table(results: dict) -> Table:
     """Per domain: split sizes, content hash and source files."""
     rows = []
     for dom, d in (results.get("data") or {}).items():
-        srcs = ", ".join(f"{_basename(s.get('path', ''))} ({fmt(s.get('records'), 'int')})" for s in d.get("sources", []))
+        srcs = ", ".join(f"`{s.get('path', '?')}` ({fmt(s.get('records'), 'int')})" for s in d.get("sources", []))
         rows.append([dom, fmt(d.get("train"), "int"), fmt(d.get("validation"), "int"), fmt(d.get("test"), "int"),
                      f"`{d['content_hash']}`" if d.get("content_hash") else MISSING, srcs or MISSING])
     return Table("Data", ["domain", "train", "validation", "test", "content hash", "sources (records)"], rows,
                  align=["l", "r", "r", "r", "l", "l"])
-
-
-def _basename(path: str) -> str:
-    return path.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
 
 
 RESULT_COLUMNS = ["model", "kind", "domains", "seed", "eval_domain", "nll_sum", "n_tokens", "n_examples", "ppl",

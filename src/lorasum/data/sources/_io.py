@@ -99,7 +99,7 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
 
 def _iter_csv(path: Path, delimiter: str) -> Iterator[tuple[str, dict]]:
     text = read_text(path)
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     try:
         if not reader.fieldnames:
             raise DataError(f"{path}: no header row")
@@ -108,7 +108,7 @@ def _iter_csv(path: Path, delimiter: str) -> Iterator[tuple[str, dict]]:
                 raise DataError(f"{path}:{reader.line_num}: more cells than header columns")
             yield f"{path}:{reader.line_num}", row
     except csv.Error as e:
-        raise DataError(f"{path}:{reader.line_num}: malformed CSV ({e})") from None
+        raise DataError(f"{path}: malformed CSV near line {reader.line_num + 1} ({e})") from None
 
 
 def iter_rows(path: str | os.PathLike) -> Iterator[tuple[str, dict]]:

@@ -50,12 +50,12 @@ def _parse(path: Path, data: bytes) -> Any:
 
 def _file_records(path: Path, rel: str, root: Any, domain: str, stats: MutableMapping | None) -> list[Record]:
     pairs = root.findall("QAPairs/QAPair")
-    if root.tag != "Document" or not pairs:
+    if not pairs:
         bump(stats, "files_without_pairs")
         if stats is not None:
             stats.setdefault("skipped_files", []).append(rel)
         return []
-    doc_id = root.get("id") or path.stem
+    doc_id = root.get("id") or root.get("fid") or path.stem
     subset = path.parent.name
     out = []
     for i, pair in enumerate(pairs):
@@ -98,8 +98,11 @@ def load_medquad_xml(
             relative to ``folder``'s parent) and ``tree_sha256`` (sha256 over the sorted lines
             ``"<relative path> <file sha256>\\n"``).
 
-    Files that are not ``Document/QAPairs/QAPair`` XML (e.g. 4 NINDS files in another
-    schema, 6 NIDDK files with an empty ``QAPairs``) are skipped and counted.
+    Any root element with ``QAPairs/QAPair`` children is read (one CDC file's root is
+    ``DiseaseFile[@fid]``). Files without them (4 NINDS files in a lower-case
+    ``doc/qaPairs/pair`` schema, 6 NIDDK files with an empty ``QAPairs``) are skipped and
+    counted, which matches the 16,407 answered pairs of the upstream count and of the
+    HF mirror used by arXiv 2508.11985.
 
     Raises:
         DataError: the folder is missing or holds no XML file, a file does not parse
@@ -123,7 +126,7 @@ def load_medquad_xml(
             n_records += 1
             yield record
     if n_records == 0:
-        raise DataError(f"{folder}: no answered Document/QAPairs/QAPair in {len(files)} XML files (not MedQuAD XML?)")
+        raise DataError(f"{folder}: no answered QAPairs/QAPair in {len(files)} XML files (not MedQuAD XML?)")
     local["tree_sha256"] = digest.hexdigest()
     if stats is not None:
         for key, value in local.items():

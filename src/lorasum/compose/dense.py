@@ -1,0 +1,121 @@
+"""Dense ΔW results of the sparsifying merge methods, and their safetensors file.
+
+TIES, DARE and magnitude pruning zero individual entries of ΔW, so their result is no
+longer low rank; it is kept as one dense (d_out, d_in) tensor per module, in
+``nn.Linear`` orientation like :meth:`lorasum.adapters.LoraFactor.delta`.
+:func:`lorasum.compose.merge_into_base` adds it to a base model (transposed for GPT-2's
+Conv1D).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lorasum.adapters import Adapter
+from lorasum.errors import AdapterError
+from lorasum.storage import atomic_write_bytes, check_output
+
+__all__ = ["DenseDelta", "save_dense_delta", "load_dense_delta", "task_vectors", "dense_result"]
+
+_FORMAT = "lorasum.dense_delta.v1"
+
+
+@dataclass
+class DenseDelta:
+    """A dense weight update per module.
+
+    Attributes:
+        deltas: module path → ΔW, (d_out, d_in) float32 tensor in nn.Linear orientation.
+        base_model: the base model's name or path (None if unknown).
+        fan_in_fan_out: the source adapters' flag (True for GPT-2 Conv1D modules); kept as
+            metadata, merging decides the orientation by the module type.
+        meta: free-form JSON-ready description (method, parameters).
+    """
+
+    deltas: dict[str, torch.Tensor]
+    base_model: str | None = None
+    fan_in_fan_out: bool = False
+    meta: dict | None = None
+
+    @property
+    def modules(self) -> list[str]:
+        """Sorted module paths."""
+        return sorted(self.deltas)
+
+
+def task_vectors(adapters: list[Adapter], weights: list[float]) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield (module, stack) per module of the union, sorted by module path, where
+    ``stack[i] = wᵢ · ΔWᵢ`` is (N, d_out, d_in) float64 and is 0 for adapters lacking the module.
+
+    The caller must have checked compatibility (:func:`lorasum.compose.check_compatible`).
+    """
+    for module in sorted({m for a in adapters for m in a.factors}):
+        shape = next(a.factors[module].shape for a in adapters if module in a.factors)
+        stack = torch.zeros((len(adapters), *shape), dtype=torch.float64)
+        for i, (w, a) in enumerate(zip(weights, adapters)):
+            f = a.factors.get(module)
+            if f is not None:
+                stack[i] = (w * f.scaling) * (f.B.double() @ f.A.double())
+        yield module, stack
+
+
+def dense_result(adapters: list[Adapter], deltas: dict[str, torch.Tensor], meta: dict) -> DenseDelta:
+    """Wrap per-module float64 results as a float32 :class:`DenseDelta` carrying the sources' metadata."""
+    bases = [a.base_model for a in adapters if a.base_model is not None]
+    return DenseDelta(deltas={m: d.float().contiguous() for m, d in deltas.items()},
+                      base_model=bases[0] if bases else None,
+                      fan_in_fan_out=adapters[0].fan_in_fan_out, meta=meta)
+
+
+def save_dense_delta(dd: DenseDelta, path: str | Path, *, overwrite: bool = False) -> Path:
+    """Write ``dd`` as one safetensors file, atomically.
+
+    Tensor keys are the module paths; the header metadata holds ``format``
+    (``lorasum.dense_delta.v1``), ``base_model``, ``fan_in_fan_out``, ``orientation``
+    ("nn.Linear (d_out, d_in)") and ``meta`` (JSON).
+
+    Raises:
+        AdapterError: no modules, or a tensor is not 2-D or holds NaN/Inf.
+        OutputExistsError: ``path`` exists and ``overwrite`` is False.
+    """
+    from safetensors.torch import save
+
+    if not dd.deltas:
+        raise AdapterError(f"{path}: refusing to save a dense delta with no modules")
+    for m, d in dd.deltas.items():
+        if d.dim() != 2 or not torch.isfinite(d).all():
+            raise AdapterError(f"{path}: module {m} must be a finite 2-D ΔW, got shape {tuple(d.shape)}")
+    check_output(path, overwrite)
+    metadata = {"format": _FORMAT, "base_model": dd.base_model or "", "fan_in_fan_out": str(dd.fan_in_fan_out),
+                "orientation": "nn.Linear (d_out, d_in)", "meta": json.dumps(dd.meta or {}, sort_keys=True)}
+    tensors = {m: d.detach().float().cpu().contiguous() for m, d in sorted(dd.deltas.items())}
+    return atomic_write_bytes(path, save(tensors, metadata=metadata))
+
+
+def load_dense_delta(path: str | Path) -> DenseDelta:
+    """Read a file written by :func:`save_dense_delta`.
+
+    Raises:
+        AdapterError: the file is missing, unreadable or not a lorasum dense delta.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise AdapterError(f"{path}: dense delta file not found")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            metadata = fh.metadata() or {}
+            deltas = {k: fh.get_tensor(k) for k in fh.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise AdapterError(f"{path}: cannot read safetensors ({exc})") from exc
+    if metadata.get("format") != _FORMAT:
+        raise AdapterError(f"{path}: not a lorasum dense delta (format {metadata.get('format')!r})")
+    return DenseDelta(deltas=deltas, base_model=metadata.get("base_model") or None,
+                      fan_in_fan_out=metadata.get("fan_in_fan_out") == "True",
+                      meta=json.loads(metadata.get("meta") or "{}"))

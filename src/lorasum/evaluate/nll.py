@@ -1,0 +1,186 @@
+"""Answer-token NLL and perplexity.
+
+Perplexity of a model on a set of records is ``exp`` of the token-weighted mean
+negative log-likelihood (in nats) of the answer tokens given everything before them:
+
+    PPL = exp( sum_i sum_{t in answer_i} -log p(x_t | x_<t) / sum_i |answer_i| )
+
+(Jelinek et al. 1977; the metric of arXiv 2508.11985, Table 1). Prompt and padding
+tokens carry no loss (labels ``-100``, see :mod:`lorasum.data.tokenize`).
+
+:func:`answer_token_nll` is the one loss function of lorasum: training minimises it and
+evaluation reports it. It runs the decoder once and applies the LM head only at the
+positions whose next token is an answer token, which avoids computing (B, T, V) logits
+for a 49k-token vocabulary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from lorasum.data.records import Record
+from lorasum.data.tokenize import IGNORE_INDEX, collate, encode_record
+
+__all__ = ["Perplexity", "perplexity", "answer_token_nll", "autocast_for"]
+
+# config attributes of architectures whose logits are not just lm_head(hidden);
+# for these the full forward pass is used
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model inside a PEFT ``PeftModel`` (LoRA layers stay injected), else ``model``."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def _split_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
+    """(decoder, LM head) of a causal LM, or None when logits are more than ``head(hidden)``."""
+    config = getattr(model, "config", None)
+    if any(getattr(config, key, None) not in (None, 1, 1.0) for key in _LOGIT_TRANSFORMS):
+        return None
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else getattr(model, "base_model", None)
+    if head is None or decoder is None or decoder is model:
+        return None
+    return decoder, head
+
+
+def autocast_for(device: torch.device) -> contextlib.AbstractContextManager:
+    """bfloat16 autocast on CUDA; a no-op elsewhere (CPU runs in the model's own dtype, float32)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def answer_token_nll(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """Summed NLL (nats) of the labelled tokens of a batch and their count.
+
+    Args:
+        model: a transformers causal LM, or a PEFT ``PeftModel`` wrapping one (adapters active).
+        batch: ``input_ids``, ``attention_mask``, ``labels``, each (B, T) int64, as made by
+            :func:`lorasum.data.tokenize.collate`; labels are aligned with the inputs.
+
+    Returns:
+        ``(nll_sum, n_tokens)``: a float32 scalar tensor (differentiable, on the model's device)
+        equal to ``sum_t -log p(labels[t] | input_ids[<t])`` over positions with
+        ``labels[t] != -100`` and ``t >= 1``; and the number of those positions.
+        This equals ``cross_entropy(logits[:, :-1], labels[:, 1:], reduction="sum")``
+        of the full forward pass, but the LM head is applied only at those positions.
+    """
+    device = next(model.parameters()).device
+    input_ids = batch["input_ids"].to(device)
+    attention_mask = batch["attention_mask"].to(device)
+    targets = batch["labels"].to(device)[:, 1:]  # (B, T-1): the token after each position
+    keep = targets != IGNORE_INDEX  # (B, T-1)
+    n_tokens = int(keep.sum())
+    inner = _unwrap(model)
+    parts = _split_head(inner)
+    with autocast_for(device):
+        if parts is None:  # generic path: full logits (B, T, V)
+            logits = inner(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+            logits = logits[:, :-1][keep]
+        else:
+            decoder, head = parts
+            hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)[0]  # (B, T, H)
+            logits = head(hidden[:, :-1][keep])  # (N, V), N = n_tokens
+    nll_sum = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
+    return nll_sum, n_tokens
+
+
+@dataclass(frozen=True)
+class Perplexity:
+    """Summed answer-token NLL of a set of examples.
+
+    Attributes:
+        nll_sum: total NLL in nats.
+        n_tokens: number of answer tokens scored.
+        n_examples: number of examples.
+    """
+
+    nll_sum: float
+    n_tokens: int
+    n_examples: int
+
+    @property
+    def mean_nll(self) -> float:
+        """Token-weighted mean NLL in nats per token (NaN when no token was scored)."""
+        return self.nll_sum / self.n_tokens if self.n_tokens else math.nan
+
+    @property
+    def ppl(self) -> float:
+        """Perplexity ``exp(mean_nll)``."""
+        return math.exp(self.mean_nll)
+
+    def __add__(self, other: Perplexity) -> Perplexity:
+        """Union of two disjoint example sets (token-weighted: sums are added)."""
+        if not isinstance(other, Perplexity):
+            return NotImplemented
+        return Perplexity(self.nll_sum + other.nll_sum, self.n_tokens + other.n_tokens, self.n_examples + other.n_examples)
+
+    def to_dict(self) -> dict[str, float | int]:
+        """Plain dict with the sums and the derived ``mean_nll`` and ``ppl``."""
+        return {
+            "nll_sum": self.nll_sum,
+            "n_tokens": self.n_tokens,
+            "n_examples": self.n_examples,
+            "mean_nll": self.mean_nll,
+            "ppl": self.ppl,
+        }
+
+
+def _length_batches(lengths: list[int], batch_size: int) -> Iterator[list[int]]:
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]
+
+
+def perplexity(
+    model: torch.nn.Module,
+    tokenizer,
+    records: list[Record],
+    *,
+    max_length: int,
+    batch_size: int = 8,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+) -> Perplexity:
+    """Answer-token perplexity of ``model`` on ``records``.
+
+    Records are tokenised with :func:`~lorasum.data.tokenize.encode_record` (truncated to
+    ``max_length``) and batched by length; the sums do not depend on batch size or order
+    (up to float rounding). Runs under ``torch.inference_mode`` with the model in eval mode
+    (its previous mode is restored). Works for a plain model or a ``PeftModel``.
+
+    Args:
+        device: where to run; default the model's device (the model is not moved).
+
+    Raises:
+        ValueError: ``device`` differs from the model's device.
+    """
+    model_device = next(model.parameters()).device
+    wanted = torch.device(device) if device is not None else model_device
+    if wanted.type != model_device.type or (wanted.index is not None and wanted.index != model_device.index):
+        raise ValueError(f"perplexity: model is on {model_device}, not {device}; move it first")
+    encoded = [encode_record(tokenizer, r, max_length) for r in records]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    was_training = model.training
+    model.eval()
+    nll_sum, n_tokens = 0.0, 0
+    try:
+        with torch.inference_mode():
+            batches = list(_length_batches([len(e.input_ids) for e in encoded], batch_size))
+            for idx in tqdm(batches, desc="perplexity", unit="batch", disable=not progress, leave=False):
+                nll, n = answer_token_nll(model, collate([encoded[i] for i in idx], pad_id))
+                nll_sum += float(nll)
+                n_tokens += n
+    finally:
+        model.train(was_training)
+    return Perplexity(nll_sum=nll_sum, n_tokens=n_tokens, n_examples=len(records))

@@ -1,0 +1,250 @@
+"""Train one LoRA adapter with an explicit loop (no HF Trainer).
+
+Recipe (LoRA: Hu et al. 2021; hyper-parameters of arXiv 2508.11985 by default):
+
+1. seed Python, NumPy and torch; tokenise the records (answer-only labels);
+2. wrap the base model with PEFT LoRA on the target modules (A random, B = 0, so ΔW = 0);
+3. for each optimiser step, take ``grad_accum`` shuffled micro-batches and minimise the
+   token-weighted mean answer-token NLL (:func:`lorasum.evaluate.answer_token_nll`) with
+   AdamW over the LoRA A and B only, linear warm-up then linear decay, gradient clipping;
+4. optionally score a validation set;
+5. save the adapter (PEFT format + ``lorasum.json``) atomically;
+6. remove the LoRA layers, so the caller's model is the untouched base model again.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import math
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from lorasum.config import LoraSpec, TrainSpec
+from lorasum.data.records import Record
+from lorasum.data.tokenize import IGNORE_INDEX, Encoded, collate, encode_record
+from lorasum.errors import ConfigError, DataError
+from lorasum.evaluate.nll import answer_token_nll, perplexity
+from lorasum.models import ModelInfo
+from lorasum.storage import atomic_dir, atomic_write_json, check_output
+
+__all__ = ["TrainResult", "train_adapter", "ADAPTER_META_FILE"]
+
+#: lorasum's own metadata file inside an adapter folder.
+ADAPTER_META_FILE = "lorasum.json"
+_LOG_TAIL = 0.1  # final_loss averages the last 10 % of the logged steps
+
+
+@dataclass
+class TrainResult:
+    """Outcome of :func:`train_adapter`.
+
+    Attributes:
+        out_dir: the adapter folder.
+        steps: optimiser steps taken.
+        tokens: non-padding input tokens processed (prompt + answer).
+        seconds: wall-clock seconds of the optimisation loop.
+        losses: mean answer-token NLL (nats) of each optimiser step.
+        final_loss: mean of the last 10 % of ``losses`` (at least one step).
+        val_loss: mean answer-token NLL on the validation records after training, or None.
+    """
+
+    out_dir: Path
+    steps: int
+    tokens: int
+    seconds: float
+    losses: list[float] = field(repr=False)
+    final_loss: float
+    val_loss: float | None
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _total_steps(n_examples: int, train: TrainSpec) -> int:
+    """Optimiser steps: ``max_steps`` if set, else ``ceil(epochs * steps per epoch)``."""
+    if train.max_steps is not None:
+        return train.max_steps
+    micro_per_epoch = math.ceil(n_examples / train.batch_size)
+    steps_per_epoch = math.ceil(micro_per_epoch / train.grad_accum)
+    return max(1, math.ceil(train.epochs * steps_per_epoch))
+
+
+def _micro_batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[list[int]]:
+    """Endless index lists: each epoch a fresh permutation from ``generator``, cut into batches."""
+    while True:
+        order = torch.randperm(n, generator=generator).tolist()
+        for start in range(0, n, batch_size):
+            yield order[start : start + batch_size]
+
+
+def _lora_config(lora: LoraSpec, model_info: ModelInfo) -> LoraConfig:
+    targets = list(lora.target_modules or model_info.target_modules)
+    if not targets:
+        raise ConfigError(f"{model_info.name}: no default LoRA target modules for {model_info.arch}; set lora.target_modules")
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.lora_alpha,
+        lora_dropout=lora.lora_dropout,
+        target_modules=targets,
+        fan_in_fan_out=model_info.fan_in_fan_out,
+        task_type="CAUSAL_LM",
+    )
+
+
+def _optimise(
+    peft_model: PeftModel, encoded: list[Encoded], train: TrainSpec, seed: int, pad_id: int, progress: bool
+) -> tuple[list[float], int, float]:
+    """The training loop. Returns (per-step losses, input tokens processed, seconds)."""
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    device = params[0].device
+    optimizer = torch.optim.AdamW(
+        params, lr=train.learning_rate, weight_decay=train.weight_decay, fused=device.type == "cuda"
+    )
+    total = _total_steps(len(encoded), train)
+    scheduler = get_linear_schedule_with_warmup(optimizer, round(train.warmup_ratio * total), total)
+    stream = _micro_batches(len(encoded), train.batch_size, torch.Generator().manual_seed(seed))
+    losses: list[float] = []
+    tokens = 0
+    peft_model.train()
+    start = time.perf_counter()
+    bar = tqdm(range(total), desc="train", unit="step", disable=not progress, leave=False)
+    for _ in bar:
+        group = [collate([encoded[i] for i in next(stream)], pad_id) for _ in range(train.grad_accum)]
+        # token-weighted mean over the whole accumulation window
+        n_answer = max(1, sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in group))
+        step_nll = 0.0
+        for batch in group:
+            nll, _ = answer_token_nll(peft_model, batch)
+            (nll / n_answer).backward()
+            step_nll += float(nll.detach())
+            tokens += int(batch["attention_mask"].sum())
+        if train.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params, train.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(step_nll / n_answer)
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", tok_s=f"{tokens / (time.perf_counter() - start):.0f}")
+    return losses, tokens, time.perf_counter() - start
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for pkg in ("lorasum", "torch", "transformers", "peft", "safetensors"):
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            out[pkg] = "unknown"
+    return out
+
+
+def _metadata(
+    model_info: ModelInfo, config: LoraConfig, train: TrainSpec, seed: int, max_length: int,
+    meta: dict | None, n_examples: int, n_truncated: int, losses: list[float], result: dict[str, Any],
+) -> dict[str, Any]:
+    return {
+        "format": "lorasum-adapter/1",
+        "base_model": {
+            "name": model_info.name,
+            "source": model_info.source,
+            "arch": model_info.arch,
+            "config_hash": model_info.config_hash,
+        },
+        "meta": meta or {},
+        "lora": {
+            "r": config.r,
+            "lora_alpha": config.lora_alpha,
+            "lora_dropout": config.lora_dropout,
+            "target_modules": sorted(config.target_modules),
+            "fan_in_fan_out": config.fan_in_fan_out,
+        },
+        "train": train.model_dump(),
+        "seed": seed,
+        "max_length": max_length,
+        "n_examples": n_examples,
+        "n_truncated": n_truncated,
+        "losses": losses,
+        **result,
+        "versions": _versions(),
+    }
+
+
+def train_adapter(
+    model: torch.nn.Module,
+    tokenizer,
+    records: list[Record],
+    *,
+    lora: LoraSpec,
+    train: TrainSpec,
+    seed: int,
+    out_dir: str | Path,
+    max_length: int,
+    model_info: ModelInfo,
+    meta: dict | None = None,
+    validation: list[Record] | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> TrainResult:
+    """Train one LoRA adapter on ``records`` and save it to ``out_dir``.
+
+    The folder holds PEFT's ``adapter_model.safetensors`` and ``adapter_config.json``
+    (``base_model_name_or_path = model_info.name``) plus ``lorasum.json`` (base model
+    identity, ``meta``, LoRA and training hyper-parameters, seed, losses, steps, tokens,
+    seconds, package versions). The same seed gives the same adapter. On return (or on an
+    error) the LoRA layers are removed and ``model`` is the unchanged base model, with its
+    ``requires_grad`` flags and train/eval mode restored.
+
+    Raises:
+        OutputExistsError: ``out_dir`` exists and ``overwrite`` is False (checked before training).
+        DataError: ``records`` is empty.
+        ConfigError: no target modules, or target modules not found in the model.
+    """
+    out_dir = check_output(out_dir, overwrite)
+    if not records:
+        raise DataError(f"{out_dir}: no training records")
+    _seed_everything(seed)
+    config = _lora_config(lora, model_info)
+    encoded = [encode_record(tokenizer, r, max_length) for r in records]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
+    was_training = model.training
+    try:
+        peft_model = get_peft_model(model, config)
+    except ValueError as e:
+        raise ConfigError(f"lora.target_modules {config.target_modules}: {str(e).splitlines()[0]}") from None
+    try:
+        losses, tokens, seconds = _optimise(peft_model, encoded, train, seed, pad_id, progress)
+        val_loss = None
+        if validation:
+            val_loss = perplexity(peft_model, tokenizer, validation, max_length=max_length,
+                                  batch_size=train.batch_size).mean_nll
+        n_tail = max(1, round(_LOG_TAIL * len(losses)))
+        final_loss = sum(losses[-n_tail:]) / n_tail
+        summary = {"steps": len(losses), "tokens": tokens, "seconds": seconds,
+                   "final_loss": final_loss, "val_loss": val_loss}
+        info = _metadata(model_info, config, train, seed, max_length, meta, len(encoded),
+                         sum(e.truncated for e in encoded), losses, summary)
+        with atomic_dir(out_dir, overwrite) as tmp:
+            peft_model.peft_config["default"].base_model_name_or_path = model_info.name
+            peft_model.save_pretrained(tmp, save_embedding_layers=False)
+            atomic_write_json(tmp / ADAPTER_META_FILE, info)
+    finally:
+        peft_model.unload()  # removes the LoRA layers from the caller's model
+        for name, p in model.named_parameters():
+            p.requires_grad_(requires_grad.get(name, p.requires_grad))
+        model.train(was_training)
+    return TrainResult(out_dir=out_dir, steps=len(losses), tokens=tokens, seconds=seconds,
+                       losses=losses, final_loss=final_loss, val_loss=val_loss)

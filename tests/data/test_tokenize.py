@@ -1,0 +1,143 @@
+"""lorasum.data.tokenize: prompt layout, answer-only labels, padding and truncation rules."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lorasum.data.records import Record
+from lorasum.data.tokenize import Encoded, collate, encode_record, format_prompt
+
+IGNORE = -100
+
+
+def rec(question="what is 2 plus 2 ?", answer="4 apples", context="", rid="r0") -> Record:
+    return Record(id=rid, domain="math", question=question, answer=answer, context=context)
+
+
+def test_format_prompt_with_and_without_context():
+    assert format_prompt(rec(context="the cat")) == "the cat\n\nQuestion: what is 2 plus 2 ?\nAnswer:"
+    assert format_prompt(rec()) == "Question: what is 2 plus 2 ?\nAnswer:"
+
+
+@pytest.mark.parametrize("context", ["", "the patient is red"])
+def test_labels_are_ignore_exactly_on_prompt(tiny_tokenizer, context):
+    r = rec(context=context)
+    enc = encode_record(tiny_tokenizer, r, max_length=64)
+    prompt = tiny_tokenizer(format_prompt(r))["input_ids"]  # with <bos>, as the tokenizer adds it
+    answer = tiny_tokenizer(" " + r.answer, add_special_tokens=False)["input_ids"] + [tiny_tokenizer.eos_token_id]
+    assert prompt[0] == tiny_tokenizer.bos_token_id
+    assert enc.input_ids == prompt + answer
+    assert enc.labels == [IGNORE] * len(prompt) + answer
+    assert not enc.truncated
+    assert enc.n_answer_tokens == len(answer)
+
+
+def test_no_eos_when_not_asked(tiny_tokenizer):
+    enc = encode_record(tiny_tokenizer, rec(), max_length=64, add_eos=False)
+    assert enc.input_ids[-1] != tiny_tokenizer.eos_token_id
+    assert enc.labels[-2:] == enc.input_ids[-2:]
+
+
+def test_collate_pads_right_and_masks_by_attention_not_token_id(tiny_tokenizer):
+    eos = tiny_tokenizer.eos_token_id
+    assert tiny_tokenizer.pad_token_id == eos  # padding cannot be found from the token id
+    # an answer that itself contains eos ids (e.g. a model whose eos is a common token)
+    odd = Encoded(input_ids=[1, 5, 6, eos, 7, eos], labels=[IGNORE, IGNORE, IGNORE, eos, 7, eos])
+    short = Encoded(input_ids=[1, 5, eos], labels=[IGNORE, IGNORE, eos])
+    out = collate([short, odd], pad_token_id=eos)
+    assert {k: v.shape for k, v in out.items()} == {k: torch.Size([2, 6]) for k in out}
+    assert all(v.dtype == torch.long for v in out.values())
+    assert out["attention_mask"].tolist() == [[1, 1, 1, 0, 0, 0], [1] * 6]
+    assert out["input_ids"].tolist() == [[1, 5, eos, eos, eos, eos], odd.input_ids]
+    assert out["labels"].tolist() == [[IGNORE, IGNORE, eos, IGNORE, IGNORE, IGNORE], odd.labels]
+    assert bool((out["labels"][out["attention_mask"] == 0] == IGNORE).all())
+
+
+def test_collate_rejects_empty_batch():
+    with pytest.raises(ValueError):
+        collate([], pad_token_id=0)
+
+
+# The tiny tokenizer maps every word to one token, so lengths are easy to count:
+# <bos> (1) + context words + "Question :" (2) + question words + "Answer :" (2) + answer words + eos.
+CTX = "the patient is red and the dog is blue"  # 9 tokens
+Q = "what is the dose"  # 4 tokens
+A = "yes the dose is 10"  # 5 tokens (+ eos)
+
+
+def parts(tok, enc: Encoded) -> tuple[list[str], list[str]]:
+    toks = tok.convert_ids_to_tokens(enc.input_ids)
+    n_prompt = sum(1 for t in enc.labels if t == IGNORE)
+    return toks[:n_prompt], toks[n_prompt:]
+
+
+def test_no_truncation_at_exact_fit(tiny_tokenizer):
+    full = 1 + 9 + 2 + 4 + 2 + 6
+    enc = encode_record(tiny_tokenizer, rec(Q, A, CTX), max_length=full)
+    assert len(enc.input_ids) == full and not enc.truncated
+
+
+def test_truncation_cuts_context_end_first(tiny_tokenizer):
+    enc = encode_record(tiny_tokenizer, rec(Q, A, CTX), max_length=24 - 4)
+    prompt, answer = parts(tiny_tokenizer, enc)
+    assert enc.truncated and len(enc.input_ids) == 20
+    assert prompt == ["<bos>", "the", "patient", "is", "red", "and", "Question", ":", *Q.split(), "Answer", ":"]
+    assert answer == [*A.split(), "<eos>"]
+
+
+def test_truncation_then_cuts_answer_tail(tiny_tokenizer):
+    enc = encode_record(tiny_tokenizer, rec(Q, A, CTX), max_length=1 + 2 + 4 + 2 + 3)
+    prompt, answer = parts(tiny_tokenizer, enc)
+    assert prompt == ["<bos>", "Question", ":", *Q.split(), "Answer", ":"]
+    assert answer == ["yes", "the", "dose"]  # eos and tail gone, beginning kept
+
+
+def test_truncation_keeps_question_tail_and_one_answer_token(tiny_tokenizer):
+    enc = encode_record(tiny_tokenizer, rec(Q, A, CTX), max_length=6)
+    prompt, answer = parts(tiny_tokenizer, enc)
+    assert len(enc.input_ids) == 6
+    assert prompt == ["<bos>", "the", "dose", "Answer", ":"]
+    assert answer == ["yes"]
+
+
+def test_max_length_too_small_is_refused(tiny_tokenizer):
+    with pytest.raises(ValueError):
+        encode_record(tiny_tokenizer, rec(), max_length=2)
+
+
+WORD = st.sampled_from(["the", "dose", "is", "red", "cat", "10", "yes", "no"])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    ctx=st.lists(WORD, max_size=12),
+    q=st.lists(WORD, min_size=1, max_size=8),
+    a=st.lists(WORD, min_size=1, max_size=8),
+    max_length=st.integers(3, 40),
+)
+def test_truncation_invariants(tiny_tokenizer, ctx, q, a, max_length):
+    tok = tiny_tokenizer  # not mutated, safe to share between examples
+    r = rec(" ".join(q), " ".join(a), " ".join(ctx))
+    enc = encode_record(tok, r, max_length=max_length)
+    full = encode_record(tok, r, max_length=10_000)
+    assert len(enc.input_ids) == len(enc.labels) == min(max_length, len(full.input_ids))
+    assert enc.truncated == (len(full.input_ids) > max_length)
+    n_prompt, f_prompt = enc.labels.count(IGNORE), full.labels.count(IGNORE)
+    answer, full_answer = enc.input_ids[n_prompt:], full.input_ids[f_prompt:]
+    assert enc.labels[n_prompt:] == answer and len(answer) >= 1
+    assert answer == full_answer[: len(answer)]  # the answer keeps its beginning
+    prompt, fprompt = enc.input_ids[:n_prompt], full.input_ids[:f_prompt]
+    assert prompt[0] == tok.bos_token_id
+    q_part = fprompt[1 + len(ctx) :]  # "Question : <q> Answer :"
+    kept_ctx = len(prompt) - 1 - len(q_part)
+    if kept_ctx >= 0:  # the question part is whole; the context keeps its beginning
+        assert prompt[1 : 1 + kept_ctx] == fprompt[1 : 1 + kept_ctx]
+        assert prompt[1 + kept_ctx :] == q_part
+    else:  # the question part was cut: its last tokens remain, with one answer token
+        assert prompt[1:] == q_part[-(len(prompt) - 1) :]
+        assert len(answer) == 1
+    if len(answer) < len(full_answer):  # the answer is cut only once the context is gone
+        assert kept_ctx <= 0

@@ -1,0 +1,136 @@
+"""lorasum.evaluate: answer-position NLL against the full-logits cross-entropy, perplexity sums."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, get_peft_model
+
+from lorasum.data.records import Record
+from lorasum.data.tokenize import collate, encode_record
+from lorasum.evaluate import Perplexity, answer_token_nll, perplexity
+
+QUESTIONS = [
+    ("what is 2 plus 2 ?", "4", ""),
+    ("how many apples are left ?", "10 apples are left each day", "the cat and the dog eat 2 apples"),
+    ("what is the dose ?", "the dose is 5", "the patient with heart disease"),
+    ("which stock ?", "the bond", ""),
+    ("what is the interest rate ?", "the rate is 6 %", "the market price of the bond is 100 $"),
+    ("is the sun red ?", "no the sun is not red", ""),
+    ("what is the total ?", "12", "add 2 and 10"),
+]
+
+
+def records(n: int = 7) -> list[Record]:
+    return [
+        Record(id=f"r{i}", domain="d", question=q, answer=a, context=c)
+        for i, (q, a, c) in enumerate((QUESTIONS * 3)[:n])
+    ]
+
+
+def full_logits_nll(model, batch) -> tuple[float, int]:
+    """Independent reference: full (B, T, V) logits, shifted labels, F.cross_entropy."""
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    labels = batch["labels"][:, 1:]
+    nll = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+                          ignore_index=-100, reduction="sum")
+    return float(nll), int((labels != -100).sum())
+
+
+def batch_of(tok, recs, max_length=64):
+    return collate([encode_record(tok, r, max_length) for r in recs], tok.pad_token_id)
+
+
+@pytest.mark.parametrize("model_fixture", ["tiny_gpt2", "tiny_llama"])
+def test_fast_nll_equals_full_logits_cross_entropy(request, tiny_tokenizer, model_fixture):
+    model = request.getfixturevalue(model_fixture)
+    batch = batch_of(tiny_tokenizer, records())
+    assert (batch["attention_mask"] == 0).any()  # padding present
+    with torch.no_grad():
+        nll, n = answer_token_nll(model, batch)
+    ref, n_ref = full_logits_nll(model, batch)
+    assert n == n_ref
+    assert float(nll) == pytest.approx(ref, rel=1e-5)
+
+
+@pytest.mark.parametrize("model_fixture", ["tiny_gpt2", "tiny_llama"])
+def test_fast_nll_with_active_lora_adapter(request, tiny_tokenizer, model_fixture):
+    model = request.getfixturevalue(model_fixture)
+    targets = ["c_attn"] if model_fixture == "tiny_gpt2" else ["q_proj", "v_proj"]
+    peft_model = get_peft_model(model, LoraConfig(r=2, lora_alpha=4, target_modules=targets,
+                                                  fan_in_fan_out=model_fixture == "tiny_gpt2"))
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 1.0)  # B = 0 at init would make the adapter a no-op
+    batch = batch_of(tiny_tokenizer, records())
+    with torch.no_grad():
+        nll, _ = answer_token_nll(peft_model, batch)
+        base_nll, _ = full_logits_nll(peft_model.get_base_model(), batch)  # LoRA injected: same forward
+    ref, _ = full_logits_nll(peft_model, batch)
+    assert float(nll) == pytest.approx(ref, rel=1e-5)
+    assert base_nll == pytest.approx(ref, rel=1e-6)
+    with peft_model.disable_adapter(), torch.no_grad():
+        assert float(answer_token_nll(peft_model, batch)[0]) != pytest.approx(ref, rel=1e-3)
+
+
+def test_nll_is_differentiable(tiny_tokenizer, tiny_llama):
+    nll, n = answer_token_nll(tiny_llama, batch_of(tiny_tokenizer, records(3)))
+    (nll / n).backward()
+    assert tiny_llama.lm_head.weight.grad is not None
+
+
+def test_perplexity_matches_per_example_reference(tiny_tokenizer, tiny_gpt2):
+    recs = records()
+    got = perplexity(tiny_gpt2, tiny_tokenizer, recs, max_length=64, batch_size=3)
+    pairs = [full_logits_nll(tiny_gpt2, batch_of(tiny_tokenizer, [r])) for r in recs]
+    assert got.n_examples == len(recs)
+    assert got.n_tokens == sum(n for _, n in pairs)
+    assert got.nll_sum == pytest.approx(sum(s for s, _ in pairs), rel=1e-5)
+    assert got.ppl == pytest.approx(math.exp(got.nll_sum / got.n_tokens))
+
+
+def test_perplexity_independent_of_batch_size_and_order(tiny_tokenizer, tiny_llama):
+    recs = records(20)
+    ref = perplexity(tiny_llama, tiny_tokenizer, recs, max_length=64, batch_size=1)
+    shuffled = recs[:]
+    random.Random(1).shuffle(shuffled)
+    for bs, rs in [(3, recs), (8, shuffled), (64, shuffled)]:
+        got = perplexity(tiny_llama, tiny_tokenizer, rs, max_length=64, batch_size=bs)
+        assert (got.n_tokens, got.n_examples) == (ref.n_tokens, ref.n_examples)
+        assert got.nll_sum == pytest.approx(ref.nll_sum, rel=1e-5)
+
+
+def test_perplexity_add_equals_pooled(tiny_tokenizer, tiny_gpt2):
+    recs = records(7)
+    a = perplexity(tiny_gpt2, tiny_tokenizer, recs[:2], max_length=64)
+    b = perplexity(tiny_gpt2, tiny_tokenizer, recs[2:], max_length=64)
+    pooled = perplexity(tiny_gpt2, tiny_tokenizer, recs, max_length=64)
+    s = a + b
+    assert (s.n_tokens, s.n_examples) == (pooled.n_tokens, pooled.n_examples)
+    assert s.nll_sum == pytest.approx(pooled.nll_sum, rel=1e-5)
+    assert s.ppl == pytest.approx(pooled.ppl, rel=1e-5)
+    # token-weighted, not the mean of the two perplexities
+    assert s.ppl != pytest.approx((a.ppl + b.ppl) / 2, rel=1e-4)
+
+
+def test_perplexity_dataclass():
+    p = Perplexity(nll_sum=6.0, n_tokens=3, n_examples=2)
+    assert p.mean_nll == 2.0 and p.ppl == pytest.approx(math.exp(2.0))
+    assert p.to_dict() == {"nll_sum": 6.0, "n_tokens": 3, "n_examples": 2, "mean_nll": 2.0, "ppl": math.exp(2.0)}
+    assert math.isnan(Perplexity(0.0, 0, 0).mean_nll)
+    q = p + Perplexity(0.0, 0, 0)
+    assert q == p
+
+
+def test_perplexity_restores_training_mode(tiny_tokenizer, tiny_gpt2):
+    tiny_gpt2.train()
+    perplexity(tiny_gpt2, tiny_tokenizer, records(2), max_length=64)
+    assert tiny_gpt2.training
+    with pytest.raises(ValueError):
+        perplexity(tiny_gpt2, tiny_tokenizer, records(2), max_length=64, device="meta")

@@ -1,0 +1,87 @@
+"""Report edge cases: one seed, verdict wording from the numbers, too few points, missing values."""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+
+import pytest
+from report_fixtures import make_results, md_tables, parse_cell
+
+from lorasum.report import write_report
+from lorasum.report.render import verdict
+
+
+def _set_change(results, label, value):
+    for c in results["combinations"]:
+        if "+".join(c["domains"]) == label:
+            c["ppl_change_pct"]["union"] = value
+
+
+def test_single_seed_report(tmp_path):
+    results = make_results(seeds=(0,))
+    md = write_report(results, tmp_path)["report.md"].read_text(encoding="utf-8")
+    tables = md_tables(md)
+    assert "Per-seed results" not in tables
+    head = {r[0]: r for r in tables["Headline: adapter sum vs merged-data fine-tuning"]}
+    assert len(head["math+medicine"]) == 6  # no CI / seeds columns
+    for c in results["combinations"]:
+        row = head["+".join(c["domains"])]
+        assert parse_cell(row[4]) == (pytest.approx(c["ppl_change_pct"]["union"], abs=5.1e-3), None)
+        assert parse_cell(row[2])[0] == pytest.approx(c["ppl_sum"]["union"], abs=5.1e-4)
+    assert "with one seed the run-to-run variation is unknown" in md.splitlines()[2]
+
+
+def test_verdict_names_winners_and_losers():
+    results = make_results(seeds=(0,))
+    for label, v in (("math+medicine", -5.0), ("math+finance", 3.0), ("medicine+finance", 20.0),
+                     ("math+medicine+finance", -1.25)):
+        _set_change(results, label, v)
+    text = verdict(results)
+    lower, higher = text.split("It gave a higher one")
+    assert "math+medicine (Δ -5.00 %)" in lower and "math+medicine+finance (Δ -1.25 %)" in lower
+    assert "math+finance (Δ +3.00 %)" in higher and "medicine+finance (Δ +20.00 %)" in higher
+    assert "the sign agrees for 3 of 3 such pairs" in text
+
+
+def test_verdict_flags_ci_spanning_zero():
+    results = make_results(seeds=(0, 1, 2))
+    for c in results["combinations"]:
+        c["ppl_change_pct"]["union"] = {0: -2.0, 1: 1.0, 2: 3.0}[c["seed"]] if len(c["domains"]) == 2 else 5.0 + c["seed"]
+    text = verdict(results)
+    assert re.search(r"spans zero.*math\+medicine \(Δ \+0\.67 %, 95 % CI \[", text)
+    assert re.search(r"higher union perplexity .*math\+medicine\+finance \(Δ \+6\.00 %", text)
+    assert "with 3 seeds the bootstrap CIs are coarse" in text
+
+
+def test_two_domains_one_seed_has_no_correlation(tmp_path):
+    results = make_results(seeds=(0,), domains=("math", "finance"))
+    paths = write_report(results, tmp_path)
+    md = paths["report.md"].read_text(encoding="utf-8")
+    assert "cannot be estimated from n = 1 points" in md
+    row = md_tables(md)["Correlation: RMS cosine vs Δ perplexity % (union)"][0]
+    assert row[1] == "1" and row[2] == "—"
+    assert paths["rms_cosine_vs_ppl_change.png"].stat().st_size > 0
+
+
+def test_missing_and_nan_values_render_as_dash(tmp_path):
+    results = make_results(seeds=(0,))
+    broken = copy.deepcopy(results)
+    broken["combinations"][0]["rms_cosine"] = math.nan
+    broken["combinations"][1]["ppl_merged"]["union"] = None
+    broken["evaluations"][0]["ppl"] = math.nan
+    broken["adapters"][0]["train"]["val_loss"] = None
+    md = write_report(broken, tmp_path)["report.md"].read_text(encoding="utf-8")
+    assert not re.search(r"\b(nan|none|inf)\b", md, flags=re.I)
+    head = md_tables(md)["Headline: adapter sum vs merged-data fine-tuning"]
+    assert head[0][1] == "—" and head[1][3] == "—"
+    assert md_tables(md)["Perplexity by model and evaluation domain"][0][2] == "—"
+
+
+def test_empty_results_still_write(tmp_path):
+    empty = {"schema_version": 1, "config": {"name": "empty", "domains": ["math", "medicine"], "seeds": [0]},
+             "evaluations": [], "combinations": [], "adapters": [], "data": {}}
+    paths = write_report(empty, tmp_path)
+    assert all(p.is_file() for p in paths.values())
+    assert paths["results.csv"].read_text(encoding="utf-8").count("\n") == 1  # header only

