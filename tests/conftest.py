@@ -11,32 +11,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-SPECIAL_TOKENS = ["<unk>", "<bos>", "<eos>"]
-WORDS = (
-    "Question Answer : ? . , ! - + = * / ( ) % $ "
-    "0 1 2 3 4 5 6 7 8 9 10 12 20 100 "
-    "a an the is are was of to in on for with and or not what how many much which who why when "
-    "patient dose drug disease symptom treatment blood heart cancer cell risk "
-    "price stock bond rate interest revenue profit cash market tax "
-    "sum number add plus minus times equal total apples eggs left each day "
-    "yes no maybe red green blue cat dog sun moon"
-).split()
+from tiny_models import SPECIAL_TOKENS, WORDS, build_tiny_tokenizer  # noqa: F401
 
 
-def build_tiny_tokenizer():
-    """A ``PreTrainedTokenizerFast`` over :data:`WORDS` with pad token = eos token."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
+@pytest.fixture(scope="session")
+def tiny_tokenizer_factory():
+    """:func:`build_tiny_tokenizer` itself, for session-scoped fixtures.
 
-    vocab = {tok: i for i, tok in enumerate(dict.fromkeys(SPECIAL_TOKENS + WORDS))}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    backend.post_processor = processors.TemplateProcessing(
-        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", vocab["<bos>"])]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token="<bos>", eos_token="<eos>", unk_token="<unk>", pad_token="<eos>"
-    )
+    Other conftest files cannot ``from conftest import ...`` (every folder's conftest is named
+    ``conftest``); request this fixture instead: ``tok = tiny_tokenizer_factory()``.
+    """
+    return build_tiny_tokenizer
 
 
 @pytest.fixture
@@ -66,7 +51,10 @@ def tiny_gpt2(tiny_tokenizer):
 
 @pytest.fixture
 def tiny_llama(tiny_tokenizer):
-    """Random 2-layer Llama (hidden 32, GQA 4/2 heads, untied LM head, ``initializer_range=0.2``) in eval mode, seed 0."""
+    """Random 2-layer Llama (hidden 32, GQA 4/2 heads, untied LM head) in eval mode, seed 0.
+
+    ``initializer_range=0.2``, as for :func:`tiny_gpt2`.
+    """
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)

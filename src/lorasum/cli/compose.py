@@ -1,8 +1,9 @@
-"""``lorasum compose``: add adapters' ΔW exactly, as a PEFT adapter or a merged model."""
+"""``lorasum compose``: combine adapters without training (exact sum by default)."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def _floats(text: str) -> list[float]:
@@ -13,41 +14,78 @@ def _floats(text: str) -> list[float]:
 
 
 def add_parser(sub, common) -> None:
+    from lorasum.compose import METHODS
+
+    methods = ", ".join(f"{n}{'' if m.low_rank else ' (dense)'}" for n, m in METHODS.items())
     p = sub.add_parser("compose", parents=[common], help="compose adapters without training (exact ΔW sum)",
-                       description="Write Σ wᵢ ΔWᵢ (ΔWᵢ = scalingᵢ·Bᵢ·Aᵢ) of the given PEFT LoRA adapters as one PEFT "
-                       "adapter whose rank is the sum of theirs, exact to float rounding; or, with "
-                       "--merge-into-base, a full model with the sum added to its weights.")
+                       description="Combine PEFT LoRA adapters. The default method, sum, writes Σ wᵢ ΔWᵢ "
+                       "(ΔWᵢ = scalingᵢ·Bᵢ·Aᵢ) as one PEFT adapter whose rank is the sum of theirs, exact to float "
+                       "rounding. Low-rank results are PEFT adapters; dense ones (ties, dare_*, magnitude_prune) "
+                       "are written as dense_delta.safetensors. --merge-into-base writes a full model instead. "
+                       f"Methods: {methods}.")
     p.add_argument("adapters", nargs="+", help="PEFT LoRA adapter folders")
     p.add_argument("--out", required=True, help="folder to create")
-    p.add_argument("--method", default="sum", help="composition method: sum (default), mean")
-    p.add_argument("--weights", type=_floats, help="one weight per adapter (default 1 each)")
-    p.add_argument("--merge-into-base", action="store_true", help="write a merged full model instead of an adapter")
+    p.add_argument("--method", default="sum", choices=sorted(METHODS), metavar="METHOD",
+                   help="composition method (default sum)")
+    p.add_argument("--weights", type=_floats, help="one weight wᵢ per adapter (default 1 each)")
+    p.add_argument("--rank", type=int, help="svd: target rank k per module")
+    p.add_argument("--density", type=float, help="ties, magnitude_prune: fraction of entries kept (0, 1]")
+    p.add_argument("--drop-prob", type=float, help="dare_linear, dare_ties: drop probability p in [0, 1)")
+    p.add_argument("--scale", type=float, help="task_arithmetic: scale λ")
+    p.add_argument("--seed", type=int, help="dare_*: seed of the random drop mask")
+    p.add_argument("--merge-into-base", action="store_true", help="write a merged full model instead")
     p.add_argument("--model", help="base model for --merge-into-base (default: the adapters' base model)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.set_defaults(func=run)
 
 
+def _params(args: argparse.Namespace) -> dict:
+    names = {"weights": "weights", "rank": "rank", "density": "density", "drop_prob": "drop_prob",
+             "scale": "scale", "seed": "seed"}
+    return {key: getattr(args, attr) for attr, key in names.items() if getattr(args, attr) is not None}
+
+
 def run(args: argparse.Namespace) -> int:
     from lorasum.adapters import load_adapter, save_adapter
-    from lorasum.compose import compose, merge_into_base
+    from lorasum.compose import METHODS, compose, compose_svd_report, merge_into_base, save_dense_delta
     from lorasum.errors import ConfigError
-    from lorasum.storage import atomic_dir, check_output
+    from lorasum.storage import atomic_dir, atomic_write_json, check_output
 
     check_output(args.out, args.overwrite)
     if args.weights is not None and len(args.weights) != len(args.adapters):
         raise ConfigError(f"--weights has {len(args.weights)} values for {len(args.adapters)} adapters")
     adapters = [load_adapter(a) for a in args.adapters]
-    params = {"weights": args.weights} if args.weights is not None else {}
-    result = compose(adapters, method=args.method, **params)
-    if not args.merge_into_base:
-        save_adapter(result, args.out, overwrite=args.overwrite)
+    params = _params(args)
+    report = None
+    if args.method == "svd" and "rank" not in params:
+        raise ConfigError("--method svd needs --rank K (the target rank per module)")
+    if args.method == "svd" and not args.merge_into_base:
+        result, report = compose_svd_report(adapters, **params)
+    else:
+        result = compose(adapters, method=args.method, **params)
+    out = Path(args.out)
+    if args.merge_into_base:
+        return _write_merged(args, result, adapters, merge_into_base, atomic_dir)
+    if METHODS[args.method].low_rank:
+        save_adapter(result, out, overwrite=args.overwrite, base_model=adapters[0].base_model)
+        if report is not None:
+            atomic_write_json(out / "svd_report.json", {m: r.to_dict() for m, r in report.items()})
         ranks = sorted({f.rank for f in result.factors.values()})
-        print(f"{args.out}: {args.method} of {len(adapters)} adapters, {len(result.factors)} modules, "
+        print(f"{out}: {args.method} of {len(adapters)} adapters, {len(result.factors)} modules, "
               f"rank {'/'.join(map(str, ranks))}")
-        return 0
+    else:
+        with atomic_dir(out, overwrite=args.overwrite) as tmp:
+            save_dense_delta(result, tmp / "dense_delta.safetensors")
+        print(f"{out}: {args.method} of {len(adapters)} adapters as a dense ΔW over {len(result.deltas)} modules "
+              f"(dense_delta.safetensors; apply with --merge-into-base)")
+    return 0
+
+
+def _write_merged(args, result, adapters, merge_into_base, atomic_dir) -> int:
+    from lorasum.errors import ConfigError
     from lorasum.models import load_model
 
-    name = args.model or result.base_model
+    name = args.model or adapters[0].base_model
     if not name:
         raise ConfigError("--merge-into-base needs --model: the adapters do not record their base model")
     model, tokenizer, _ = load_model(name, device="cpu", dtype="float32")

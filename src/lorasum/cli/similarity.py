@@ -6,7 +6,6 @@ import argparse
 import csv
 import io
 import json
-from itertools import combinations
 from pathlib import Path
 
 
@@ -15,10 +14,14 @@ def add_parser(sub, common) -> None:
                        description="For every pair of adapters: cos(ΔWᵢ, ΔWⱼ) = ⟨ΔWᵢ, ΔWⱼ⟩_F / (‖ΔWᵢ‖_F ‖ΔWⱼ‖_F) for "
                        "each adapted module, computed from r×r products of the factors (⟨B₁A₁, B₂A₂⟩_F = "
                        "tr((B₁ᵀB₂)(A₂A₁ᵀ))) without forming ΔW, and the RMS over modules (square root of the "
-                       "mean squared cosine).")
+                       "mean squared cosine), next to the RMS expected for independent random matrices of "
+                       "the same shapes.")
     p.add_argument("adapters", nargs="+", help="two or more PEFT LoRA adapter folders")
     p.add_argument("--format", choices=("table", "json", "csv"), default="table")
-    p.add_argument("--per-module", action="store_true", help="also print every module's cosine (table format)")
+    p.add_argument("--per-module", action="store_true", help="table: every module's cosine and subspace overlaps")
+    p.add_argument("--per-layer", action="store_true", help="table: RMS cosine per layer")
+    p.add_argument("--plot", metavar="FILE.png", help="write a heatmap of the N×N RMS-cosine matrix")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --plot file")
     p.set_defaults(func=run)
 
 
@@ -30,35 +33,44 @@ def _names(paths: list[str]) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from lorasum.adapters import load_adapter
     from lorasum.errors import ConfigError
-    from lorasum.geometry import module_cosines, rms
+    from lorasum.geometry import similarity
+    from lorasum.geometry.export import CSV_COLUMNS, matrix_heatmap_png, similarity_rows, write_png
+    from lorasum.storage import check_output
 
     if len(args.adapters) < 2:
         raise ConfigError("similarity needs at least two adapters")
+    if args.plot:
+        check_output(args.plot, args.overwrite)
     names = _names(args.adapters)
-    adapters = dict(zip(names, (load_adapter(p) for p in args.adapters), strict=True))
-    rows = []
-    for a, b in combinations(names, 2):
-        cos = module_cosines(adapters[a], adapters[b])
-        vals = list(cos.values())
-        rows.append({"a": a, "b": b, "rms_cosine": rms(vals), "mean_abs_cosine": sum(abs(v) for v in vals) / len(vals),
-                     "max_abs_cosine": max(abs(v) for v in vals), "modules": len(vals), "per_module": cos})
+    sim = similarity(dict(zip(names, (load_adapter(p) for p in args.adapters), strict=True)))
+    if args.plot:
+        write_png(matrix_heatmap_png(sim), args.plot, overwrite=args.overwrite)
     if args.format == "json":
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(sim.to_dict(), indent=2))
     elif args.format == "csv":
         buf = io.StringIO()
-        w = csv.writer(buf)
-        w.writerow(["a", "b", "module", "cosine"])
-        for r in rows:
-            for m, v in r["per_module"].items():
-                w.writerow([r["a"], r["b"], m, f"{v:.8g}"])
+        w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS)
+        w.writeheader()
+        w.writerows(similarity_rows(sim))
         print(buf.getvalue(), end="")
     else:
-        width = max(len(f"{r['a']} · {r['b']}") for r in rows)
-        print(f"{'pair':<{width}}  {'RMS cos':>9}  {'mean|cos|':>9}  {'max|cos|':>9}  modules")
-        for r in rows:
-            print(f"{r['a'] + ' · ' + r['b']:<{width}}  {r['rms_cosine']:>9.5f}  {r['mean_abs_cosine']:>9.5f}  "
-                  f"{r['max_abs_cosine']:>9.5f}  {r['modules']}")
-            if args.per_module:
-                for m, v in r["per_module"].items():
-                    print(f"    {m}  {v:+.5f}")
+        _print_table(sim, args)
     return 0
+
+
+def _print_table(sim, args) -> None:
+    pairs = list(sim.pairs.values())
+    width = max(len(f"{p.a} · {p.b}") for p in pairs)
+    print(f"{'pair':<{width}}  {'RMS cos':>9}  {'random':>9}  {'mean|cos|':>9}  {'max|cos|':>9}  modules")
+    for p in pairs:
+        print(f"{p.a + ' · ' + p.b:<{width}}  {p.rms:>9.5f}  {p.baseline_rms:>9.5f}  {p.mean_abs:>9.5f}  "
+              f"{p.max_abs:>9.5f}  {len(p.cosines)}")
+        if args.per_layer:
+            for layer, v in sorted(p.layer_rms.items()):
+                print(f"    layer {layer:>3}  RMS cos {v:+.5f}")
+        if args.per_module:
+            for m, c in p.cosines.items():
+                print(f"    {m}  cos {c:+.5f}  col-overlap {p.column_overlap.get(m, float('nan')):.3f}  "
+                      f"row-overlap {p.row_overlap.get(m, float('nan')):.3f}")
+    print("random: RMS cosine expected for independent random matrices of the same shapes "
+          "(E[cos²] = 1/(d_out·d_in)).")

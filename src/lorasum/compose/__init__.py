@@ -17,9 +17,6 @@ from __future__ import annotations
 import inspect
 
 from lorasum.adapters import Adapter
-from lorasum.compose import dare as _dare  # noqa: F401  (registers dare_linear, dare_ties)
-from lorasum.compose import prune as _prune  # noqa: F401  (registers magnitude_prune)
-from lorasum.compose import ties as _ties  # noqa: F401  (registers ties)
 from lorasum.compose.dare import compose_dare_linear, compose_dare_ties
 from lorasum.compose.dense import DenseDelta, load_dense_delta, save_dense_delta
 from lorasum.compose.merge import merge_into_base

@@ -123,7 +123,9 @@ class Perplexity:
         """Union of two disjoint example sets (token-weighted: sums are added)."""
         if not isinstance(other, Perplexity):
             return NotImplemented
-        return Perplexity(self.nll_sum + other.nll_sum, self.n_tokens + other.n_tokens, self.n_examples + other.n_examples)
+        return Perplexity(
+            self.nll_sum + other.nll_sum, self.n_tokens + other.n_tokens, self.n_examples + other.n_examples
+        )
 
     def to_dict(self) -> dict[str, float | int]:
         """Plain dict with the sums and the derived ``mean_nll`` and ``ppl``."""

@@ -40,10 +40,11 @@ def _group_gram(columns: dict[str, list[LoraFactor | None]], mods: list[str],
                 present: tuple[tuple[int, int], ...]) -> torch.Tensor:
     """(M, P, P) Gram matrices of the P present adapters on the M modules ``mods``.
 
-    The scalings are applied to the P×P result (⟨sᵢΔᵢ, sⱼΔⱼ⟩ = sᵢsⱼ⟨Δᵢ, Δⱼ⟩), not to B."""
+    The factors are concatenated once into B (M, d_out, R) and A (M, R, d_in), float64; the
+    scalings multiply the P×P result (⟨sᵢΔᵢ, sⱼΔⱼ⟩ = sᵢsⱼ⟨Δᵢ, Δⱼ⟩)."""
     cols = [[columns[m][i] for m in mods] for i, _ in present]
-    B = torch.cat([torch.stack([f.B for f in fs]) for fs in cols], dim=2).double()  # (M, d_out, R)
-    A = torch.cat([torch.stack([f.A for f in fs]) for fs in cols], dim=1).double()  # (M, R, d_in)
+    B = torch.cat([torch.stack([f.B for f in fs]) for fs in cols], dim=2).double()
+    A = torch.cat([torch.stack([f.A for f in fs]) for fs in cols], dim=1).double()
     G = (B.transpose(1, 2) @ B) * (A @ A.transpose(1, 2))  # (M, R, R)
     E = torch.block_diag(*[torch.ones(1, r, dtype=torch.float64) for _, r in present])  # (P, R)
     s = torch.tensor([[f.scaling for f in fs] for fs in cols], dtype=torch.float64).T  # (M, P)
@@ -54,9 +55,12 @@ def _inner(columns: dict[str, list[LoraFactor | None]], n: int) -> dict[str, tor
     out = {m: torch.zeros((n, n), dtype=torch.float64) for m in columns}
     for (_, present), mods in _groups(columns).items():
         gram = _group_gram(columns, mods, present)
-        idx = torch.tensor([i for i, _ in present])
-        for k, m in enumerate(mods):
-            out[m][idx[:, None], idx[None, :]] = gram[k]
+        if len(present) < n:
+            idx = torch.tensor([i for i, _ in present])
+            full = torch.zeros((len(mods), n, n), dtype=torch.float64)
+            full[:, idx[:, None], idx[None, :]] = gram
+            gram = full
+        out.update(zip(mods, gram.unbind(0)))
     return out
 
 

@@ -93,7 +93,9 @@ def _micro_batches(n: int, batch_size: int, generator: torch.Generator) -> Itera
 def _lora_config(lora: LoraSpec, model_info: ModelInfo) -> LoraConfig:
     targets = list(lora.target_modules or model_info.target_modules)
     if not targets:
-        raise ConfigError(f"{model_info.name}: no default LoRA target modules for {model_info.arch}; set lora.target_modules")
+        raise ConfigError(
+            f"{model_info.name}: no default LoRA target modules for {model_info.arch}; set lora.target_modules"
+        )
     return LoraConfig(
         r=lora.r,
         lora_alpha=lora.lora_alpha,
@@ -118,7 +120,7 @@ def _optimise(
     stream = _micro_batches(len(encoded), train.batch_size, torch.Generator().manual_seed(seed))
     losses: list[float] = []
     tokens = 0
-    peft_model.train()
+    peft_model.train()  # LoRA dropout and the base model's own dropout on, as in HF Trainer
     start = time.perf_counter()
     bar = tqdm(range(total), desc="train", unit="step", disable=not progress, leave=False)
     for _ in bar:

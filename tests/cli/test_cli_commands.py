@@ -1,0 +1,114 @@
+"""The CLI end to end on a tiny GPT-2 folder and real data: train, compose, similarity, eval, errors."""
+
+import json
+
+import pytest
+import torch
+
+from lorasum.cli import main
+from tiny_models import save_tiny_gpt2
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    return save_tiny_gpt2(tmp_path_factory.mktemp("tiny-gpt2"))
+
+SMALL = ["--train-size", "6", "--test-size", "3", "--max-length", "48", "--batch-size", "3", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_model_dir):
+    import os
+
+    if not os.environ.get("LORASUM_DATA_ROOT"):
+        pytest.skip("LORASUM_DATA_ROOT is not set")
+    out = tmp_path_factory.mktemp("adapters")
+    for dom in ("math", "finance"):
+        rc = main(["train", "-q", "--domain", dom, "--model", str(tiny_model_dir), "--out", str(out / dom),
+                   "--lr", "1e-2", "--seed", "1", *SMALL])
+        assert rc == 0
+    return out
+
+
+def test_train_writes_peft_folder_and_metadata(trained):
+    for dom in ("math", "finance"):
+        files = {p.name for p in (trained / dom).iterdir()}
+        assert {"adapter_model.safetensors", "adapter_config.json", "lorasum.json"} <= files
+    meta = json.loads((trained / "math" / "lorasum.json").read_text())
+    assert meta["seed"] == 1
+    assert "math" in json.dumps(meta)
+
+
+def test_compose_sum_equals_dense_sum(trained, tmp_path, capsys):
+    from lorasum.adapters import load_adapter
+
+    out = tmp_path / "sum"
+    assert main(["compose", str(trained / "math"), str(trained / "finance"), "--out", str(out)]) == 0
+    a, b, s = (load_adapter(p) for p in (trained / "math", trained / "finance", out))
+    for module, f in s.factors.items():
+        dense = a.factors[module].delta() + b.factors[module].delta()
+        torch.testing.assert_close(f.delta(), dense, atol=1e-6, rtol=1e-5)
+
+
+def test_compose_refuses_to_clobber(trained, tmp_path, capsys):
+    out = tmp_path / "exists"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep")
+    rc = main(["compose", str(trained / "math"), str(trained / "finance"), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--overwrite" in err and err.count("\n") == 1
+    assert (out / "mine.txt").read_text() == "keep"
+
+
+def test_similarity_json_matches_geometry(trained, capsys):
+    from lorasum.adapters import load_adapter
+
+    assert main(["similarity", str(trained / "math"), str(trained / "finance"), "--format", "json"]) == 0
+    pairs = json.loads(capsys.readouterr().out)["pairs"]
+    assert len(pairs) == 1
+    a, b = load_adapter(trained / "math"), load_adapter(trained / "finance")
+    cos = []
+    for m in a.factors:
+        da, db = a.factors[m].delta().double(), b.factors[m].delta().double()
+        cos.append(float((da * db).sum() / (da.norm() * db.norm())))
+    rms = (sum(c * c for c in cos) / len(cos)) ** 0.5
+    assert pairs[0]["rms"] == pytest.approx(rms, rel=1e-6, abs=1e-9)
+
+
+def test_eval_reports_union_as_pooled_tokens(trained, tiny_model_dir, capsys):
+    args = ["eval", "-q", "--model", str(tiny_model_dir), "--adapter", str(trained / "math"),
+            "--domain", "math,finance", "--format", "json", "--test-size", "3", "--max-length", "48", "--device", "cpu"]
+    assert main(args) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert set(res) == {"math", "finance", "union"}
+    pooled = (res["math"]["nll_sum"] + res["finance"]["nll_sum"]) / (res["math"]["n_tokens"] + res["finance"]["n_tokens"])
+    assert res["union"]["n_tokens"] == res["math"]["n_tokens"] + res["finance"]["n_tokens"]
+    assert res["union"]["ppl"] == pytest.approx(torch.tensor(pooled).exp().item(), rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["similarity", "/nonexistent/a", "/nonexistent/b"], "/nonexistent/a"),
+        (["reproduce", "--config", "/nonexistent.yaml", "--out", "x"], "/nonexistent.yaml"),
+        (["eval", "--model", "/nonexistent-model", "--domain", "nosuchdomain"], "nosuchdomain"),
+    ],
+)
+def test_user_errors_exit_2_with_one_line(argv, fragment, capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("LORASUM_DATA_ROOT", str(tmp_path))
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert fragment in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_debug_shows_traceback(capsys):
+    rc = main(["similarity", "--debug", "/nonexistent/a", "/nonexistent/b"])
+    assert rc == 2 and "Traceback" in capsys.readouterr().err
+
+
+def test_bad_flag_value_exits_2(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["reproduce", "--config", "c.yaml", "--out", "x", "--seeds", "a,b"])
+    assert e.value.code == 2

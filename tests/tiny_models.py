@@ -1,0 +1,47 @@
+"""Tiny models and a tiny tokenizer built in code (no downloads), importable from any test:
+``from tiny_models import build_tiny_tokenizer, save_tiny_gpt2``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+SPECIAL_TOKENS = ["<unk>", "<bos>", "<eos>"]
+WORDS = (
+    "Question Answer : ? . , ! - + = * / ( ) % $ "
+    "0 1 2 3 4 5 6 7 8 9 10 12 20 100 "
+    "a an the is are was of to in on for with and or not what how many much which who why when "
+    "patient dose drug disease symptom treatment blood heart cancer cell risk "
+    "price stock bond rate interest revenue profit cash market tax "
+    "sum number add plus minus times equal total apples eggs left each day "
+    "yes no maybe red green blue cat dog sun moon"
+).split()
+
+
+def build_tiny_tokenizer():
+    """A ``PreTrainedTokenizerFast`` over :data:`WORDS` with pad token = eos token."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(dict.fromkeys(SPECIAL_TOKENS + WORDS))}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", vocab["<bos>"])]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<bos>", eos_token="<eos>", unk_token="<unk>", pad_token="<eos>"
+    )
+
+
+def save_tiny_gpt2(path: Path, n_positions: int = 256) -> Path:
+    """Save a random 2-layer GPT-2 (Conv1D) and the tiny tokenizer as a model folder, like ``save_pretrained``."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tok = build_tiny_tokenizer()
+    torch.manual_seed(0)
+    cfg = GPT2Config(n_embd=32, n_layer=2, n_head=2, n_positions=n_positions, initializer_range=0.2,
+                     vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    GPT2LMHeadModel(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return Path(path)

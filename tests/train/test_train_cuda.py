@@ -1,0 +1,52 @@
+"""The CUDA path of training and evaluation (bfloat16 weights, bf16 autocast, fused AdamW); skipped without a GPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from peft import PeftModel
+
+from lorasum.config import LoraSpec, TrainSpec
+from lorasum.data.records import Record
+from lorasum.data.tokenize import collate, encode_record
+from lorasum.evaluate import answer_token_nll, perplexity
+from lorasum.models import describe_model, resolve_dtype
+from lorasum.train import train_adapter
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+RECORDS = [
+    Record(id=f"r{i}", domain="d", question=q, answer=a)
+    for i, (q, a) in enumerate([("what is the dose ?", "the dose is 5"), ("is the sun red ?", "no the sun is blue"),
+                                ("which drug ?", "the red drug"), ("what is 2 plus 2 ?", "4")] * 2)
+]
+
+
+def test_train_and_evaluate_on_cuda_bfloat16(tmp_path, tiny_tokenizer, tiny_llama):
+    device = torch.device("cuda")
+    model = tiny_llama.to(device=device, dtype=resolve_dtype("auto", device))
+    assert model.dtype == torch.bfloat16
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    res = train_adapter_cuda(model, tiny_tokenizer, tmp_path / "a")
+    assert sum(res.losses[-3:]) < 0.7 * sum(res.losses[:3])
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+    loaded = PeftModel.from_pretrained(model, str(tmp_path / "a")).eval()
+    batch = collate([encode_record(tiny_tokenizer, r, 64) for r in RECORDS], tiny_tokenizer.pad_token_id)
+    with torch.inference_mode():
+        nll, n = answer_token_nll(loaded, batch)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask")}
+            logits = loaded(**inputs).logits
+    ref = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+                          batch["labels"][:, 1:].reshape(-1).to(device), reduction="sum")
+    assert float(nll) == pytest.approx(float(ref), rel=2e-2)
+    ppl = perplexity(loaded, tiny_tokenizer, RECORDS, max_length=64, device="cuda")
+    assert ppl.n_tokens == n and ppl.nll_sum == pytest.approx(float(nll), rel=1e-3)
+
+
+def train_adapter_cuda(model, tok, out):
+    return train_adapter(model, tok, RECORDS, lora=LoraSpec(r=4, lora_alpha=16, lora_dropout=0.0),
+                         train=TrainSpec(learning_rate=3e-2, max_steps=20, batch_size=4), seed=0, out_dir=out,
+                         max_length=64, model_info=describe_model(model, name="tiny"), progress=False)
