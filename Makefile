@@ -28,7 +28,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 install: $(VENV)/.installed
 
 quickstart: install
-	$(BIN)/lorasum reproduce --config $(CONFIG) --out $(OUT) --resume
+	$(BIN)/lorasum reproduce --config $(CONFIG) --out $(OUT)
 	@echo "report: $(OUT)/report/report.md"
 
 test: install
