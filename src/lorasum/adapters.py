@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -35,32 +36,20 @@ from typing import Any
 
 import torch
 
+from lorasum.adapter_config import REFUSED_FIELDS as _REFUSED_FLAGS
+from lorasum.adapter_config import validate_adapter_config
 from lorasum.errors import AdapterError
-from lorasum.storage import atomic_dir, atomic_write_json
+from lorasum.storage import atomic_dir, atomic_write_json, pickle_allowed, read_safetensors_header
 
-__all__ = ["LoraFactor", "Adapter", "load_adapter", "save_adapter", "CONFIG_NAME", "WEIGHTS_NAME"]
+__all__ = ["LoraFactor", "Adapter", "load_adapter", "save_adapter", "check_adapter_matches_model",
+           "CONFIG_NAME", "WEIGHTS_NAME"]
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
-_PICKLE_NAMES = ("adapter_model.bin", "adapter_model.pt", "adapter_model.pth")
+_PICKLE_NAMES = ("adapter_model.bin", "adapter_model.pt", "adapter_model.pth", "adapter_model.ckpt")
 _PREFIX = "base_model.model."
 _SUFFIX_A = ".lora_A.weight"
 _SUFFIX_B = ".lora_B.weight"
-
-# Config fields that switch on a LoRA variant whose effect is not scaling·B·A on a weight.
-_REFUSED_FLAGS = {
-    "use_dora": "DoRA (use_dora) adds a learned magnitude vector",
-    "lora_bias": "lora_bias adds a trained bias to lora_B",
-    "use_qalora": "QA-LoRA (use_qalora) pools the input",
-    "alora_invocation_tokens": "activated LoRA (alora_invocation_tokens) applies only after invocation tokens",
-    "layer_replication": "layer_replication duplicates base layers",
-    "target_parameters": "target_parameters wraps raw parameters, not modules",
-    "use_bdlora": "BD-LoRA (use_bdlora) uses block-diagonal factors",
-    "velora_config": "VeLoRA (velora_config) changes the forward pass",
-    "monteclora_config": "MonteCLoRA (monteclora_config) samples the factors",
-    "arrow_config": "Arrow routing (arrow_config) mixes adapters per token",
-    "kasa_config": "KaSA (kasa_config) adds singular values",
-}
 
 
 @dataclass(frozen=True, eq=False)
@@ -135,6 +124,10 @@ class Adapter:
 
 # -- loading ---------------------------------------------------------------------------------------
 
+_MAX_CONFIG_BYTES = 16 << 20  # an adapter_config.json is a few KB
+_FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}  # safetensors dtype names lorasum reads as factors
+_Spec = tuple[tuple[int, ...], bool]  # (shape, is floating point): what the header says about a tensor
+
 
 def _pattern_value(patterns: dict, module: str, default: Any) -> Any:
     """Mirror ``peft.utils.other.get_pattern_key``: first key k with re.match(rf"(.*\\.)?({k})$", module)."""
@@ -144,53 +137,121 @@ def _pattern_value(patterns: dict, module: str, default: Any) -> Any:
     return default
 
 
+def _need_file(path: Path, missing: str = "missing") -> Path:
+    """``path`` if it is a regular file; else an AdapterError saying what is there instead."""
+    if path.is_file():
+        return path
+    if path.is_symlink() and not path.exists():
+        raise AdapterError(f"{path}: broken symlink or symlink loop")
+    if path.is_dir():
+        raise AdapterError(f"{path}: expected a file, found a folder")
+    if path.exists():
+        raise AdapterError(f"{path}: not a regular file")
+    raise AdapterError(f"{path}: {missing}")
+
+
 def _read_config(folder: Path) -> dict:
-    cfg_path = folder / CONFIG_NAME
-    if not cfg_path.is_file():
-        raise AdapterError(f"{cfg_path}: missing; not a PEFT adapter folder")
+    cfg_path = _need_file(folder / CONFIG_NAME, "missing; not a PEFT adapter folder")
     try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise AdapterError(f"{cfg_path}: cannot read JSON ({exc})") from exc
-    if not isinstance(cfg, dict):
-        raise AdapterError(f"{cfg_path}: expected a JSON object")
-    peft_type = str(cfg.get("peft_type", "")).upper()
-    if peft_type != "LORA":
-        raise AdapterError(f"{cfg_path}: peft_type is {cfg.get('peft_type')!r}; only LORA adapters are supported")
-    for key, why in _REFUSED_FLAGS.items():
-        if cfg.get(key):
-            raise AdapterError(f"{cfg_path}: {key} is set; {why}, which is not a plain LoRA ΔW (refused)")
-    r, alpha = cfg.get("r"), cfg.get("lora_alpha")
-    if isinstance(r, bool) or not isinstance(r, int) or r <= 0:
-        raise AdapterError(f"{cfg_path}: r must be a positive integer, got {r!r}")
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
-        raise AdapterError(f"{cfg_path}: lora_alpha must be a finite number, got {alpha!r}")
-    for name in ("rank_pattern", "alpha_pattern"):
-        if not isinstance(cfg.get(name) or {}, dict):
-            raise AdapterError(f"{cfg_path}: {name} must be an object")
-    return cfg
+        if cfg_path.stat().st_size > _MAX_CONFIG_BYTES:
+            raise AdapterError(f"{cfg_path}: {cfg_path.stat().st_size} bytes; too large for an adapter config")
+        cfg = json.loads(cfg_path.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise AdapterError(f"{cfg_path}: cannot read ({exc.strerror})") from exc
+    except UnicodeDecodeError as exc:
+        raise AdapterError(f"{cfg_path}: invalid UTF-8 ({exc.reason} at byte {exc.start})") from exc
+    except json.JSONDecodeError as exc:
+        raise AdapterError(f"{cfg_path}: malformed JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from exc
+    except RecursionError:
+        raise AdapterError(f"{cfg_path}: JSON nested too deeply") from None
+    return validate_adapter_config(cfg, cfg_path)
 
 
-def _read_tensors(folder: Path) -> dict[str, torch.Tensor]:
+def _memory_bytes() -> int:
+    """Physical memory of this machine (bytes); a bound on what an adapter may claim."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return 1 << 40
+
+
+def _check_header(specs: dict[str, _Spec], weights: Path) -> dict[str, dict[str, _Spec]]:
+    """Validate names, ranks, dimensions and dtypes from the header alone; group by module.
+
+    Runs before any tensor data is read, so a file claiming huge tensors allocates nothing.
+    """
+    by_module = _split_keys(specs, weights)
+    if not by_module:
+        raise AdapterError(f"{weights}: holds no LoRA factors")
+    need = sum(4 * math.prod(shape) for shape, _ in specs.values())  # as float32
+    if need > _memory_bytes():
+        raise AdapterError(f"{weights}: tensors claim {need / 1e9:.3g} GB as float32, more than this machine's "
+                           f"memory ({_memory_bytes() / 1e9:.3g} GB); refusing to load")
+    for module, parts in by_module.items():
+        if set(parts) != {"A", "B"}:
+            missing = "lora_B" if "A" in parts else "lora_A"
+            raise AdapterError(f"{weights}: module {module} has no {missing}.weight")
+        (a_shape, a_float), (b_shape, b_float) = parts["A"], parts["B"]
+        if len(a_shape) != 2 or len(b_shape) != 2:
+            raise AdapterError(f"{weights}: module {module} has {len(a_shape)}-D lora_A / {len(b_shape)}-D lora_B; "
+                               "only Linear/Conv1D LoRA (2-D factors) is supported")
+        if not (a_float and b_float):
+            raise AdapterError(f"{weights}: module {module} has non-float LoRA factors; expected float16, "
+                               "bfloat16, float32 or float64")
+        if a_shape[0] != b_shape[1]:
+            raise AdapterError(f"{weights}: module {module}: lora_A has {a_shape[0]} rows (rank) but lora_B has "
+                               f"{b_shape[1]} columns")
+        if 0 in a_shape or 0 in b_shape:
+            raise AdapterError(f"{weights}: module {module} has an empty factor (A {a_shape}, B {b_shape})")
+    return by_module
+
+
+def _read_safetensors(weights: Path) -> dict[str, torch.Tensor]:
+    """Check the header (read alone, nothing mapped), then load the tensors."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    weights = folder / WEIGHTS_NAME
-    if not weights.is_file():
-        pickles = [n for n in _PICKLE_NAMES if (folder / n).exists()]
-        if pickles:
-            raise AdapterError(f"{folder / pickles[0]}: pickle weight files are refused (they can run code); "
-                               f"re-save the adapter as {WEIGHTS_NAME}")
-        raise AdapterError(f"{weights}: missing")
     try:
+        header = read_safetensors_header(weights)
+        _check_header({k: (shape, dtype in _FLOAT_DTYPES) for k, (shape, dtype) in header.items()}, weights)
         return load_file(str(weights), device="cpu")
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise AdapterError(f"{weights}: cannot read safetensors ({exc})") from exc
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        msg = getattr(exc, "strerror", None) or (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise AdapterError(f"{weights}: cannot read safetensors ({msg})") from exc
 
 
-def _split_keys(tensors: dict[str, torch.Tensor], weights: Path) -> dict[str, dict[str, torch.Tensor]]:
-    """Group ``<prefix><module>.lora_{A,B}.weight`` tensors by module path; refuse anything else."""
-    by_module: dict[str, dict[str, torch.Tensor]] = {}
+def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
+    """torch.load with ``weights_only=True`` (PyTorch's restricted unpickler), only when allowed."""
+    import pickle
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError) as exc:
+        raise AdapterError(f"{path}: cannot read pickle weights ({str(exc).splitlines()[0] if str(exc) else exc!r})"
+                           ) from exc
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise AdapterError(f"{path}: expected a dict of tensors")
+    _check_header({k: (tuple(v.shape), v.is_floating_point()) for k, v in obj.items()}, path)
+    return obj
+
+
+def _read_tensors(folder: Path, allow_pickle: bool) -> tuple[Path, dict[str, torch.Tensor]]:
+    """(weights file, tensors): adapter_model.safetensors, or a pickle file when allowed."""
+    weights = folder / WEIGHTS_NAME
+    if os.path.lexists(weights):
+        return weights, _read_safetensors(_need_file(weights))
+    pickles = [folder / n for n in _PICKLE_NAMES if (folder / n).exists()]
+    if not pickles:
+        raise AdapterError(f"{weights}: missing")
+    if not allow_pickle:
+        raise AdapterError(f"{pickles[0]}: pickle weight files are refused (loading them can run code); "
+                           f"re-save the adapter as {WEIGHTS_NAME}, or pass --allow-pickle if you trust it")
+    return pickles[0], _read_pickle(_need_file(pickles[0]))
+
+
+def _split_keys(tensors: dict[str, Any], weights: Path) -> dict[str, dict[str, Any]]:
+    """Group ``<prefix><module>.lora_{A,B}.weight`` entries by module path; refuse anything else."""
+    by_module: dict[str, dict[str, Any]] = {}
     for key, tensor in tensors.items():
         name = key.removeprefix(_PREFIX)
         if name.endswith(_SUFFIX_A):
@@ -208,19 +269,8 @@ def _split_keys(tensors: dict[str, torch.Tensor], weights: Path) -> dict[str, di
 
 
 def _make_factor(module: str, parts: dict[str, torch.Tensor], cfg: dict, weights: Path) -> LoraFactor:
-    if set(parts) != {"A", "B"}:
-        missing = "lora_B" if "A" in parts else "lora_A"
-        raise AdapterError(f"{weights}: module {module} has no {missing}.weight")
-    A, B = parts["A"], parts["B"]
-    if A.dim() != 2 or B.dim() != 2:
-        raise AdapterError(f"{weights}: module {module} has {A.dim()}-D lora_A / {B.dim()}-D lora_B; "
-                           "only Linear/Conv1D LoRA (2-D factors) is supported")
-    if not (A.is_floating_point() and B.is_floating_point()):
-        raise AdapterError(f"{weights}: module {module} has non-float factors ({A.dtype}, {B.dtype})")
-    A, B = A.float(), B.float()
-    if A.shape[0] != B.shape[1]:
-        raise AdapterError(f"{weights}: module {module}: lora_A has {A.shape[0]} rows (rank) but lora_B has "
-                           f"{B.shape[1]} columns")
+    """One module's factor; shapes and dtypes were checked by :func:`_check_header`."""
+    A, B = parts["A"].float(), parts["B"].float()
     if not (torch.isfinite(A).all() and torch.isfinite(B).all()):
         raise AdapterError(f"{weights}: module {module} holds NaN or Inf values")
     r = int(_pattern_value(cfg.get("rank_pattern") or {}, module, cfg["r"]))
@@ -231,34 +281,82 @@ def _make_factor(module: str, parts: dict[str, torch.Tensor], cfg: dict, weights
     return LoraFactor(A=A.contiguous(), B=B.contiguous(), scaling=scaling)
 
 
-def load_adapter(path: str | Path) -> Adapter:
+def load_adapter(path: str | Path, *, allow_pickle: bool | None = None) -> Adapter:
     """Read a PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors).
 
     Each factor's scaling follows PEFT (``LoraLayer.update_layer``): lora_alpha / r, or
     lora_alpha / sqrt(r) with ``use_rslora``, with r and lora_alpha taken per module from
-    ``rank_pattern`` / ``alpha_pattern`` when a pattern matches.
+    ``rank_pattern`` / ``alpha_pattern`` when a pattern matches. The config is validated
+    first (:func:`lorasum.adapter_config.validate_adapter_config`), then the safetensors
+    header (names, 2-D float factors, A's rows = B's columns, total size below this
+    machine's memory), and only then is tensor data read.
+
+    Args:
+        path: the adapter folder.
+        allow_pickle: read ``adapter_model.bin``/``.pt``/``.pth`` (torch.load with
+            ``weights_only=True``) when there is no safetensors file; None: as set by
+            :func:`lorasum.storage.allow_pickle` (the CLI's ``--allow-pickle``), off by default.
 
     Returns:
         The :class:`Adapter`, factors in float32 on the CPU.
 
     Raises:
-        AdapterError: the folder or a file is missing or unreadable; only a pickle
-            ``adapter_model.bin`` is present; peft_type is not LORA; r ≤ 0; DoRA,
-            lora_bias or another variant is used; a tensor is not a 2-D LoRA factor;
-            A/B ranks disagree with each other or with the config; a value is NaN/Inf;
-            the file holds no LoRA factors.
+        AdapterError: the folder or a file is missing, unreadable, a symlink loop, or a
+            folder where a file belongs; only a pickle file is present (and not allowed);
+            the config is invalid (see ``validate_adapter_config``); a tensor is not a 2-D
+            float LoRA factor; A/B ranks disagree with each other or with the config; the
+            header claims more memory than the machine has; a value is NaN/Inf; the file
+            holds no LoRA factors.
     """
     folder = Path(path)
     if not folder.is_dir():
-        raise AdapterError(f"{folder}: adapter folder not found")
+        if folder.is_symlink() and not folder.exists():
+            raise AdapterError(f"{folder}: broken symlink or symlink loop")
+        what = "is a file, not an adapter folder" if folder.exists() else "adapter folder not found"
+        raise AdapterError(f"{folder}: {what}")
     cfg = _read_config(folder)
-    weights = folder / WEIGHTS_NAME
-    by_module = _split_keys(_read_tensors(folder), weights)
-    if not by_module:
-        raise AdapterError(f"{weights}: holds no LoRA factors")
+    weights, tensors = _read_tensors(folder, pickle_allowed(allow_pickle))
+    by_module = _split_keys(tensors, weights)
     factors = {m: _make_factor(m, parts, cfg, weights) for m, parts in sorted(by_module.items())}
     return Adapter(factors=factors, base_model=cfg.get("base_model_name_or_path"),
                    fan_in_fan_out=bool(cfg.get("fan_in_fan_out", False)), config=cfg, path=folder)
+
+
+def check_adapter_matches_model(adapter: Adapter, model: torch.nn.Module) -> None:
+    """Refuse an adapter whose modules or shapes do not fit ``model``, before any math.
+
+    Every module path of ``adapter`` must name an ``nn.Linear`` (weight (d_out, d_in)) or a
+    GPT-2 ``Conv1D`` (weight (d_in, d_out)) of ``model`` (a PeftModel is unwrapped to its
+    base model, PEFT-wrapped layers to their base layer) whose weight matches ΔW's (d_out, d_in).
+
+    Raises:
+        AdapterError: a module is missing from the model, is another kind of layer, or its
+            weight shape differs (message names the adapter folder, the module and both shapes).
+    """
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        Conv1D = ()  # noqa: N806
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    label = str(adapter.path) if adapter.path is not None else "adapter"
+    for path, f in sorted(adapter.factors.items()):
+        try:
+            module = base.get_submodule(path)
+        except AttributeError:
+            raise AdapterError(f"{label}: module {path} is not in the base model ({type(base).__name__}); "
+                               "was the adapter trained on another model?") from None
+        if hasattr(module, "get_base_layer"):  # a layer PEFT already wrapped
+            module = module.get_base_layer()
+        is_conv1d = bool(Conv1D) and isinstance(module, Conv1D)
+        if not (is_conv1d or isinstance(module, torch.nn.Linear)):
+            raise AdapterError(f"{label}: module {path} is a {type(module).__name__}, not nn.Linear or Conv1D")
+        d_out, d_in = f.shape
+        got = tuple(module.weight.shape)
+        want = (d_in, d_out) if is_conv1d else (d_out, d_in)
+        if got != want:
+            raise AdapterError(f"{label}: module {path}: ΔW is {d_out}×{d_in} but the base weight is "
+                               f"{got[0]}×{got[1]}{' (Conv1D, stored transposed)' if is_conv1d else ''}; "
+                               "the adapter was trained on another model")
 
 
 # -- saving ----------------------------------------------------------------------------------------
@@ -295,7 +393,7 @@ def _config_for(adapter: Adapter, base_model: str | None) -> dict:
 
 
 def save_adapter(adapter: Adapter, path: str | Path, *, overwrite: bool = False,
-                 base_model: str | None = None) -> Path:
+                 base_model: str | None = None, extra_json: dict[str, Any] | None = None) -> Path:
     """Write ``adapter`` as a PEFT-loadable LoRA folder, atomically.
 
     Each factor's scaling is folded into B (B' = scaling · B) and the config sets
@@ -312,6 +410,8 @@ def save_adapter(adapter: Adapter, path: str | Path, *, overwrite: bool = False,
         path: target folder.
         overwrite: replace an existing folder.
         base_model: ``base_model_name_or_path`` to record (default: ``adapter.base_model``).
+        extra_json: file name → JSON-ready object, written into the folder in the same
+            atomic step (e.g. ``{"svd_report.json": ...}``).
 
     Returns:
         The folder path.
@@ -335,4 +435,6 @@ def save_adapter(adapter: Adapter, path: str | Path, *, overwrite: bool = False,
     with atomic_dir(path, overwrite=overwrite) as tmp:
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
         atomic_write_json(tmp / CONFIG_NAME, cfg)
+        for name, obj in (extra_json or {}).items():
+            atomic_write_json(tmp / name, obj)
     return Path(path)

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, StringConstraints, ValidationError, ValidationInfo,
+                      field_validator, model_validator)
 
 from lorasum.errors import ConfigError
 
 __all__ = [
+    "SourceSpec",
+    "DomainSpec",
     "DataSpec",
     "LoraSpec",
     "TrainSpec",
@@ -42,6 +45,104 @@ class DataSpec(_Strict):
     split_seed: int = Field(0, description="seed of the train/validation/test split")
     validation_fraction: float = Field(0.05, ge=0, lt=0.5)
     test_fraction: float = Field(0.1, gt=0, lt=0.5, description="for sources without an official test split")
+    skip_bad_rows: bool = Field(False, description="skip and count malformed rows instead of failing")
+    long_rows: Literal["truncate", "drop"] = Field(
+        "truncate", description="examples over max_length tokens: truncate them, or drop them (counted)")
+
+
+_FIELD_FORMATS = ("tabular", "hf")  # formats whose question / answer / context fields can be mapped
+_GROUP_FORMATS = ("tabular", "hf", "financial_qa_10k")  # formats with a group_field
+#: A domain name: used in file names and ids.
+DomainName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)]
+
+
+class SourceSpec(_Strict):
+    """One file, folder or hub data set of a domain, and which split(s) its records may go to.
+
+    ``split``: ``train`` (training and validation only), ``test`` (test only) or ``all`` (split
+    by group; into training / validation only when another source of the domain is ``test``).
+    """
+
+    format: Literal["gsm8k", "medquad", "tatqa", "pubmedqa", "mathqa", "financial_qa_10k", "tabular", "hf"]
+    path: str = Field(min_length=1, description="file or folder, relative to the data root or absolute; "
+                      "for format hf the hub data set id")
+    split: Literal["train", "test", "all"] = "all"
+    question_field: str | None = Field(None, description="tabular / hf: question column (default question)")
+    answer_field: str | None = Field(None, description="tabular / hf: answer column (default answer)")
+    context_field: str | None = Field(None, description="tabular / hf: context column (default none)")
+    group_field: str | None = Field(None, description="column whose rows share a split group (no straddling); "
+                                    "financial_qa_10k default: ticker")
+    id_prefix: str | None = Field(None, description="record id prefix (default: the file stem or data set id)")
+    test_ids: str | None = Field(None, description="pubmedqa: JSON file whose keys are the test PMIDs")
+    hf_config: str | None = Field(None, description="hf: data set configuration name")
+    hf_split: str = Field("train", description="hf: split of the hub data set to read")
+    hf_revision: str | None = Field(None, description="hf: git revision (tag, branch or commit)")
+
+    @model_validator(mode="after")
+    def _options_fit_format(self) -> SourceSpec:
+        fmt = self.format
+        mapped = [f for f in ("question_field", "answer_field", "context_field") if getattr(self, f) is not None]
+        if mapped and fmt not in _FIELD_FORMATS:
+            raise ValueError(f"{mapped[0]} applies to formats {', '.join(_FIELD_FORMATS)}, not {fmt} "
+                             f"(whose fields are fixed)")
+        if self.group_field is not None and fmt not in _GROUP_FORMATS:
+            raise ValueError(f"group_field applies to formats {', '.join(_GROUP_FORMATS)}, not {fmt}")
+        if self.id_prefix is not None and fmt in ("medquad", "tatqa", "pubmedqa"):
+            raise ValueError(f"id_prefix does not apply to {fmt}: its ids come from the data set")
+        if self.test_ids is not None and fmt != "pubmedqa":
+            raise ValueError(f"test_ids applies to format pubmedqa, not {fmt}")
+        hf_set = [f for f in ("hf_config", "hf_revision") if getattr(self, f) is not None]
+        if fmt != "hf" and (hf_set or self.hf_split != "train"):
+            raise ValueError(f"{(hf_set or ['hf_split'])[0]} applies to format hf, not {fmt}")
+        return self
+
+
+class DomainSpec(_Strict):
+    """A domain: its sources, prompt template, max length and split fractions.
+
+    Example (YAML, under ``custom_domains:``)::
+
+        legal:
+          sources: [{format: tabular, path: my/legal.jsonl, question_field: q, answer_field: a}]
+          test_fraction: 0.1
+    """
+
+    sources: list[SourceSpec] = Field(min_length=1)
+    description: str = ""
+    prompt_template: str | None = Field(
+        None, description="prompt text with {question} and optionally {context} before it; "
+        "None: the built-in '{context}\\n\\nQuestion: {question}\\nAnswer:'")
+    max_length: int | None = Field(None, gt=8, description="tokens per example; None: data.max_length")
+    validation_fraction: float | None = Field(None, ge=0, lt=0.5, description="None: data.validation_fraction")
+    test_fraction: float | None = Field(None, gt=0, lt=0.5, description="None: data.test_fraction")
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _template_fields(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        import string
+
+        try:
+            names = [f for _, f, _, _ in string.Formatter().parse(v) if f is not None]
+        except ValueError as e:
+            raise ValueError(f"prompt_template is not a valid format string ({e})") from None
+        unknown = sorted(set(names) - {"question", "context"})
+        if unknown:
+            raise ValueError(f"prompt_template: unknown placeholder {{{unknown[0]}}}; use {{question}} and {{context}}")
+        if names.count("question") != 1 or names.count("context") > 1:
+            raise ValueError("prompt_template needs {question} exactly once and {context} at most once")
+        if "context" in names and names.index("context") > names.index("question"):
+            raise ValueError("prompt_template: {context} must come before {question}")
+        return v
+
+    @model_validator(mode="after")
+    def _has_train_and_test(self) -> DomainSpec:
+        if not any(s.split in ("train", "all") for s in self.sources):
+            raise ValueError("no source with split train or all: the domain has no training data")
+        if not any(s.split in ("test", "all") or s.test_ids for s in self.sources):
+            raise ValueError("no source with split test or all: the domain has no test data")
+        return self
 
 
 class LoraSpec(_Strict):
@@ -66,12 +167,21 @@ class TrainSpec(_Strict):
     grad_accum: int = Field(1, gt=0)
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
     max_grad_norm: float | None = Field(1.0, gt=0)
+    loss_on: Literal["answer", "all"] = Field("answer", description="tokens that carry the loss: answer or all")
+    packing: bool = Field(True, description="pack examples into rows (exact: no attention or loss across examples)")
+    pack_length: int = Field(1024, gt=8, description="tokens per packed row (at least the longest example)")
+    compile: bool = Field(False, description="torch.compile the decoder layers (CUDA; pays off on long runs)")
 
 
 class EvalSpec(_Strict):
     """Perplexity evaluation."""
 
     batch_size: int = Field(8, gt=0)
+    max_tokens: int | None = Field(None, gt=0, description="padded tokens per batch at most (None: no limit)")
+    loss_on: Literal["answer", "all"] = Field("answer", description="tokens scored: answer or all")
+    stride: int | None = Field(
+        None, gt=0, description="None: cut examples to data.max_length; N: sliding windows of max_length, N apart"
+    )
 
 
 class ExperimentConfig(_Strict):
@@ -84,9 +194,32 @@ class ExperimentConfig(_Strict):
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     data: DataSpec = DataSpec()
+    custom_domains: dict[DomainName, DomainSpec] = Field(
+        default_factory=dict, description="your own domains by name (usable in domains); see DomainSpec")
     lora: LoraSpec = LoraSpec()
     train: TrainSpec = TrainSpec()
     eval: EvalSpec = EvalSpec()
+    hybrids: bool = Field(True, description="also evaluate merged(S∖{d}) + single(d) for each subset S of >= 3 "
+                          "domains and each d in S (exact sum; arXiv 2508.11985's hybrids)")
+    methods: list[str] = Field(default_factory=lambda: ["sum"], min_length=1,
+                               description="composition methods from lorasum.compose.METHODS, each applied to the "
+                               "single adapters of every subset; sum (the headline) is always run")
+    method_params: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, validate_default=True,
+        description="keyword parameters per method, e.g. {svd: {rank: 4}, ties: {density: 0.2}}")
+
+    @field_validator("methods")
+    @classmethod
+    def _methods_known(cls, v: list[str]) -> list[str]:
+        _check_methods(v, None)
+        return v
+
+    @field_validator("method_params")
+    @classmethod
+    def _method_params_accepted(cls, v: dict[str, dict[str, Any]], info: ValidationInfo) -> dict[str, dict[str, Any]]:
+        if "methods" in info.data:  # else methods itself failed and is reported
+            _check_methods(info.data["methods"], v)
+        return v
 
     @field_validator("domains")
     @classmethod
@@ -100,6 +233,35 @@ class ExperimentConfig(_Strict):
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds listed twice: {self.seeds}")
         return self
+
+
+def _check_methods(methods: list[str], params: dict[str, dict[str, Any]] | None) -> None:
+    """Raise ValueError for an unknown or repeated method, or (unless ``params`` is None) parameters
+    that a method's function does not take or a required one that is missing."""
+    import inspect
+
+    from lorasum.compose import METHODS  # imported here: compose needs torch, config loading should not
+
+    known = ", ".join(sorted(METHODS))
+    for name in [*methods, *(params or {})]:
+        if name not in METHODS:
+            raise ValueError(f"unknown composition method {name!r}; known methods: {known}")
+    if len(set(methods)) != len(methods):
+        raise ValueError(f"methods listed twice: {methods}")
+    if params is None:
+        return
+    for name, p in params.items():
+        if name not in methods and name != "sum":
+            raise ValueError(f"method_params.{name}: {name!r} is not listed in methods {methods}")
+        if "weights" in p:
+            raise ValueError(f"method_params.{name}: weights are not supported in an experiment "
+                             "(subsets differ in size)")
+    for name in dict.fromkeys(["sum", *methods]):
+        try:
+            inspect.signature(METHODS[name].fn).bind([], **params.get(name, {}))
+        except TypeError as e:
+            accepted = ", ".join(list(inspect.signature(METHODS[name].fn).parameters)[1:]) or "none"
+            raise ValueError(f"method_params.{name}: {e} (accepted parameters: {accepted})") from None
 
 
 def _format_validation_error(path: str, err: ValidationError) -> str:

@@ -27,7 +27,7 @@ import transformers
 from packaging.version import Version
 
 from lorasum.errors import ConfigError, ModelError
-from lorasum.storage import sha256_json
+from lorasum.storage import PICKLE_SUFFIXES, pickle_allowed, sha256_json
 
 __all__ = [
     "ModelInfo",
@@ -36,7 +36,9 @@ __all__ = [
     "resolve_dtype",
     "default_target_modules",
     "load_model",
+    "load_tokenizer",
     "describe_model",
+    "estimate_model_bytes",
 ]
 
 
@@ -224,6 +226,8 @@ def _resolve(name: str) -> tuple[str, dict[str, Any], bool]:
         if not (path / "config.json").is_file():
             raise ModelError(f"{name}: folder has no config.json; pass a folder written by save_pretrained")
         return str(path.resolve()), {}, False
+    if path.is_symlink() and not path.exists():
+        raise ModelError(f"{name}: broken symlink or symlink loop")
     if path.exists():
         raise ModelError(f"{name}: not a model folder or .gguf file")
     if name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name:
@@ -231,15 +235,43 @@ def _resolve(name: str) -> tuple[str, dict[str, Any], bool]:
     return name, {}, True
 
 
+def _check_no_pickle_only(name: str, source: str, extra: dict[str, Any]) -> None:
+    """Refuse a local model folder whose weights exist only as pickle files (see ``allow_pickle``)."""
+    folder = Path(source)
+    if "gguf_file" in extra or not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise ModelError(f"{name}: {folder / pickles[0]}: pickle weight files are refused (loading them can run "
+                         "code); re-save the model with safetensors, or pass --allow-pickle if you trust it")
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
 def _from_pretrained(loader: Any, source: str, extra: dict[str, Any], hub: bool, name: str, **kw: Any) -> Any:
-    """Call ``loader.from_pretrained`` from the local cache, then the hub if it is reachable."""
+    """Call ``loader.from_pretrained`` from the local cache, then the hub if it is reachable.
+
+    Errors caused by the files (missing, malformed JSON or safetensors, invalid UTF-8, an
+    unknown architecture, a config that cannot build a model) become a one-line ModelError.
+    A ValueError about SDPA is re-raised for :func:`load_model` to retry without it.
+    """
+    from safetensors import SafetensorError
+
     try:
         return loader.from_pretrained(source, **extra, **kw, local_files_only=True)
     except ImportError as e:
         raise ModelError(f"{name}: a package is missing: {str(e).splitlines()[0]}") from None
     except OSError as e:
         if not hub:
-            raise ModelError(f"{name}: cannot load from {source}: {str(e).splitlines()[0]}") from None
+            raise ModelError(f"{name}: cannot load from {source}: {_first_line(e)}") from e
+    except ValueError as e:
+        if "sdpa" in str(e).lower():
+            raise
+        raise ModelError(f"{name}: cannot load from {source}: {_first_line(e)}") from e
+    except (SafetensorError, KeyError, RuntimeError, TypeError) as e:
+        raise ModelError(f"{name}: cannot load from {source}: {type(e).__name__}: {_first_line(e)}") from e
     if not _hub_reachable():
         raise ModelError(
             f"{name}: not in the local Hugging Face cache and the hub is unreachable; "
@@ -256,7 +288,8 @@ def _dtype_kwarg() -> str:
 
 
 def load_model(
-    name: str = "gpt2", *, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto"
+    name: str = "gpt2", *, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
+    allow_pickle: bool | None = None,
 ) -> tuple[transformers.PreTrainedModel, transformers.PreTrainedTokenizerBase, ModelInfo]:
     """Load a causal LM, its tokenizer and a :class:`ModelInfo`, ready for evaluation.
 
@@ -266,8 +299,14 @@ def load_model(
     gets ``pad_token = eos_token`` (lorasum finds padding from the attention mask,
     never from a token id).
 
+    Weights are read from safetensors (or GGUF) only (``use_safetensors=True``): pickle
+    ``pytorch_model.bin``/``.pt``/``.pth`` files can run code when loaded and are refused
+    unless ``allow_pickle`` (None: as set by :func:`lorasum.storage.allow_pickle`, the
+    CLI's ``--allow-pickle``).
+
     Raises:
-        ModelError: the model cannot be found or loaded (one line: what to install or pass).
+        ModelError: the model cannot be found or loaded, or has only pickle weights (one
+            line: what to install or pass).
         ConfigError: a bad ``device`` or ``dtype``.
     """
     dev = device if isinstance(device, torch.device) else resolve_device(device)
@@ -275,8 +314,13 @@ def load_model(
     source, extra, hub = _resolve(name)
     display_source = str(Path(source) / extra["gguf_file"]) if "gguf_file" in extra else source
     auto_model, auto_tok = transformers.AutoModelForCausalLM, transformers.AutoTokenizer
+    pickle_ok = pickle_allowed(allow_pickle)
+    if not pickle_ok:
+        _check_no_pickle_only(name, source, extra)
     tokenizer = _from_pretrained(auto_tok, source, extra, hub, name)
     kw = {_dtype_kwarg(): torch_dtype}
+    if not pickle_ok and "gguf_file" not in extra:
+        kw["use_safetensors"] = True
     try:
         model = _from_pretrained(auto_model, source, extra, hub, name, attn_implementation="sdpa", **kw)
     except ValueError as e:  # architecture without SDPA support
@@ -291,6 +335,24 @@ def load_model(
         tokenizer.pad_token = tokenizer.eos_token
     info = describe_model(model, name=name, source=display_source)
     return model, tokenizer, info
+
+
+def load_tokenizer(name: str = "gpt2") -> transformers.PreTrainedTokenizerBase:
+    """Load only the tokenizer of a model name accepted by :func:`load_model` (no weights).
+
+    A tokenizer without a pad token gets ``pad_token = eos_token``, as in :func:`load_model`.
+    For the ``smollm2-135m`` alias it takes a few seconds (read from the GGUF file's metadata).
+
+    Raises:
+        ModelError: the model cannot be found, or its tokenizer has neither a pad nor an eos token.
+    """
+    source, extra, hub = _resolve(name)
+    tokenizer = _from_pretrained(transformers.AutoTokenizer, source, extra, hub, name)
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ModelError(f"{name}: tokenizer has neither a pad nor an eos token")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def describe_model(model: transformers.PreTrainedModel, *, name: str, source: str | None = None) -> ModelInfo:
@@ -312,3 +374,12 @@ def describe_model(model: transformers.PreTrainedModel, *, name: str, source: st
         target_modules=tuple(targets),
         n_params=sum(p.numel() for p in model.parameters()),
     )
+
+
+def estimate_model_bytes(model: torch.nn.Module, margin: float = 1.1) -> int:
+    """Bytes needed to save ``model``'s weights: Σ parameters × element size × ``margin``.
+
+    Tied weights are counted once (``model.parameters()`` yields each tensor once); the
+    margin covers the tokenizer, configs and the safetensors headers.
+    """
+    return int(margin * sum(p.numel() * p.element_size() for p in model.parameters()))

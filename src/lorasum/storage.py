@@ -1,24 +1,36 @@
-"""Files: atomic writes, no-clobber checks and content hashes.
+"""Files: atomic writes, no-clobber checks, content hashes, safe names and run manifests.
 
 Every file lorasum writes goes through a temporary file in the same folder,
 ``fsync`` and ``os.replace``, so an interrupted write never leaves half a file.
 Folders (adapters, merged models, reports) are written into a temporary sibling
-folder and renamed into place once complete.
+folder and renamed into place once complete. A write that fails because of the
+file system (no space, no permission, read-only, a file where a folder should be)
+is a one-line :class:`~lorasum.errors.UserError` naming the target path.
+
+Loading is safetensors-only: pickle-based weight files (:data:`PICKLE_SUFFIXES`) can
+run code when read and are refused unless :func:`allow_pickle` is active (the CLI's
+``--allow-pickle``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import errno
 import hashlib
 import json
 import os
+import platform
+import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from lorasum.errors import OutputExistsError
+from lorasum.errors import ConfigError, OutputExistsError, UserError
 
 __all__ = [
     "atomic_write_bytes",
@@ -29,7 +41,43 @@ __all__ = [
     "sha256_file",
     "sha256_json",
     "sha256_bytes",
+    "sha256_path",
+    "read_safetensors_header",
+    "PICKLE_SUFFIXES",
+    "allow_pickle",
+    "pickle_allowed",
+    "safe_name",
+    "check_free_space",
+    "write_manifest",
+    "MANIFEST_NAME",
 ]
+
+#: File endings of pickle-based weight files (torch.save / pickle), refused unless allowed.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+#: Name of the run-folder manifest written by :func:`write_manifest`.
+MANIFEST_NAME = "manifest.json"
+
+# errno values of a write that fails because of the file system, not because of lorasum
+_FS_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR,
+              errno.EISDIR, errno.EEXIST, errno.ELOOP, errno.ENAMETOOLONG, errno.EFBIG}
+
+
+def _is_fs_error(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in _FS_ERRNOS
+
+
+class _WriteError(UserError):
+    """A file-system failure while writing ``path`` (kept as attributes to re-target temporaries)."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"{path}: cannot write: {reason}")
+        self.path, self.reason = Path(path), reason
+
+
+def _fs_error(path: Path, exc: OSError) -> UserError:
+    """The one-line UserError for a file-system failure while writing ``path``."""
+    where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(path) else ""
+    return _WriteError(path, f"{exc.strerror or os.strerror(exc.errno)}{where}")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -51,10 +99,17 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (temporary file, fsync, rename).
 
     The file gets the usual permissions (0666 less the umask), not mkstemp's private 0600.
+
+    Raises:
+        UserError: the file system refuses the write (no space, no permission, read-only,
+            a file where a folder is needed); ``path`` is left as it was.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:  # the folder cannot take a new file
+        raise _fs_error(path, exc) from exc
     try:
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as fh:
@@ -62,9 +117,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if _is_fs_error(exc):
+            raise _fs_error(path, exc) from exc
         raise
     _fsync_dir(path.parent)
     return path
@@ -83,15 +140,26 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 def check_output(path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Refuse to clobber: raise if ``path`` exists and is not an empty folder.
 
+    A symlink counts as existing even when it is broken or loops.
+
     Raises:
         OutputExistsError: ``path`` exists (and holds something) and ``overwrite`` is False.
     """
     path = Path(path)
-    if path.exists() and not overwrite:
-        if path.is_dir() and not any(path.iterdir()):
+    if os.path.lexists(path) and not overwrite:
+        if path.is_dir() and not path.is_symlink() and not any(path.iterdir()):
             return path
         raise OutputExistsError(f"{path}: already exists; pass --overwrite to replace it")
     return path
+
+
+def _remove(path: Path) -> None:
+    """Remove a file, symlink or folder tree; ignore errors (used on temporaries and old copies)."""
+    if path.is_symlink() or path.is_file():
+        with contextlib.suppress(OSError):
+            path.unlink()
+    else:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -99,29 +167,43 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     """Build a folder in a temporary sibling and move it to ``path`` when the block succeeds.
 
     On an exception the temporary folder is removed and ``path`` is left as it was.
-    With ``overwrite`` an existing ``path`` is replaced only after the new folder is complete.
+    With ``overwrite`` an existing ``path`` (folder, file or symlink) is replaced only
+    after the new folder is complete.
 
     Raises:
         OutputExistsError: ``path`` exists and ``overwrite`` is False.
+        UserError: the file system refuses a write, here or in the block (no space, no
+            permission, read-only, a file where a folder is needed); ``path`` is left as it was.
     """
     path = Path(path)
     check_output(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    os.chmod(tmp, 0o777 & ~_umask())
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        os.chmod(tmp, 0o777 & ~_umask())
+    except OSError as exc:  # the parent cannot take a new folder
+        raise _fs_error(path, exc) from exc
     try:
         yield tmp
-        if path.exists():
+        if os.path.lexists(path):
             old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)
             os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                os.replace(old, path)
+                raise
+            _remove(old)
         else:
             os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if _is_fs_error(exc):
+            raise _fs_error(path, exc) from exc
+        if isinstance(exc, _WriteError) and tmp in exc.path.parents:  # name the target, not the temporary
+            raise _WriteError(path / exc.path.relative_to(tmp), exc.reason) from exc
         raise
 
 
@@ -143,3 +225,212 @@ def sha256_json(obj: Any) -> str:
     """Hex SHA-256 of the canonical JSON form of ``obj`` (sorted keys, no spaces)."""
     text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
     return sha256_bytes(text.encode("utf-8"))
+
+
+# -- pickle policy -----------------------------------------------------------------------------------
+
+_PICKLE_ALLOWED: contextvars.ContextVar[bool] = contextvars.ContextVar("lorasum_allow_pickle", default=False)
+
+
+@contextlib.contextmanager
+def allow_pickle(enabled: bool = True) -> Iterator[None]:
+    """Within the block, let loaders read pickle-based weight files (the CLI's ``--allow-pickle``).
+
+    Loaders that take ``allow_pickle=None`` (:func:`lorasum.adapters.load_adapter`,
+    :func:`lorasum.models.load_model`) read this setting; an explicit True/False wins.
+    Pickle files can run arbitrary code when loaded, so this is off by default.
+    """
+    token = _PICKLE_ALLOWED.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _PICKLE_ALLOWED.reset(token)
+
+
+def pickle_allowed(explicit: bool | None = None) -> bool:
+    """``explicit`` if given, else whether an :func:`allow_pickle` block is active."""
+    return _PICKLE_ALLOWED.get() if explicit is None else bool(explicit)
+
+
+_MAX_HEADER_BYTES = 100_000_000  # the limit safetensors itself enforces
+
+
+def read_safetensors_header(path: str | os.PathLike) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Tensor name → (shape, dtype name such as ``"F32"``) from a safetensors header, reading
+    only the header (at most 100 MB), never the data and without mapping the file.
+
+    Callers check the claimed shapes before loading, so a file that claims huge tensors
+    (a sparse file, say) is refused before anything is allocated or mapped.
+
+    Raises:
+        ValueError: the file is shorter than its header, the header length is out of range,
+            or the header is not UTF-8 JSON of the safetensors form.
+        OSError: the file cannot be read.
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            raise ValueError("header too small")
+        n = int.from_bytes(head, "little")
+        if n > _MAX_HEADER_BYTES:
+            raise ValueError(f"header too large ({n} bytes)")
+        raw = fh.read(n)
+    if len(raw) < n:
+        raise ValueError("file shorter than its header")
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ValueError(f"header is not UTF-8 JSON ({type(exc).__name__})") from None
+    if not isinstance(header, dict):
+        raise ValueError("header is not a JSON object")
+    out = {}
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        shape = info.get("shape") if isinstance(info, dict) else None
+        dtype = info.get("dtype") if isinstance(info, dict) else None
+        if (not isinstance(shape, list) or not isinstance(dtype, str)
+                or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
+            raise ValueError(f"header entry {key!r} has no valid shape and dtype")
+        out[key] = (tuple(shape), dtype)
+    return out
+
+
+# -- names, disk space -------------------------------------------------------------------------------
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
+
+
+def safe_name(name: str) -> str:
+    """Return ``name`` if it can be used as one path component inside a run folder.
+
+    Allowed: 1–200 characters from ``A-Z a-z 0-9 _ . + -``, not starting with ``.``
+    (hidden files and lorasum's temporaries) and not containing ``..``, so a name from a
+    config can never point outside the folder it is joined to.
+
+    Raises:
+        ConfigError: the name is empty, too long, has another character (``/``, ``\\``,
+            space, NUL, …), starts with ``.`` or contains ``..``.
+    """
+    if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name) or len(name) > 200:
+        raise ConfigError(f"name {name!r}: use 1-200 characters from A-Z a-z 0-9 _ . + - (it becomes a folder name)")
+    if name.startswith(".") or ".." in name:
+        raise ConfigError(f"name {name!r}: must not start with '.' or contain '..' (it becomes a folder name)")
+    return name
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def check_free_space(path: str | os.PathLike, needed_bytes: int, what: str = "the output") -> None:
+    """Refuse to start a write that cannot fit: compare ``needed_bytes`` with the free space
+    (``shutil.disk_usage``) of the file system that will hold ``path``.
+
+    The check uses the nearest existing ancestor of ``path``. Callers estimate
+    ``needed_bytes`` generously, e.g. a merged model: parameters × dtype size × 1.1.
+
+    Raises:
+        UserError: less than ``needed_bytes`` is free (message: path, need, free).
+    """
+    path = Path(path)
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < needed_bytes:
+        raise UserError(f"{path}: not enough free disk space: {what} needs about {_fmt_bytes(needed_bytes)}, "
+                        f"{_fmt_bytes(free)} free on {probe}")
+
+
+# -- manifests ---------------------------------------------------------------------------------------
+
+_MANIFEST_PACKAGES = ("lorasum", "torch", "transformers", "peft", "safetensors", "tokenizers", "huggingface-hub",
+                      "numpy", "scipy", "pydantic", "PyYAML", "defusedxml", "matplotlib", "tqdm", "gguf")
+
+
+def _is_temporary(name: str) -> bool:
+    return name.startswith(".") and (name.endswith(".tmp") or name.endswith(".old"))
+
+
+def sha256_path(path: str | os.PathLike, *, skip: Path | None = None) -> dict:
+    """Content hash of a file or folder, as a JSON-ready dict.
+
+    A file gives ``{"path", "kind": "file", "sha256", "bytes"}``. A folder gives
+    ``{"path", "kind": "folder", "sha256", "bytes", "files"}`` where ``sha256`` is the SHA-256
+    of the sorted lines ``"<relative path> <file sha256>\\n"`` (symlinks are not followed
+    into folders; lorasum's temporaries ``.*.tmp``/``.*.old`` and ``skip`` are left out).
+    A missing path gives ``{"path", "kind": "missing", "sha256": None}``.
+    """
+    path = Path(path)
+    if path.is_file():
+        return {"path": str(path), "kind": "file", "sha256": sha256_file(path), "bytes": path.stat().st_size}
+    if not path.is_dir():
+        return {"path": str(path), "kind": "missing", "sha256": None}
+    lines, total = [], 0
+    for root, dirs, files in os.walk(path):
+        dirs[:] = sorted(d for d in dirs if not _is_temporary(d))
+        for name in sorted(files):
+            f = Path(root) / name
+            if _is_temporary(name) or (skip is not None and f == skip) or not f.is_file():
+                continue
+            lines.append(f"{f.relative_to(path).as_posix()} {sha256_file(f)}\n")
+            total += f.stat().st_size
+    digest = sha256_bytes("".join(sorted(lines)).encode("utf-8"))
+    return {"path": str(path), "kind": "folder", "sha256": digest, "bytes": total, "files": len(lines)}
+
+
+def _versions() -> dict[str, str | None]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str | None] = {}
+    for name in _MANIFEST_PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def write_manifest(folder: str | os.PathLike, *, config: dict, inputs: dict[str, Path],
+                   outputs: list[Path]) -> Path:
+    """Write ``folder/manifest.json``: what produced the folder's outputs, atomically.
+
+    Fields: ``format`` (``lorasum.manifest.v1``), ``created`` (UTC), ``python``,
+    ``platform``, ``packages`` (installed versions of lorasum and its dependencies; None
+    when absent), ``config`` (as given; non-JSON values are written with ``str``),
+    ``inputs`` (name → :func:`sha256_path` of the file or folder) and ``outputs`` (list of
+    :func:`sha256_path`, paths relative to ``folder`` when inside it). The manifest itself
+    is never hashed.
+
+    Returns:
+        The manifest's path.
+
+    Raises:
+        UserError: the manifest cannot be written (see :func:`atomic_write_bytes`).
+    """
+    folder = Path(folder)
+    own = folder / MANIFEST_NAME
+
+    def entry(p: Path) -> dict:
+        info = sha256_path(p, skip=own)
+        with contextlib.suppress(ValueError):
+            info["path"] = Path(p).resolve().relative_to(folder.resolve()).as_posix() or "."
+        return info
+
+    manifest = {
+        "format": "lorasum.manifest.v1",
+        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "packages": _versions(),
+        "config": config,
+        "inputs": {name: entry(Path(p)) for name, p in sorted(inputs.items())},
+        "outputs": [entry(Path(p)) for p in outputs],
+    }
+    text = json.dumps(manifest, indent=2, sort_keys=True, default=str, allow_nan=True) + "\n"
+    return atomic_write_text(own, text)

@@ -45,7 +45,7 @@ def test_load_gsm8k_records(tmp_path):
         (b'{"question": 3, "answer": "x\\n#### 1"}\n', "field 'question' must be a string, got int"),
         (b'["question", "answer"]\n', "train.jsonl:1: expected a JSON object"),
         (b'{"question": "a", "answer": "no final line"}\n', "train.jsonl:1: field 'answer' has no final"),
-        (b'{"question": "caf\xe9", "answer": "x"}\n', "train.jsonl: invalid UTF-8"),
+        (b'{"question": "caf\xe9", "answer": "x"}\n', "train.jsonl:1: invalid UTF-8 (invalid continuation byte at column 18)"),
         (b"\n  \n", "train.jsonl: empty file"),
     ],
 )

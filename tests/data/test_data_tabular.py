@@ -67,7 +67,7 @@ def test_field_mapping_and_default_group(tmp_path):
         ("d.csv", b"question,answer\n\xff\xfe,a\n", {}, "d.csv: invalid UTF-8"),
         ("d.csv", b"", {}, "d.csv: empty file"),
         ("d.jsonl", b"   \n\n", {}, "d.jsonl: empty file"),
-        ("d.parquet", b"PAR1", {}, "d.parquet: unknown format '.parquet'"),
+        ("d.xlsx", b"PK", {}, "d.xlsx: unknown format '.xlsx'"),
         ("d", b"x", {}, "d: unknown format '(no extension)'"),
         ("d.jsonl", b'{"question": "", "answer": "a"}\n', {}, "d.jsonl: no rows with a non-empty 'question' and 'answer'"),
     ],

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lorasum.data.records import Record
-from lorasum.data.tokenize import Encoded, collate, encode_record, format_prompt
+from lorasum.data.tokenize import Encoded, collate, encode_record, format_prompt, sliding_windows
 
 IGNORE = -100
 
@@ -141,3 +141,55 @@ def test_truncation_invariants(tiny_tokenizer, ctx, q, a, max_length):
         assert len(answer) == 1
     if len(answer) < len(full_answer):  # the answer is cut only once the context is gone
         assert kept_ctx <= 0
+
+
+def test_loss_on_all_labels_every_token_and_keeps_truncation(tiny_tokenizer):
+    r = rec(Q, A, CTX)
+    for max_length in (64, 12):
+        answer_only = encode_record(tiny_tokenizer, r, max_length)
+        every = encode_record(tiny_tokenizer, r, max_length, loss_on="all")
+        assert every.input_ids == answer_only.input_ids and every.truncated == answer_only.truncated
+        assert every.labels == every.input_ids
+    with pytest.raises(ValueError, match="loss_on"):
+        encode_record(tiny_tokenizer, r, 64, loss_on="prompt")
+
+
+def test_max_length_none_keeps_everything(tiny_tokenizer):
+    r = rec(Q, A, " ".join([CTX] * 20))
+    enc = encode_record(tiny_tokenizer, r, None)
+    assert not enc.truncated and len(enc.input_ids) == 1 + 9 * 20 + 2 + 4 + 2 + 6
+    assert enc == encode_record(tiny_tokenizer, r, 10_000)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    n=st.integers(1, 60),
+    window=st.integers(2, 20),
+    data=st.data(),
+)
+def test_sliding_windows_score_each_labelled_token_once(n, window, data):
+    stride = data.draw(st.integers(1, window - 1))
+    scored = data.draw(st.lists(st.booleans(), min_size=n, max_size=n))
+    ids = list(range(1000, 1000 + n))  # distinct ids: a window token's id gives its position
+    labels = [i if s else IGNORE for i, s in zip(ids, scored)]
+    windows = sliding_windows(Encoded(input_ids=ids, labels=labels), window, stride)
+    seen = []
+    for w in windows:
+        assert 1 <= len(w.input_ids) <= window and len(w.labels) == len(w.input_ids)
+        begin = w.input_ids[0] - 1000
+        assert w.input_ids == ids[begin : begin + len(w.input_ids)]  # a contiguous slice ...
+        assert begin % stride == 0  # ... starting on the stride grid
+        assert w.labels[0] == IGNORE or n <= window
+        for j, t in enumerate(w.labels):
+            if t != IGNORE and j >= 1:
+                assert t == ids[begin + j]
+                assert begin + j < window or j >= window - stride  # context: at least window - stride tokens
+                seen.append(begin + j)
+    assert sorted(seen) == seen == [p for p in range(1, n) if scored[p]]  # once each, in order
+
+
+def test_sliding_windows_rejects_bad_stride():
+    e = Encoded(input_ids=[1, 2, 3], labels=[1, 2, 3])
+    for stride in (0, 4, 5):
+        with pytest.raises(ValueError, match="stride"):
+            sliding_windows(e, 4, stride)

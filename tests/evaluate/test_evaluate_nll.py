@@ -134,3 +134,95 @@ def test_perplexity_restores_training_mode(tiny_tokenizer, tiny_gpt2):
     assert tiny_gpt2.training
     with pytest.raises(ValueError):
         perplexity(tiny_gpt2, tiny_tokenizer, records(2), max_length=64, device="meta")
+
+
+# -- loss_on="all", sliding windows, token-budget batches ---------------------------------------
+
+
+def all_token_reference(model, tok, recs) -> tuple[float, int]:
+    """Independent reference: each whole text (no truncation) through the model, labels = inputs."""
+    total, count = 0.0, 0
+    for r in recs:
+        ids = torch.tensor([encode_record(tok, r, None).input_ids])
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits
+        total += float(F.cross_entropy(logits[0, :-1], ids[0, 1:], reduction="sum"))
+        count += ids.shape[1] - 1
+    return total, count
+
+
+@pytest.mark.parametrize("model_fixture", ["tiny_gpt2", "tiny_llama"])
+def test_perplexity_on_all_tokens(request, tiny_tokenizer, model_fixture):
+    model = request.getfixturevalue(model_fixture)
+    recs = records()
+    got = perplexity(model, tiny_tokenizer, recs, max_length=64, batch_size=3, loss_on="all")
+    ref, n = all_token_reference(model, tiny_tokenizer, recs)
+    assert got.n_tokens == n
+    assert got.nll_sum == pytest.approx(ref, rel=1e-5)
+    answer_only = perplexity(model, tiny_tokenizer, recs, max_length=64, batch_size=3)
+    assert answer_only.n_tokens < n
+
+
+def strided_reference(model, ids: torch.Tensor, labels: torch.Tensor, window: int, stride: int) -> tuple[float, int]:
+    """The loop of Hugging Face's guide "Perplexity of fixed-length models", written out independently:
+    windows [begin, begin + window) every ``stride`` tokens; each window scores the tokens after the
+    previous window's end."""
+    total, count, prev_end, n = 0.0, 0, 0, ids.shape[0]
+    for begin in range(0, n, stride):
+        end = min(begin + window, n)
+        target = labels[begin:end].clone()
+        target[: max(prev_end - begin, 0)] = -100
+        with torch.no_grad():
+            logits = model(input_ids=ids[None, begin:end]).logits[0]
+        total += float(F.cross_entropy(logits[:-1], target[1:], ignore_index=-100, reduction="sum"))
+        count += int((target[1:] != -100).sum())
+        prev_end = end
+        if end == n:
+            break
+    return total, count
+
+
+@pytest.mark.parametrize("loss_on", ["answer", "all"])
+@pytest.mark.parametrize("window,stride", [(16, 8), (12, 5), (20, 19)])
+def test_sliding_window_perplexity_matches_strided_reference(tiny_tokenizer, tiny_llama, loss_on, window, stride):
+    recs = [r for r in records(7) if r.context]  # the long ones: 20-30 tokens
+    got = perplexity(tiny_llama, tiny_tokenizer, recs, max_length=window, stride=stride, batch_size=4,
+                     loss_on=loss_on)
+    ref, n = 0.0, 0
+    for r in recs:
+        e = encode_record(tiny_tokenizer, r, None, loss_on=loss_on)
+        s, c = strided_reference(tiny_llama, torch.tensor(e.input_ids), torch.tensor(e.labels), window, stride)
+        ref, n = ref + s, n + c
+    whole = perplexity(tiny_llama, tiny_tokenizer, recs, max_length=256, loss_on=loss_on)
+    assert got.n_tokens == n == whole.n_tokens  # every labelled token scored once, none cut
+    assert got.nll_sum == pytest.approx(ref, rel=1e-5)
+    assert got.nll_sum != pytest.approx(whole.nll_sum, rel=1e-4)  # less context than the whole text
+
+
+def test_stride_with_window_longer_than_texts_equals_no_truncation(tiny_tokenizer, tiny_gpt2):
+    recs = records()
+    a = perplexity(tiny_gpt2, tiny_tokenizer, recs, max_length=200, stride=50)
+    b = perplexity(tiny_gpt2, tiny_tokenizer, recs, max_length=200)
+    assert (a.n_tokens, a.n_examples) == (b.n_tokens, b.n_examples)
+    assert a.nll_sum == pytest.approx(b.nll_sum, rel=1e-5)
+    with pytest.raises(ValueError, match="stride"):
+        perplexity(tiny_gpt2, tiny_tokenizer, recs, max_length=16, stride=16)
+
+
+def test_token_budget_batches_give_the_same_sums(tiny_tokenizer, tiny_llama):
+    recs = records(20)
+    ref = perplexity(tiny_llama, tiny_tokenizer, recs, max_length=64, batch_size=1)
+    got = perplexity(tiny_llama, tiny_tokenizer, recs, max_length=64, batch_size=1000, max_tokens=70)
+    assert got.n_tokens == ref.n_tokens and got.nll_sum == pytest.approx(ref.nll_sum, rel=1e-5)
+
+
+def test_length_batches_respect_both_limits():
+    from lorasum.evaluate.nll import _length_batches
+
+    lengths = [5, 30, 7, 7, 12, 100, 3, 8]
+    for batch_size, max_tokens in [(3, None), (100, 30), (2, 40), (8, 1)]:
+        batches = list(_length_batches(lengths, batch_size, max_tokens))
+        assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+        for b in batches:
+            assert len(b) <= batch_size
+            assert len(b) == 1 or max_tokens is None or len(b) * max(lengths[i] for i in b) <= max_tokens

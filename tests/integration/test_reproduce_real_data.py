@@ -1,8 +1,8 @@
-"""`lorasum reproduce` end to end on the real data with a tiny random GPT-2 (CPU, ~1 minute)."""
+"""`lorasum reproduce` and `lorasum report` end to end on the real data with a tiny random GPT-2
+(the shared run of conftest.py)."""
 
 import json
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -12,24 +12,9 @@ from lorasum.cli import main
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    root = os.environ.get("LORASUM_DATA_ROOT")
-    if not root or not Path(root).is_dir():
-        pytest.skip("LORASUM_DATA_ROOT is not set to the shared data folder (e.g. ../shared/data/raw)")
-    from tiny_models import save_tiny_gpt2
-
-    tmp = tmp_path_factory.mktemp("repro")
-    save_tiny_gpt2(tmp / "m")
-    cfg = tmp / "tiny.yaml"
-    cfg.write_text(
-        f"name: tiny\nmodel: {tmp / 'm'}\ndomains: [math, medicine, finance]\nseeds: [0]\ndevice: cpu\n"
-        "data: {max_length: 48, train_size: 6, validation_size: 2, test_size: 3}\n"
-        "train: {learning_rate: 1.0e-2, batch_size: 3}\neval: {batch_size: 3}\n"
-    )
-    out = tmp / "run"
-    assert main(["reproduce", "-q", "--config", str(cfg), "--out", str(out)]) == 0
-    return cfg, out
+@pytest.fixture
+def run(tiny_run):
+    return tiny_run["cfg"], tiny_run["out"]
 
 
 def test_report_holds_every_combination_with_finite_numbers(run):
@@ -55,7 +40,7 @@ def test_report_holds_every_combination_with_finite_numbers(run):
 def test_union_perplexity_is_token_weighted(run):
     _, out = run
     results = json.loads((out / "results.json").read_text())
-    rows = [e for e in results["evaluations"] if e["model"] == "base"]
+    rows = [e for e in results["evaluations"] if e["model"] == "base" and e["seed"] == 0]
     per_domain = [e for e in rows if e["eval_domain"] != "union"]
     union = next(e for e in rows if e["eval_domain"] == "union")
     nll = sum(e["nll_sum"] for e in per_domain) / sum(e["n_tokens"] for e in per_domain)
@@ -65,7 +50,7 @@ def test_union_perplexity_is_token_weighted(run):
 def test_rerun_reuses_cached_work(run):
     cfg, out = run
     before = {p: p.stat().st_mtime_ns for p in (out / "adapters").rglob("adapter_model.safetensors")}
-    assert len(before) == 11  # 3 single + 4 merged + 4 sums
+    assert len(before) == 2 * 14  # per seed 3 single + 4 merged + 4 sums + 3 hybrids (dense methods: not stored)
     assert main(["reproduce", "-q", "--config", str(cfg), "--out", str(out)]) == 0
     after = {p: p.stat().st_mtime_ns for p in (out / "adapters").rglob("adapter_model.safetensors")}
     assert after == before, "a re-run must not retrain or recompose anything"
@@ -76,3 +61,28 @@ def test_run_folder_refuses_foreign_content(run, tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("mine")
     assert main(["reproduce", "-q", "--config", str(cfg), "--out", str(tmp_path)]) == 2
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_overrides_and_report_command(run, tmp_path, capsys):
+    cfg, _ = run
+    out = tmp_path / "pair"
+    assert main(["reproduce", "-q", "--config", str(cfg), "--out", str(out), "--domains", "math,finance",
+                 "--seeds", "3"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["schema_version"] == 2 and results["config"]["seeds"] == [3]
+    assert {(tuple(c["domains"]), c["kind"]) for c in results["compositions"]} == {  # no hybrids for N = 2
+        (("math", "finance"), "sum"), (("math", "finance"), "composed")}
+    (out / "report" / "report.md").unlink()
+    assert main(["report", str(out)]) == 0
+    assert "math+finance" in (out / "report" / "report.md").read_text()
+
+
+def test_report_command_reads_committed_version_1_results(tmp_path):
+    committed = Path(__file__).parents[2] / "results" / "gpu-smollm2" / "results.json"
+    if not committed.is_file():
+        pytest.skip("no committed results/gpu-smollm2")
+    (tmp_path / "results.json").write_bytes(committed.read_bytes())
+    assert json.loads(committed.read_text())["schema_version"] == 1
+    assert main(["report", str(tmp_path)]) == 0
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "math+medicine+finance" in md and "Δ %" in md

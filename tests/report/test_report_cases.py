@@ -20,21 +20,22 @@ def _set_change(results, label, value):
 
 
 def test_single_seed_report(tmp_path):
-    results = make_results(seeds=(0,))
+    results = make_results(seeds=(0,), version=1)
     md = write_report(results, tmp_path)["report.md"].read_text(encoding="utf-8")
     tables = md_tables(md)
     assert "Per-seed results" not in tables
     head = {r[0]: r for r in tables["Headline: adapter sum vs merged-data fine-tuning"]}
-    assert len(head["math+medicine"]) == 6  # no CI / seeds columns
+    assert len(head["math+medicine"]) == 7  # no CI / seeds columns
     for c in results["combinations"]:
         row = head["+".join(c["domains"])]
-        assert parse_cell(row[4]) == (pytest.approx(c["ppl_change_pct"]["union"], abs=5.1e-3), None)
-        assert parse_cell(row[2])[0] == pytest.approx(c["ppl_sum"]["union"], abs=5.1e-4)
+        assert row[1] == "singles"
+        assert parse_cell(row[5]) == (pytest.approx(c["ppl_change_pct"]["union"], abs=5.1e-3), None)
+        assert parse_cell(row[3])[0] == pytest.approx(c["ppl_sum"]["union"], abs=5.1e-4)
     assert "with one seed the run-to-run variation is unknown" in md.splitlines()[2]
 
 
 def test_verdict_names_winners_and_losers():
-    results = make_results(seeds=(0,))
+    results = make_results(seeds=(0,), version=1)
     for label, v in (("math+medicine", -5.0), ("math+finance", 3.0), ("medicine+finance", 20.0),
                      ("math+medicine+finance", -1.25)):
         _set_change(results, label, v)
@@ -46,7 +47,7 @@ def test_verdict_names_winners_and_losers():
 
 
 def test_verdict_flags_ci_spanning_zero():
-    results = make_results(seeds=(0, 1, 2))
+    results = make_results(seeds=(0, 1, 2), version=1)
     for c in results["combinations"]:
         c["ppl_change_pct"]["union"] = {0: -2.0, 1: 1.0, 2: 3.0}[c["seed"]] if len(c["domains"]) == 2 else 5.0 + c["seed"]
     text = verdict(results)
@@ -56,7 +57,7 @@ def test_verdict_flags_ci_spanning_zero():
 
 
 def test_two_domains_one_seed_has_no_correlation(tmp_path):
-    results = make_results(seeds=(0,), domains=("math", "finance"))
+    results = make_results(seeds=(0,), domains=("math", "finance"), version=1)
     paths = write_report(results, tmp_path)
     md = paths["report.md"].read_text(encoding="utf-8")
     assert "cannot be estimated from n = 1 points" in md
@@ -66,7 +67,7 @@ def test_two_domains_one_seed_has_no_correlation(tmp_path):
 
 
 def test_missing_and_nan_values_render_as_dash(tmp_path):
-    results = make_results(seeds=(0,))
+    results = make_results(seeds=(0,), version=1)
     broken = copy.deepcopy(results)
     broken["combinations"][0]["rms_cosine"] = math.nan
     broken["combinations"][1]["ppl_merged"]["union"] = None
@@ -75,7 +76,7 @@ def test_missing_and_nan_values_render_as_dash(tmp_path):
     md = write_report(broken, tmp_path)["report.md"].read_text(encoding="utf-8")
     assert not re.search(r"\b(nan|none|inf)\b", md, flags=re.I)
     head = md_tables(md)["Headline: adapter sum vs merged-data fine-tuning"]
-    assert head[0][1] == "—" and head[1][3] == "—"
+    assert head[0][2] == "—" and head[1][4] == "—"
     assert md_tables(md)["Perplexity by model and evaluation domain"][0][2] == "—"
 
 
@@ -85,3 +86,34 @@ def test_empty_results_still_write(tmp_path):
     paths = write_report(empty, tmp_path)
     assert all(p.is_file() for p in paths.values())
     assert paths["results.csv"].read_text(encoding="utf-8").count("\n") == 1  # header only
+
+
+def test_four_domains_with_hybrids_and_methods(tmp_path):
+    results = make_results(seeds=(0, 1), domains=("math", "medicine", "finance", "pubmedqa"), methods=("sum", "ties"))
+    paths = write_report(results, tmp_path)
+    md = paths["report.md"].read_text(encoding="utf-8")
+    head = md_tables(md)["Headline: adapter sum vs merged-data fine-tuning"]
+    hybrids = [r for r in head if r[1] != "singles"]
+    assert len([r for r in head if r[1] == "singles"]) == 11
+    assert len(hybrids) == 4 * 3 + 4  # every triple × 3 held-out domains + the quadruple × 4
+    assert "merged(medicine+finance+pubmedqa) + math" in {r[1] for r in hybrids}
+    for r in hybrids:
+        c = [x for x in results["compositions"] if x["kind"] == "hybrid" and "+".join(x["domains"]) == r[0]
+             and f"+ {x['single']}" in r[1]]
+        assert len(c) == 2 and parse_cell(r[5])[0] == pytest.approx(
+            sum(x["ppl_change_pct"]["union"] for x in c) / 2, abs=5.1e-3)
+    assert "hybrids" in md.splitlines()[2] and "by composition method" in md.splitlines()[2]
+    methods = md_tables(md)["Composition methods: Δ perplexity % vs merged-data fine-tuning (union)"]
+    assert len(methods) == 11 + 1 and methods[-1][0] == "all combinations"
+    assert {n for n in paths if n.startswith("layer_cosines")} == (
+        {"layer_cosines.png"} | {f"layer_cosines_{a}+{b}.png" for a, b in
+                                 [("math", "medicine"), ("math", "finance"), ("math", "pubmedqa"),
+                                  ("medicine", "finance"), ("medicine", "pubmedqa"), ("finance", "pubmedqa")]})
+
+
+def test_two_domains_version_2_has_no_hybrids_or_methods_table(tmp_path):
+    results = make_results(seeds=(0, 1), domains=("math", "finance"))
+    md = write_report(results, tmp_path)["report.md"].read_text(encoding="utf-8")
+    tables = md_tables(md)
+    assert [r[1] for r in tables["Headline: adapter sum vs merged-data fine-tuning"]] == ["singles"]
+    assert "Composition methods" not in md and "hybrids" not in md.splitlines()[2]

@@ -1,4 +1,5 @@
-"""write_report / load_results on a synthetic results dict (3 domains, 2 seeds, every combination)."""
+"""write_report / load_results on a synthetic schema-2 results dict (3 domains, 2 seeds, every combination,
+hybrids, one extra composition method, per-layer geometry)."""
 
 from __future__ import annotations
 
@@ -18,12 +19,13 @@ from lorasum.report import load_results, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FILES = {"report.md", "report.html", "results.csv", "rms_cosine_vs_ppl_change.png", "perplexity_by_domain.png",
-         "transfer_matrix.png"}
+         "transfer_matrix.png", "layer_cosines.png", "layer_cosines_math+medicine.png",
+         "layer_cosines_math+finance.png", "layer_cosines_medicine+finance.png"}
 
 
 @pytest.fixture(scope="module")
 def results():
-    return make_results()
+    return make_results(methods=("sum", "ties"))
 
 
 @pytest.fixture(scope="module")
@@ -68,44 +70,89 @@ def test_report_opens_with_verdict(md, results):
 
 
 def test_headline_rows_equal_seed_means(md, results):
-    table = {row[0]: row for row in md_tables(md)["Headline: adapter sum vs merged-data fine-tuning"]}
+    rows = md_tables(md)["Headline: adapter sum vs merged-data fine-tuning"]
+    table = {row[0]: row for row in rows if row[1] == "singles"}
     assert set(table) == set(_by_label(results))
     for label, cs in _by_label(results).items():
         row = table[label]
-        expect = {1: [c["rms_cosine"] for c in cs], 2: [c["ppl_sum"]["union"] for c in cs],
-                  3: [c["ppl_merged"]["union"] for c in cs], 4: [c["ppl_change_pct"]["union"] for c in cs]}
+        expect = {2: [c["rms_cosine"] for c in cs], 3: [c["ppl_sum"]["union"] for c in cs],
+                  4: [c["ppl_merged"]["union"] for c in cs], 5: [c["ppl_change_pct"]["union"] for c in cs]}
         for col, vals in expect.items():
             mean, std = parse_cell(row[col])
             assert mean == pytest.approx(np.mean(vals), rel=1e-3, abs=5.1e-3), (label, col)
             assert std == pytest.approx(np.std(vals, ddof=1), rel=1e-2, abs=5.1e-3), (label, col)
-        lo, hi = (float(x) for x in row[5].strip("[]").split(","))
+        lo, hi = (float(x) for x in row[6].strip("[]").split(","))
         change = [c["ppl_change_pct"]["union"] for c in cs]
         assert lo <= np.mean(change) <= hi and min(change) - 0.01 <= lo and hi <= max(change) + 0.01
-        assert row[6] == str(len(cs))
+        assert row[7] == str(len(cs))
     assert table["math+medicine"][-1] == "-9.10 (different setting)"
     assert table["math+finance"][-1] == "+4.54 (different setting)"
     assert table["medicine+finance"][-1] == "+27.56 (different setting)"
     assert table["math+medicine+finance"][-1] == "—"
 
 
+def test_hybrid_rows_follow_their_combination(md, results):
+    rows = md_tables(md)["Headline: adapter sum vs merged-data fine-tuning"]
+    hybrids = [c for c in results["compositions"] if c["kind"] == "hybrid"]
+    assert [r[1] for r in rows if r[0] == "math+medicine+finance"] == [
+        "singles", "merged(medicine+finance) + math", "merged(math+finance) + medicine",
+        "merged(math+medicine) + finance"]
+    for r in rows[-3:]:
+        cs = [c for c in hybrids if r[1].endswith(f"+ {c['single']}")]
+        assert len(cs) == 2
+        for col, key in ((3, "ppl"), (4, "ppl_merged"), (5, "ppl_change_pct")):
+            vals = [c[key]["union"] for c in cs]
+            mean, std = parse_cell(r[col])
+            assert mean == pytest.approx(np.mean(vals), abs=5.1e-3) and std == pytest.approx(np.std(vals, ddof=1),
+                                                                                             rel=1e-2, abs=5.1e-3)
+        assert r[-1] == "—"  # the paper has no hybrid numbers to compare with
+
+
+def test_methods_table_equals_seed_means(md, results):
+    rows = {r[0]: r for r in md_tables(md)["Composition methods: Δ perplexity % vs merged-data fine-tuning (union)"]}
+    comps = results["compositions"]
+    for label in _by_label(results):
+        for col, method in ((1, "sum"), (2, "ties")):
+            vals = [c["ppl_change_pct"]["union"] for c in comps if c["method"] == method
+                    and c["kind"] != "hybrid" and "+".join(c["domains"]) == label]
+            assert parse_cell(rows[label][col])[0] == pytest.approx(np.mean(vals), abs=5.1e-3)
+    allv = [c["ppl_change_pct"]["union"] for c in comps if c["method"] == "ties"]
+    assert parse_cell(rows["all combinations"][2]) == (pytest.approx(np.mean(allv), abs=5.1e-3),
+                                                        pytest.approx(np.std(allv, ddof=1), abs=5.1e-3))
+
+
+def test_layer_heatmap_averages_seeds(results):
+    from lorasum.geometry.export import layer_table
+    from lorasum.report.plots import _mean_similarity
+
+    labels, layers, values = layer_table(_mean_similarity(results))
+    assert layers == [0, 1] and labels == ["math · medicine", "math · finance", "medicine · finance"]
+    for label, row in zip(labels, values, strict=True):
+        a, b = label.split(" · ")
+        per_seed = [p for g in results["geometry"] for p in g["pairs"] if (p["a"], p["b"]) == (a, b)]
+        for i in layers:
+            assert row[i] == pytest.approx(np.mean([p["layer_rms"][str(i)] for p in per_seed]))
+
+
 def test_per_seed_rows_equal_results(md, results):
-    rows = md_tables(md)["Per-seed results"]
+    rows = [r for r in md_tables(md)["Per-seed results"] if r[1] == "singles"]
     assert len(rows) == len(results["combinations"])
-    got = {(r[0], int(r[1])): r for r in rows}
+    got = {(r[0], int(r[2])): r for r in rows}
     for c in results["combinations"]:
         r = got[(_label(c), c["seed"])]
-        assert float(r[2]) == pytest.approx(c["rms_cosine"], rel=1e-3)
-        assert float(r[3]) == pytest.approx(c["ppl_sum"]["union"], abs=5.1e-4)
-        assert float(r[4]) == pytest.approx(c["ppl_merged"]["union"], abs=5.1e-4)
-        assert float(r[5]) == pytest.approx(c["ppl_change_pct"]["union"], abs=5.1e-3)
-        assert r[5][0] in "+-"
+        assert float(r[3]) == pytest.approx(c["rms_cosine"], rel=1e-3)
+        assert float(r[4]) == pytest.approx(c["ppl_sum"]["union"], abs=5.1e-4)
+        assert float(r[5]) == pytest.approx(c["ppl_merged"]["union"], abs=5.1e-4)
+        assert float(r[6]) == pytest.approx(c["ppl_change_pct"]["union"], abs=5.1e-3)
+        assert r[6][0] in "+-"
 
 
 def test_perplexity_table_has_every_model_and_seed_means(md, results):
     rows = md_tables(md)["Perplexity by model and evaluation domain"]
     names = list(dict.fromkeys(e["model"] for e in results["evaluations"]))
     assert sorted(r[0] for r in rows) == sorted(names)
-    assert [r[1] for r in rows] == sorted((r[1] for r in rows), key=["base", "single", "merged", "sum"].index)
+    order = ["base", "single", "merged", "sum", "hybrid", "composed"]
+    assert [r[1] for r in rows] == sorted((r[1] for r in rows), key=order.index)
     cols = [*results["config"]["domains"], "union"]
     for r in rows:
         for j, dom in enumerate(cols):
@@ -180,7 +227,7 @@ def test_training_and_data_tables(md, results):
 def test_html_is_self_contained(written, results):
     text = written["report.html"].read_text(encoding="utf-8")
     uris = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)
-    assert len(uris) == 3
+    assert len(uris) == len([n for n in FILES if n.endswith(".png")])
     embedded = {base64.b64decode(u) for u in uris}
     assert embedded == {written[n].read_bytes() for n in FILES if n.endswith(".png")}
     assert not re.search(r'src="(?!data:)', text)
@@ -198,6 +245,12 @@ def test_results_csv_one_row_per_evaluation(written, results):
     for row, e in zip(rows, evals, strict=True):
         assert row["model"] == e["model"] and row["eval_domain"] == e["eval_domain"]
         assert float(row["ppl"]) == pytest.approx(e["ppl"], rel=1e-12)
+        assert row["method"] == (e.get("method") or "")
+        assert row["adapter_key"] == (e.get("adapter_key") or "")
+        if e["kind"] in ("sum", "hybrid", "composed"):
+            comp = next(c for c in results["compositions"] if c["name"] == e["model"] and c["seed"] == e["seed"])
+            assert float(row["change_vs_merged_pct"]) == pytest.approx(comp["ppl_change_pct"][e["eval_domain"]])
+            assert float(row["ppl_merged"]) == pytest.approx(comp["ppl_merged"][e["eval_domain"]])
         if e["kind"] in ("sum", "merged"):
             c = combos[(frozenset(e["domains"]), e["seed"])]
             assert row["combination"] == _label(c)
@@ -206,8 +259,8 @@ def test_results_csv_one_row_per_evaluation(written, results):
                 c["ppl_change_pct"][e["eval_domain"]], rel=1e-12)
             key = "combination_ppl_sum" if e["kind"] == "sum" else "combination_ppl_merged"
             assert float(row[key]) == pytest.approx(e["ppl"], rel=1e-12)
-        else:
-            assert row["combination"] == "" and row["rms_cosine"] == ""
+        elif e["kind"] in ("base", "single"):
+            assert row["combination"] == "" and row["rms_cosine"] == "" and row["change_vs_merged_pct"] == ""
 
 
 def test_load_results_roundtrip_and_errors(results, tmp_path):
@@ -236,3 +289,14 @@ def test_load_results_accepts_nan(results, tmp_path):
     path.write_text(json.dumps(results | {"combinations": [results["combinations"][0] | {"rms_cosine": math.nan}]}),
                     encoding="utf-8")
     assert math.isnan(load_results(path)["combinations"][0]["rms_cosine"])
+
+
+def test_version_1_results_still_load_and_render(tmp_path):
+    old = make_results(version=1)
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(old), encoding="utf-8")
+    written = write_report(load_results(path), tmp_path / "report")
+    assert set(written) == {n for n in FILES if not n.startswith("layer_cosines")}
+    md = written["report.md"].read_text(encoding="utf-8")
+    head = md_tables(md)["Headline: adapter sum vs merged-data fine-tuning"]
+    assert {r[1] for r in head} == {"singles"} and len(head) == 4

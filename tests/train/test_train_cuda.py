@@ -50,3 +50,33 @@ def train_adapter_cuda(model, tok, out):
     return train_adapter(model, tok, RECORDS, lora=LoraSpec(r=4, lora_alpha=16, lora_dropout=0.0),
                          train=TrainSpec(learning_rate=3e-2, max_steps=20, batch_size=4), seed=0, out_dir=out,
                          max_length=64, model_info=describe_model(model, name="tiny"), progress=False)
+
+
+@pytest.mark.parametrize("model_fixture", ["tiny_gpt2", "tiny_llama"])
+def test_packing_exact_on_cuda(request, tiny_tokenizer, model_fixture):
+    from test_train_packing import RECORDS as LONG, per_example_nll_alone, per_example_nll_packed
+
+    from lorasum.train.packing import pack, packing_is_exact
+
+    model = request.getfixturevalue(model_fixture).to("cuda")  # float32: the exactness check
+    examples = [encode_record(tiny_tokenizer, r, 64) for r in LONG]
+    assert packing_is_exact(model)
+    ref = per_example_nll_alone(model, examples)
+    assert per_example_nll_packed(model, examples, 48) == pytest.approx(ref, rel=1e-4, abs=1e-4)
+    model.to(torch.bfloat16)  # the training setting: bf16 weights and autocast
+    with torch.inference_mode():
+        packed, n = answer_token_nll(model, pack(examples, 48, tiny_tokenizer.pad_token_id))
+        padded, n_pad = answer_token_nll(model, collate(examples, tiny_tokenizer.pad_token_id))
+    assert n == n_pad and float(packed) == pytest.approx(float(padded), rel=2e-2)
+
+
+def test_compiled_training_matches_eager(tmp_path, tiny_tokenizer, tiny_llama):
+    model = tiny_llama.to(device="cuda", dtype=torch.bfloat16)
+    train = TrainSpec(learning_rate=3e-2, max_steps=8, batch_size=4)
+    kw = dict(lora=LoraSpec(r=4, lora_alpha=16, lora_dropout=0.0), seed=0, max_length=64,
+              model_info=describe_model(model, name="tiny"), progress=False)
+    eager = train_adapter(model, tiny_tokenizer, RECORDS, train=train, out_dir=tmp_path / "e", **kw)
+    compiled = train_adapter(model, tiny_tokenizer, RECORDS, train=train.model_copy(update={"compile": True}),
+                             out_dir=tmp_path / "c", **kw)
+    assert compiled.losses == pytest.approx(eager.losses, rel=5e-2)
+    assert all(getattr(layer, "_compiled_call_impl", None) is None for layer in model.model.layers)

@@ -2,18 +2,23 @@
 
 Exit codes: 0 success; 1 internal error (a bug: please report it with ``--debug``);
 2 user error (bad file, config, adapter or flag: one line naming the file and the
-problem); 130 interrupted.
+problem); 130 interrupted. A file-system error that reaches this level with a file name
+(no space, no permission, missing file, symlink loop, folder where a file belongs) is a
+user error too. ``--allow-pickle`` lets loaders read pickle weight files
+(:func:`lorasum.storage.allow_pickle`).
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 import traceback
 
 from lorasum import __version__
 from lorasum.errors import UserError
+from lorasum.storage import allow_pickle
 
 from . import compose as _compose
 from . import data as _data
@@ -38,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bars or info logs")
+    common.add_argument("--allow-pickle", action="store_true",
+                        help="also read pickle weight files (.bin/.pt/.pth/.ckpt); loading them can run code, "
+                        "so only for files you trust")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in _COMMANDS:
         module.add_parser(sub, common)
@@ -54,6 +62,7 @@ def _setup_logging(args: argparse.Namespace) -> None:
             import transformers
 
             transformers.utils.logging.set_verbosity_error()
+            transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars; lorasum has its own
         except Exception:  # pragma: no cover - transformers missing is reported later
             pass
 
@@ -64,18 +73,39 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _setup_logging(args)
     try:
-        return int(args.func(args) or 0)
+        with allow_pickle(getattr(args, "allow_pickle", False)):
+            return int(args.func(args) or 0)
     except UserError as e:
         if args.debug:
             traceback.print_exc()
-        print(f"lorasum: error: {e}", file=sys.stderr)
+        print(f"lorasum: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in _USER_ERRNOS or not e.filename:
+            return _internal(e, args)
+        if args.debug:
+            traceback.print_exc()
+        print(f"lorasum: error: {e.filename}: {e.strerror or errno.errorcode.get(e.errno, e.errno)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("lorasum: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # a bug, not the user's fault
-        if args.debug:
-            traceback.print_exc()
-        print(f"lorasum: internal error: {type(e).__name__}: {e} (run with --debug for the traceback)",
-              file=sys.stderr)
-        return 1
+        return _internal(e, args)
+
+
+# OSErrors with a file name that a user causes and can fix (mapped to exit 2)
+_USER_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ELOOP, errno.EACCES, errno.EPERM, errno.ENOSPC,
+                errno.EDQUOT, errno.EROFS, errno.ENAMETOOLONG, errno.EFBIG}
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split("\n")).strip() or type(e).__name__
+
+
+def _internal(e: BaseException, args: argparse.Namespace) -> int:
+    if args.debug:
+        traceback.print_exc()
+    print(f"lorasum: internal error: {type(e).__name__}: {_one_line(e)} (run with --debug for the traceback)",
+          file=sys.stderr)
+    return 1

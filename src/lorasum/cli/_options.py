@@ -80,3 +80,19 @@ def build_config(args: argparse.Namespace) -> ExperimentConfig:
         first = e.errors()[0] if hasattr(e, "errors") else {"loc": (), "msg": str(e)}
         loc = ".".join(str(x) for x in first["loc"])
         raise ConfigError(f"invalid option {loc}: {first['msg']}") from None
+
+
+def load_data(cfg: ExperimentConfig, names: list[str]) -> list:
+    """The config's data settings applied to ``names`` (``data.long_rows: drop`` loads the tokenizer).
+
+    Raises:
+        ConfigError, DataError: unknown domain, missing or malformed data files.
+    """
+    from lorasum.data import load_domains
+
+    tok = None
+    if cfg.data.long_rows == "drop":
+        from lorasum.models import load_tokenizer
+
+        tok = load_tokenizer(cfg.model)
+    return list(load_domains(cfg, names, tokenizer=tok).values())

@@ -49,12 +49,13 @@ def run(args: argparse.Namespace) -> int:
     from lorasum.adapters import load_adapter, save_adapter
     from lorasum.compose import METHODS, compose, compose_svd_report, merge_into_base, save_dense_delta
     from lorasum.errors import ConfigError
-    from lorasum.storage import atomic_dir, atomic_write_json, check_output
+    from lorasum.storage import atomic_dir, check_output, write_manifest
 
     check_output(args.out, args.overwrite)
     if args.weights is not None and len(args.weights) != len(args.adapters):
         raise ConfigError(f"--weights has {len(args.weights)} values for {len(args.adapters)} adapters")
     adapters = [load_adapter(a) for a in args.adapters]
+    base = _load_base(args, adapters) if args.merge_into_base else None  # checked before any math
     params = _params(args)
     report = None
     if args.method == "svd" and "rank" not in params:
@@ -65,11 +66,10 @@ def run(args: argparse.Namespace) -> int:
         result = compose(adapters, method=args.method, **params)
     out = Path(args.out)
     if args.merge_into_base:
-        return _write_merged(args, result, adapters, merge_into_base, atomic_dir)
-    if METHODS[args.method].low_rank:
-        save_adapter(result, out, overwrite=args.overwrite, base_model=adapters[0].base_model)
-        if report is not None:
-            atomic_write_json(out / "svd_report.json", {m: r.to_dict() for m, r in report.items()})
+        _write_merged(args, result, adapters, base, merge_into_base, atomic_dir)
+    elif METHODS[args.method].low_rank:
+        extra = {"svd_report.json": {m: r.to_dict() for m, r in report.items()}} if report is not None else None
+        save_adapter(result, out, overwrite=args.overwrite, base_model=adapters[0].base_model, extra_json=extra)
         ranks = sorted({f.rank for f in result.factors.values()})
         print(f"{out}: {args.method} of {len(adapters)} adapters, {len(result.factors)} modules, "
               f"rank {'/'.join(map(str, ranks))}")
@@ -78,20 +78,34 @@ def run(args: argparse.Namespace) -> int:
             save_dense_delta(result, tmp / "dense_delta.safetensors")
         print(f"{out}: {args.method} of {len(adapters)} adapters as a dense ΔW over {len(result.deltas)} modules "
               f"(dense_delta.safetensors; apply with --merge-into-base)")
+    write_manifest(out, config={"command": "compose", "method": args.method, "params": params,
+                                "merge_into_base": args.merge_into_base, "model": args.model},
+                   inputs={f"adapter{i}": Path(a) for i, a in enumerate(args.adapters)}, outputs=[out])
     return 0
 
 
-def _write_merged(args, result, adapters, merge_into_base, atomic_dir) -> int:
+def _load_base(args, adapters):
+    """(model, tokenizer, name) for --merge-into-base, after checking every adapter's shapes
+    against the model and the free disk space for the merged copy."""
+    from lorasum.adapters import check_adapter_matches_model
     from lorasum.errors import ConfigError
-    from lorasum.models import load_model
+    from lorasum.models import estimate_model_bytes, load_model
+    from lorasum.storage import check_free_space
 
     name = args.model or adapters[0].base_model
     if not name:
         raise ConfigError("--merge-into-base needs --model: the adapters do not record their base model")
     model, tokenizer, _ = load_model(name, device="cpu", dtype="float32")
+    for adapter in adapters:
+        check_adapter_matches_model(adapter, model)
+    check_free_space(args.out, estimate_model_bytes(model), what="the merged model")
+    return model, tokenizer, name
+
+
+def _write_merged(args, result, adapters, base, merge_into_base, atomic_dir) -> None:
+    model, tokenizer, name = base
     merge_into_base(model, result)
     with atomic_dir(args.out, overwrite=args.overwrite) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
     print(f"{args.out}: {name} with the {args.method} of {len(adapters)} adapters merged into its weights")
-    return 0

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from ._options import add_data_options, add_model_options, build_config, csv_list
+from ._options import load_data as _load_data
 
 
 def add_parser(sub, common) -> None:
@@ -22,24 +23,23 @@ def add_parser(sub, common) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lorasum.config import data_root
-    from lorasum.data import load_domain
     from lorasum.evaluate import perplexity
     from lorasum.models import load_model
 
     cfg = build_config(args)
-    root, d = data_root(cfg.data), cfg.data
-    data = [load_domain(name, root, split_seed=d.split_seed, validation_fraction=d.validation_fraction,
-                        test_fraction=d.test_fraction, test_size=d.test_size) for name in args.domain]
+    data = _load_data(cfg, args.domain)  # before the slow model load: data errors come first
     model, tokenizer, _ = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
     if args.adapter:
-        from lorasum.adapters import load_adapter
+        from lorasum.adapters import check_adapter_matches_model, load_adapter
         from peft import PeftModel
 
-        load_adapter(args.adapter)  # validates the folder with a clear error before PEFT sees it
+        # validate the folder and its shapes against the model with a clear error before PEFT sees it
+        check_adapter_matches_model(load_adapter(args.adapter), model)
         model = PeftModel.from_pretrained(model, args.adapter).eval()
-    results = {dd.name: perplexity(model, tokenizer, dd.test, max_length=cfg.data.max_length,
-                                   batch_size=cfg.eval.batch_size, progress=not args.quiet) for dd in data}
+    e = cfg.eval
+    results = {dd.name: perplexity(model, tokenizer, dd.test, max_length=dd.max_length or cfg.data.max_length,
+                                   batch_size=e.batch_size, loss_on=e.loss_on, stride=e.stride,
+                                   max_tokens=e.max_tokens, progress=not args.quiet) for dd in data}
     if len(results) > 1:
         total = None
         for p in results.values():

@@ -11,7 +11,8 @@ from ._options import csv_list, int_list
 def add_parser(sub, common) -> None:
     p = sub.add_parser("reproduce", parents=[common], help="run the whole experiment from a config",
                        description="Train one adapter per domain and a merged-data adapter per combination, sum "
-                       "the single adapters, evaluate everything per domain, measure RMS cosines, write a report. "
+                       "the single adapters (and, per config, build hybrids and other compositions), evaluate "
+                       "everything per domain, measure RMS cosines, write a report. "
                        "An existing run folder is continued: finished work is reused.")
     p.add_argument("--config", required=True, help="experiment YAML (see configs/)")
     p.add_argument("--out", required=True, help="run folder (created, or continued if it is one)")
@@ -40,11 +41,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_headline(results: dict) -> None:
-    print(f"{'combination':<32} {'seed':>4} {'RMS cos':>9} {'PPL sum':>9} {'PPL merged':>10} {'Δ %':>8}")
-    for c in results["combinations"]:
-        name = "+".join(c["domains"])
-        print(f"{name:<32} {c['seed']:>4} {c['rms_cosine']:>9.5f} {c['ppl_sum']['union']:>9.3f} "
-              f"{c['ppl_merged']['union']:>10.3f} {c['ppl_change_pct']['union']:>+8.2f}")
+    """Every composition (sums, hybrids, other methods) against merged-data fine-tuning, mean ± std over seeds."""
+    from lorasum.report.summary import cell, compositions
+
+    rows = [(c.label, c.what, cell(c.rms_cosine, "cos"), cell(c.per_seed("ppl"), "ppl"),
+             cell(c.per_seed("ppl_merged"), "ppl"), cell(c.per_seed("change"), "pct")) for c in compositions(results)]
+    head = ("combination", "composition", "RMS cos", "PPL composed", "PPL merged", "Δ % (union)")
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    for r in [head, *rows]:
+        print("  ".join(v.ljust(w) if i < 2 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths, strict=True))))
 
 
 def run_report(args: argparse.Namespace) -> int:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 
 from ._options import add_data_options, add_model_options, add_train_options, build_config, csv_list
+from ._options import load_data as _load_data
 
 log = logging.getLogger("lorasum")
 
@@ -25,27 +27,39 @@ def add_parser(sub, common) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lorasum.config import data_root
-    from lorasum.data import load_domain
     from lorasum.models import load_model
-    from lorasum.storage import check_output
+    from lorasum.storage import check_output, write_manifest
     from lorasum.train import train_adapter
 
     cfg = build_config(args)
     check_output(args.out, args.overwrite)  # fail before the slow steps
-    root, d = data_root(cfg.data), cfg.data
-    data = [load_domain(name, root, split_seed=d.split_seed, validation_fraction=d.validation_fraction,
-                        test_fraction=d.test_fraction, train_size=d.train_size,
-                        validation_size=d.validation_size, test_size=d.test_size) for name in args.domain]
+    data = _load_data(cfg, args.domain)  # before the slow model load: data errors come first
     model, tokenizer, info = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
     records = [r for dd in data for r in dd.train]
     validation = [r for dd in data for r in dd.validation]
     meta = {"domains": args.domain,
             "data": {dd.name: {"content_hash": dd.content_hash, "sources": dd.sources} for dd in data}}
     res = train_adapter(model, tokenizer, records, lora=cfg.lora, train=cfg.train, seed=args.seed,
-                        out_dir=args.out, max_length=cfg.data.max_length, model_info=info, meta=meta,
+                        out_dir=args.out, max_length=_max_length(cfg, data), model_info=info, meta=meta,
                         validation=validation or None, overwrite=args.overwrite, progress=not args.quiet)
+    write_manifest(args.out, config=cfg.model_dump(mode="json") | {"domains": args.domain, "seed": args.seed},
+                   inputs=_inputs(cfg, data), outputs=[Path(args.out)])
     val = f", validation loss {res.val_loss:.4f}" if res.val_loss is not None else ""
     print(f"{args.out}: {res.steps} steps, {res.tokens} tokens in {res.seconds:.1f} s, "
           f"final loss {res.final_loss:.4f}{val}")
     return 0
+
+
+def _inputs(cfg, data) -> dict[str, Path]:
+    """Data files behind the training records, for the manifest (paths relative to the data root)."""
+    from lorasum.config import data_root
+
+    root = data_root(cfg.data)
+    return {f"data/{dd.name}/{s['path']}": root / s["path"] for dd in data for s in dd.sources
+            if (root / s["path"]).exists()}
+
+
+def _max_length(cfg, data) -> int:
+    """A single custom domain's own max_length if it sets one, else ``data.max_length``."""
+    own = getattr(data[0], "max_length", None) if len(data) == 1 else None
+    return own or cfg.data.max_length

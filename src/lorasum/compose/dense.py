@@ -97,25 +97,58 @@ def save_dense_delta(dd: DenseDelta, path: str | Path, *, overwrite: bool = Fals
     return atomic_write_bytes(path, save(tensors, metadata=metadata))
 
 
+def _dense_header(fh, path: Path) -> None:
+    """Refuse non-2-D or non-float tensors from the header, before any tensor data is read."""
+    for key in fh.keys():
+        sl = fh.get_slice(key)
+        shape, dtype = sl.get_shape(), sl.get_dtype()
+        if len(shape) != 2 or dtype not in ("F16", "BF16", "F32", "F64"):
+            raise AdapterError(f"{path}: tensor {key} must be a 2-D float ΔW, got shape {tuple(shape)} {dtype}")
+
+
+def _dense_meta(metadata: dict, path: Path) -> dict:
+    """The ``meta`` JSON of the header: a JSON object, else AdapterError."""
+    if metadata.get("fan_in_fan_out", "False") not in ("True", "False"):
+        raise AdapterError(f"{path}: fan_in_fan_out must be 'True' or 'False', got {metadata['fan_in_fan_out']!r}")
+    try:
+        meta = json.loads(metadata.get("meta") or "{}")
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise AdapterError(f"{path}: header field meta is not valid JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise AdapterError(f"{path}: header field meta must be a JSON object")
+    return meta
+
+
 def load_dense_delta(path: str | Path) -> DenseDelta:
     """Read a file written by :func:`save_dense_delta`.
 
+    The header is checked before any tensor is read (format tag, 2-D float tensors,
+    ``fan_in_fan_out``, ``meta`` JSON); the values are then checked to be finite.
+
     Raises:
-        AdapterError: the file is missing, unreadable or not a lorasum dense delta.
+        AdapterError: the file is missing, a folder, unreadable, truncated or corrupt, not a
+            lorasum dense delta, holds no modules, a tensor is not a 2-D float ΔW, or a value
+            is NaN/Inf.
     """
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
     if not path.is_file():
-        raise AdapterError(f"{path}: dense delta file not found")
+        what = "expected a file, found a folder" if path.is_dir() else "dense delta file not found"
+        raise AdapterError(f"{path}: {what}")
     try:
         with safe_open(str(path), framework="pt") as fh:
             metadata = fh.metadata() or {}
-            deltas = {k: fh.get_tensor(k) for k in fh.keys()}
+            if metadata.get("format") != _FORMAT:
+                raise AdapterError(f"{path}: not a lorasum dense delta (format {metadata.get('format')!r})")
+            _dense_header(fh, path)
+            deltas = {k: fh.get_tensor(k).float() for k in fh.keys()}
     except (SafetensorError, OSError, ValueError) as exc:
-        raise AdapterError(f"{path}: cannot read safetensors ({exc})") from exc
-    if metadata.get("format") != _FORMAT:
-        raise AdapterError(f"{path}: not a lorasum dense delta (format {metadata.get('format')!r})")
+        raise AdapterError(f"{path}: cannot read safetensors ({str(exc).splitlines()[0]})") from exc
+    if not deltas:
+        raise AdapterError(f"{path}: holds no modules")
+    for m, d in deltas.items():
+        if not torch.isfinite(d).all():
+            raise AdapterError(f"{path}: module {m} holds NaN or Inf values")
     return DenseDelta(deltas=deltas, base_model=metadata.get("base_model") or None,
-                      fan_in_fan_out=metadata.get("fan_in_fan_out") == "True",
-                      meta=json.loads(metadata.get("meta") or "{}"))
+                      fan_in_fan_out=metadata.get("fan_in_fan_out") == "True", meta=_dense_meta(metadata, path))

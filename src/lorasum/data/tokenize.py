@@ -19,17 +19,25 @@ token level. If an example has more than ``max_length`` tokens it is cut in this
 1. the context's end (its beginning is kept);
 2. the answer's end (the eos goes first; at least one answer token is kept);
 3. the question's beginning (its last tokens, ending in ``"Answer:"``, are kept).
+
+``loss_on="all"`` labels every token instead (the NLL of the whole text, prompt included).
+``max_length=None`` keeps the whole example; :func:`sliding_windows` then cuts it into
+overlapping windows that score each token once (for texts longer than the model context).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Literal
 
 import torch
 
 from lorasum.data.records import Record
 
-__all__ = ["format_prompt", "Encoded", "encode_record", "collate", "IGNORE_INDEX"]
+__all__ = ["format_prompt", "Encoded", "encode_record", "collate", "sliding_windows", "IGNORE_INDEX", "LossOn"]
+
+#: Which tokens carry the loss: the answer (and eos) only, or every token of the example.
+LossOn = Literal["answer", "all"]
 
 #: Label of positions that carry no loss (prompt and padding), as in ``torch.nn.functional.cross_entropy``.
 IGNORE_INDEX = -100
@@ -74,15 +82,21 @@ def _special_wrap(tokenizer, text: str) -> tuple[list[int], list[int]]:
     return [], []  # the tokenizer rewrites the text itself; add no special tokens
 
 
-def encode_record(tokenizer, record: Record, max_length: int, add_eos: bool = True) -> Encoded:
-    """Tokenise one record into input ids and answer-only labels of at most ``max_length`` tokens.
+def encode_record(
+    tokenizer, record: Record, max_length: int | None, add_eos: bool = True, loss_on: LossOn = "answer"
+) -> Encoded:
+    """Tokenise one record into input ids and labels of at most ``max_length`` tokens.
 
-    See the module docstring for the layout and the truncation order.
+    See the module docstring for the layout and the truncation order. ``max_length=None``:
+    no truncation. ``loss_on="answer"`` (default): labels on the answer (and eos) only;
+    ``"all"``: labels on every token (the first token is never scored: nothing precedes it).
 
     Raises:
-        ValueError: ``max_length`` leaves no room for one question and one answer token, or
-            ``add_eos`` is set and the tokenizer has no eos token.
+        ValueError: ``max_length`` leaves no room for one question and one answer token,
+            ``add_eos`` is set and the tokenizer has no eos token, or ``loss_on`` is unknown.
     """
+    if loss_on not in ("answer", "all"):
+        raise ValueError(f"loss_on must be 'answer' or 'all', not {loss_on!r}")
     prefix, suffix = _special_wrap(tokenizer, "Question: x\nAnswer:")
     context = tokenizer(record.context, add_special_tokens=False)["input_ids"] if record.context else []
     question = tokenizer(_question_part(record), add_special_tokens=False)["input_ids"]
@@ -93,6 +107,8 @@ def encode_record(tokenizer, record: Record, max_length: int, add_eos: bool = Tr
         answer = answer + [tokenizer.eos_token_id]
 
     fixed = len(prefix) + len(suffix)
+    if max_length is None:
+        max_length = fixed + len(context) + len(question) + len(answer)
     if fixed + 2 > max_length:
         raise ValueError(f"max_length={max_length} is too small for {fixed} special tokens plus question and answer")
     excess = fixed + len(context) + len(question) + len(answer) - max_length
@@ -107,11 +123,37 @@ def encode_record(tokenizer, record: Record, max_length: int, add_eos: bool = Tr
         question = question[excess:]
 
     prompt = prefix + context + question + suffix
-    return Encoded(
-        input_ids=prompt + answer,
-        labels=[IGNORE_INDEX] * len(prompt) + list(answer),
-        truncated=truncated,
-    )
+    labels = list(prompt) if loss_on == "all" else [IGNORE_INDEX] * len(prompt)
+    return Encoded(input_ids=prompt + answer, labels=labels + list(answer), truncated=truncated)
+
+
+def sliding_windows(example: Encoded, window: int, stride: int) -> list[Encoded]:
+    """Cut a long example into windows of at most ``window`` tokens that start ``stride`` apart.
+
+    Each labelled token at position ``p >= 1`` of ``example`` is scored in exactly one window,
+    the first one that holds it at a window position ``>= 1`` and after the previous window's
+    end, so it is predicted from at least ``min(p, window - stride)`` preceding tokens (the
+    strided evaluation of fixed-length models, as in Hugging Face's "Perplexity of fixed-length
+    models" guide). Windows with no token to score are left out. An example of at most
+    ``window`` tokens is returned unchanged, as the only window.
+
+    Raises:
+        ValueError: not ``1 <= stride < window``.
+    """
+    if not 1 <= stride < window:
+        raise ValueError(f"sliding window: need 1 <= stride < window, got stride={stride}, window={window}")
+    n = len(example.input_ids)
+    if n <= window:
+        return [example]
+    out, prev_end, begin = [], 1, 0  # position 0 is never scored
+    while prev_end < n:
+        end = min(begin + window, n)
+        first = max(prev_end, begin + 1)  # scored positions: [first, end)
+        labels = [IGNORE_INDEX] * (first - begin) + example.labels[first:end]
+        if any(t != IGNORE_INDEX for t in labels):
+            out.append(replace(example, input_ids=example.input_ids[begin:end], labels=labels))
+        prev_end, begin = end, begin + stride
+    return out
 
 
 def collate(batch: list[Encoded], pad_token_id: int) -> dict[str, torch.Tensor]:

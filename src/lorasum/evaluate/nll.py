@@ -1,7 +1,8 @@
 """Answer-token NLL and perplexity.
 
 Perplexity of a model on a set of records is ``exp`` of the token-weighted mean
-negative log-likelihood (in nats) of the answer tokens given everything before them:
+negative log-likelihood (in nats) of the answer tokens given everything before them
+(or of every token, ``loss_on="all"``):
 
     PPL = exp( sum_i sum_{t in answer_i} -log p(x_t | x_<t) / sum_i |answer_i| )
 
@@ -26,9 +27,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from lorasum.data.records import Record
-from lorasum.data.tokenize import IGNORE_INDEX, collate, encode_record
+from lorasum.data.tokenize import IGNORE_INDEX, Encoded, LossOn, collate, encode_record, sliding_windows
 
-__all__ = ["Perplexity", "perplexity", "answer_token_nll", "autocast_for"]
+__all__ = ["Perplexity", "perplexity", "answer_token_nll", "autocast_for", "encode_for_eval"]
 
 # config attributes of architectures whose logits are not just lm_head(hidden);
 # for these the full forward pass is used
@@ -60,13 +61,36 @@ def autocast_for(device: torch.device) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
+def _scored_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat indices ``b * T + t`` of the positions whose next token is labelled, and those labels.
+
+    Computed on the CPU tensor (no device synchronisation). ``labels``: (B, T) int64.
+    """
+    labels = labels.cpu()
+    width = labels.shape[1]
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX  # position t predicts token t + 1
+    flat = keep.flatten().nonzero().squeeze(1)  # (N,)
+    rows, cols = flat // width, flat % width
+    return flat, labels[rows, cols + 1]
+
+
+def _to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy to ``device`` without waiting for the GPU (pinned host memory, non-blocking)."""
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def answer_token_nll(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
     """Summed NLL (nats) of the labelled tokens of a batch and their count.
 
     Args:
         model: a transformers causal LM, or a PEFT ``PeftModel`` wrapping one (adapters active).
-        batch: ``input_ids``, ``attention_mask``, ``labels``, each (B, T) int64, as made by
-            :func:`lorasum.data.tokenize.collate`; labels are aligned with the inputs.
+        batch: ``input_ids`` and ``labels``, each (B, T) int64, labels aligned with the inputs;
+            either ``attention_mask`` (B, T) (a right-padded batch, see
+            :func:`lorasum.data.tokenize.collate`) or ``position_ids`` (B, T) and no attention
+            mask (a packed batch, see :func:`lorasum.train.packing.pack`).
 
     Returns:
         ``(nll_sum, n_tokens)``: a float32 scalar tensor (differentiable, on the model's device)
@@ -74,24 +98,28 @@ def answer_token_nll(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> 
         ``labels[t] != -100`` and ``t >= 1``; and the number of those positions.
         This equals ``cross_entropy(logits[:, :-1], labels[:, 1:], reduction="sum")``
         of the full forward pass, but the LM head is applied only at those positions.
+        The positions are found on the CPU, so the call does not wait for the GPU.
     """
     device = next(model.parameters()).device
-    input_ids = batch["input_ids"].to(device)
-    attention_mask = batch["attention_mask"].to(device)
-    targets = batch["labels"].to(device)[:, 1:]  # (B, T-1): the token after each position
-    keep = targets != IGNORE_INDEX  # (B, T-1)
-    n_tokens = int(keep.sum())
+    flat, targets = _scored_positions(batch["labels"])
+    n_tokens = int(flat.numel())
+    inputs = {"input_ids": _to(batch["input_ids"], device), "use_cache": False}
+    if "position_ids" in batch:
+        inputs |= {"position_ids": _to(batch["position_ids"], device), "attention_mask": None}
+    else:
+        inputs["attention_mask"] = _to(batch["attention_mask"], device)
+    flat, targets = _to(flat, device), _to(targets, device)
     inner = _unwrap(model)
     parts = _split_head(inner)
     with autocast_for(device):
         if parts is None:  # generic path: full logits (B, T, V)
-            logits = inner(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-            logits = logits[:, :-1][keep]
+            logits = inner(**inputs).logits
+            logits = logits.flatten(0, 1).index_select(0, flat)
         else:
             decoder, head = parts
-            hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)[0]  # (B, T, H)
-            logits = head(hidden[:, :-1][keep])  # (N, V), N = n_tokens
-    nll_sum = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
+            hidden = decoder(**inputs)[0]  # (B, T, H)
+            logits = head(hidden.flatten(0, 1).index_select(0, flat))  # (N, V), N = n_tokens
+    nll_sum = F.cross_entropy(logits.float(), targets, reduction="sum")
     return nll_sum, n_tokens
 
 
@@ -138,10 +166,34 @@ class Perplexity:
         }
 
 
-def _length_batches(lengths: list[int], batch_size: int) -> Iterator[list[int]]:
+def _length_batches(lengths: list[int], batch_size: int, max_tokens: int | None = None) -> Iterator[list[int]]:
+    """Index lists of examples sorted by length: at most ``batch_size`` examples and, if set,
+    at most ``max_tokens`` padded tokens (examples x longest) per batch (one example at least)."""
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
-    for start in range(0, len(order), batch_size):
-        yield order[start : start + batch_size]
+    batch: list[int] = []
+    for i in order:
+        if batch and (len(batch) == batch_size or (max_tokens and (len(batch) + 1) * lengths[i] > max_tokens)):
+            yield batch
+            batch = []
+        batch.append(i)
+    if batch:
+        yield batch
+
+
+def encode_for_eval(
+    tokenizer, records: list[Record], *, max_length: int, loss_on: LossOn = "answer", stride: int | None = None
+) -> list[Encoded]:
+    """Token sequences to score: one per record cut to ``max_length`` (``stride=None``), or the
+    whole records cut into sliding windows of ``max_length`` tokens ``stride`` apart.
+
+    Raises:
+        ValueError: as :func:`~lorasum.data.tokenize.encode_record` and
+            :func:`~lorasum.data.tokenize.sliding_windows`.
+    """
+    if stride is None:
+        return [encode_record(tokenizer, r, max_length, loss_on=loss_on) for r in records]
+    return [w for r in records for w in sliding_windows(encode_record(tokenizer, r, None, loss_on=loss_on),
+                                                        max_length, stride)]
 
 
 def perplexity(
@@ -153,36 +205,47 @@ def perplexity(
     batch_size: int = 8,
     device: torch.device | str | None = None,
     progress: bool = False,
+    loss_on: LossOn = "answer",
+    stride: int | None = None,
+    max_tokens: int | None = None,
 ) -> Perplexity:
-    """Answer-token perplexity of ``model`` on ``records``.
+    """Perplexity of ``model`` on ``records``: answer tokens (default) or all tokens.
 
     Records are tokenised with :func:`~lorasum.data.tokenize.encode_record` (truncated to
-    ``max_length``) and batched by length; the sums do not depend on batch size or order
-    (up to float rounding). Runs under ``torch.inference_mode`` with the model in eval mode
-    (its previous mode is restored). Works for a plain model or a ``PeftModel``.
+    ``max_length``), or, with ``stride``, kept whole and scored in sliding windows of
+    ``max_length`` tokens ``stride`` apart (:func:`~lorasum.data.tokenize.sliding_windows`:
+    every labelled token once, with at least ``max_length - stride`` tokens of context).
+    Batches are groups of examples of similar length (sorted; little padding) of at most
+    ``batch_size`` examples and ``max_tokens`` padded tokens; the sums do not depend on batch
+    size or order (up to float rounding). Runs under ``torch.inference_mode`` (bfloat16 autocast
+    on CUDA) with the model in eval mode (its previous mode is restored). Works for a plain
+    model or a ``PeftModel``.
 
     Args:
         device: where to run; default the model's device (the model is not moved).
+        loss_on: ``"answer"`` (answer tokens and eos) or ``"all"`` (every token but the first).
 
     Raises:
-        ValueError: ``device`` differs from the model's device.
+        ValueError: ``device`` differs from the model's device; ``stride`` not in ``[1, max_length)``.
     """
     model_device = next(model.parameters()).device
     wanted = torch.device(device) if device is not None else model_device
     if wanted.type != model_device.type or (wanted.index is not None and wanted.index != model_device.index):
         raise ValueError(f"perplexity: model is on {model_device}, not {device}; move it first")
-    encoded = [encode_record(tokenizer, r, max_length) for r in records]
+    encoded = encode_for_eval(tokenizer, records, max_length=max_length, loss_on=loss_on, stride=stride)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     was_training = model.training
     model.eval()
-    nll_sum, n_tokens = 0.0, 0
+    sums: list[torch.Tensor] = []
+    n_tokens = 0
     try:
         with torch.inference_mode():
-            batches = list(_length_batches([len(e.input_ids) for e in encoded], batch_size))
+            batches = list(_length_batches([len(e.input_ids) for e in encoded], batch_size, max_tokens))
             for idx in tqdm(batches, desc="perplexity", unit="batch", disable=not progress, leave=False):
                 nll, n = answer_token_nll(model, collate([encoded[i] for i in idx], pad_id))
-                nll_sum += float(nll)
+                sums.append(nll.double())  # summed on the device: no synchronisation per batch
                 n_tokens += n
+            nll_sum = float(torch.stack(sums).sum()) if sums else 0.0
     finally:
         model.train(was_training)
     return Perplexity(nll_sum=nll_sum, n_tokens=n_tokens, n_examples=len(records))

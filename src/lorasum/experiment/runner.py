@@ -1,40 +1,54 @@
 """Execute a :class:`~lorasum.experiment.grid.Plan`: train, compose, evaluate, measure, report.
 
-Every trained adapter, composed adapter and evaluation is cached in the run folder
-under a key that hashes everything that produced it (model config, data content,
-LoRA and training settings, seed, max length). Re-running skips finished work; a
-changed setting re-runs only what it affects; an interrupted run continues where
-it stopped.
+Every trained adapter, composed adapter and evaluation is cached in the run folder under a key
+that hashes everything that produced it:
+
+* trained adapter: base model (name, config hash), seed, the *training-side* data (train and
+  validation records of its domains), max length, LoRA and training settings;
+* composition: method, its parameters and the keys of its source adapters;
+* evaluation: base model, the evaluated adapter's key, the *test* records of the domain, max length.
+
+So re-running skips finished work; a setting that only affects evaluation (``data.test_size``)
+re-runs evaluations and retrains nothing; an interrupted run continues where it stopped (a missing
+adapter folder or cache entry is redone, nothing else). ``eval.batch_size`` is not in any key: it
+changes speed, not perplexity.
 
 Run folder layout::
 
     OUT/run.json                       what this folder is (config, versions)
-    OUT/adapters/seed{S}/{name}/       PEFT adapters (single, merged-*, sum-*)
+    OUT/adapters/seed{S}/{name}/       PEFT adapters (single, merged-*, sum-*, hybrid-*, low-rank methods)
     OUT/cache/{adapters,evals}/KEY.json
-    OUT/results.json                   every number, with provenance
-    OUT/report/                        report.md, report.html, results.{json,csv}, plots
+    OUT/results.json                   every number, with provenance (schema: lorasum.experiment.results)
+    OUT/report/                        report.md, report.html, results.csv, plots
+
+Dense composition results (``ties``, ``dare_*``, ``magnitude_prune``) are not stored: they are
+recomposed in memory when one of their evaluations is not cached, added to the base weights and
+taken off again (:mod:`lorasum.experiment.activate`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
 from dataclasses import asdict
 from datetime import datetime, timezone
+from itertools import groupby
 from pathlib import Path
-from typing import Any
 
 from lorasum import __version__
 from lorasum.config import ExperimentConfig, data_root
 from lorasum.errors import OutputExistsError
 from lorasum.experiment.grid import AdapterJob, EvalJob, Plan, plan
+from lorasum.experiment.results import (RESULTS_SCHEMA_VERSION, combination_rows, composition_rows,
+                                        geometry_rows, union_rows, with_ppl)
 from lorasum.storage import atomic_write_json, sha256_json
 
-__all__ = ["run_experiment", "RESULTS_SCHEMA_VERSION"]
+__all__ = ["run_experiment", "plan_of", "RESULTS_SCHEMA_VERSION"]
 
-RESULTS_SCHEMA_VERSION = 1
 log = logging.getLogger("lorasum")
+_KEY_VERSION = 2  # bump when what a key hashes changes
 
 
 class _Cache:
@@ -66,6 +80,21 @@ def _prepare_run_folder(out: Path, cfg: ExperimentConfig, overwrite: bool) -> bo
     return reuse
 
 
+def plan_of(cfg: ExperimentConfig) -> Plan:
+    """The grid of ``cfg`` (domains, seeds, methods with their parameters, hybrids)."""
+    return plan(cfg.domains, cfg.seeds, methods=cfg.methods, method_params=cfg.method_params, hybrids=cfg.hybrids)
+
+
+def _load_data(cfg: ExperimentConfig, tokenizer) -> dict:
+    """Every domain of ``cfg`` with all its data settings (``lorasum.data.load_domains``)."""
+    from lorasum.data import load_domains
+
+    data = load_domains(cfg, tokenizer=tokenizer)
+    for name, dd in data.items():
+        log.info("data %s: %d train / %d validation / %d test", name, len(dd.train), len(dd.validation), len(dd.test))
+    return data
+
+
 def run_experiment(cfg: ExperimentConfig, out: str | Path, *, overwrite: bool = False, progress: bool = True) -> dict:
     """Run the whole grid of ``cfg`` in ``out`` and write the report; return the results dict.
 
@@ -75,46 +104,37 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, overwrite: bool = 
         OutputExistsError: ``out`` holds files that are not a lorasum run.
         ConfigError, DataError, ModelError: from loading the config's data and model.
     """
-    from lorasum.data import load_domain
     from lorasum.models import load_model
     from lorasum.report import write_report
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cache = _Cache(out / "cache", enabled=_prepare_run_folder(out, cfg, overwrite))
-    grid = plan(cfg.domains, cfg.seeds)
+    grid = plan_of(cfg)
     t0 = time.perf_counter()
-
-    root = data_root(cfg.data)
-    d = cfg.data
-    data = {
-        name: load_domain(name, root, split_seed=d.split_seed, validation_fraction=d.validation_fraction,
-                          test_fraction=d.test_fraction, train_size=d.train_size,
-                          validation_size=d.validation_size, test_size=d.test_size)
-        for name in cfg.domains
-    }
-    for name, dd in data.items():
-        log.info("data %s: %d train / %d validation / %d test", name, len(dd.train), len(dd.validation), len(dd.test))
-
+    data_root(cfg.data)  # a missing data folder fails before the model is loaded
     log.info("loading model %s", cfg.model)
     model, tokenizer, info = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    data = _load_data(cfg, tokenizer)
     ctx = _Context(cfg, out, cache, data, model, tokenizer, info, progress)
 
     adapters = [ctx.run_adapter(job) for job in grid.adapters]
-    evaluations = [ctx.run_eval(job) for job in grid.evaluations]
-    combinations = ctx.combinations(grid, evaluations)
-
+    evaluations = ctx.run_evaluations(grid.evaluations)
+    geometry, part_cosines = ctx.geometry(grid)
     results = {
         "schema_version": RESULTS_SCHEMA_VERSION,
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "lorasum_version": __version__,
         "config": cfg.model_dump(mode="json"),
         "model": asdict(info) | {"target_modules": list(info.target_modules)},
-        "data": {n: {"content_hash": dd.content_hash, "train": len(dd.train), "validation": len(dd.validation),
+        "data": {n: {"content_hash": dd.content_hash, "train_hash": ctx.hashes[n]["train"],
+                     "test_hash": ctx.hashes[n]["test"], "train": len(dd.train), "validation": len(dd.validation),
                      "test": len(dd.test), "sources": dd.sources, "report": dd.report} for n, dd in data.items()},
         "adapters": adapters,
-        "evaluations": evaluations + _union_rows(evaluations),
-        "combinations": combinations,
+        "evaluations": evaluations + union_rows(evaluations),
+        "combinations": combination_rows(grid, evaluations, ctx.keys, geometry),
+        "compositions": composition_rows(grid, evaluations, ctx.keys, part_cosines),
+        "geometry": geometry_rows(geometry),
         "wall_seconds": round(time.perf_counter() - t0, 1),
     }
     atomic_write_json(out / "results.json", results)
@@ -124,36 +144,67 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, overwrite: bool = 
 
 
 class _Context:
-    """State shared by the jobs of one run (model, data, cache)."""
+    """State shared by the jobs of one run (model, data, cache, adapter keys and paths)."""
 
     def __init__(self, cfg, out, cache, data, model, tokenizer, info, progress):
+        from lorasum.data import content_hash
+
         self.cfg, self.out, self.cache, self.data = cfg, out, cache, data
         self.model, self.tokenizer, self.info, self.progress = model, tokenizer, info, progress
+        self.hashes = {n: {"train": content_hash(dd.train, dd.validation, []), "test": content_hash([], [], dd.test)}
+                       for n, dd in data.items()}
         self.keys: dict[tuple[str, int], str] = {}  # (adapter name, seed) -> job key
-        self.paths: dict[tuple[str, int], Path] = {}
+        self.paths: dict[tuple[str, int], Path | None] = {}  # None: dense result, not stored
+        self.jobs: dict[tuple[str, int], AdapterJob] = {}
 
     # -- adapters --------------------------------------------------------------------------
     def _train_key(self, job: AdapterJob) -> str:
         c = self.cfg
         return sha256_json({
-            "v": 1, "model": [self.info.name, self.info.config_hash], "seed": job.seed,
-            "data": [self.data[dom].content_hash for dom in job.domains], "max_length": c.data.max_length,
+            "v": _KEY_VERSION, "model": [self.info.name, self.info.config_hash], "seed": job.seed,
+            "train_data": [self.hashes[dom]["train"] for dom in job.domains], "max_length": c.data.max_length,
             "lora": c.lora.model_dump(mode="json"), "train": c.train.model_dump(mode="json"),
         })
 
+    def _params(self, job: AdapterJob) -> dict:
+        """The method's parameters; methods with a ``seed`` (DARE) get the experiment seed unless set."""
+        from lorasum.compose import get_method
+
+        params = dict(job.params)
+        if "seed" in get_method(job.method).params and "seed" not in params:
+            params["seed"] = job.seed
+        return params
+
+    def _dense(self, job: AdapterJob) -> bool:
+        from lorasum.compose import get_method
+
+        return not job.trained and not get_method(job.method).low_rank
+
     def run_adapter(self, job: AdapterJob) -> dict:
-        path = self.out / "adapters" / f"seed{job.seed}" / job.name
-        key = (sha256_json({"sum": [self.keys[(s, job.seed)] for s in job.sources]})
-               if job.kind == "sum" else self._train_key(job))
+        """Train or compose one adapter unless its folder and cache entry exist; return its row."""
+        dense = self._dense(job)
+        path = None if dense else self.out / "adapters" / f"seed{job.seed}" / job.name
+        if job.trained:
+            key = self._train_key(job)
+        else:
+            key = sha256_json({"v": _KEY_VERSION, "method": job.method, "params": self._params(job),
+                               "sources": [self.keys[(s, job.seed)] for s in job.sources]})
         self.keys[(job.name, job.seed)], self.paths[(job.name, job.seed)] = key, path
-        row = {"name": job.name, "kind": job.kind, "domains": list(job.domains), "seed": job.seed,
-               "path": str(path.relative_to(self.out)), "key": key}
+        self.jobs[(job.name, job.seed)] = job
+        row = {"name": job.name, "kind": job.kind, "method": job.method, "domains": list(job.domains),
+               "seed": job.seed, "path": str(path.relative_to(self.out)) if path else None, "key": key}
+        if job.trained:
+            row["train_data"] = {dom: self.hashes[dom]["train"] for dom in job.domains}
+        else:
+            row |= {"params": self._params(job), "sources": [self.keys[(s, job.seed)] for s in job.sources]}
+        if dense:
+            return row | {"train": None}  # composed in memory when evaluated
         cached = self.cache.get("adapters", key)
         if cached is not None and (path / "adapter_config.json").is_file():
-            log.info("cached  %-28s seed %d", job.name, job.seed)
+            log.info("cached  %-40s seed %d", job.name, job.seed)
             return row | {"train": cached.get("train")}
-        log.info("%-7s %-28s seed %d", "compose" if job.kind == "sum" else "train", job.name, job.seed)
-        summary = self._compose(job, path) if job.kind == "sum" else self._train(job, path, key)
+        log.info("%-7s %-40s seed %d", "train" if job.trained else "compose", job.name, job.seed)
+        summary = self._train(job, path, key) if job.trained else self._compose(job, path)
         self.cache.put("adapters", key, {"row": row, "train": summary})
         return row | {"train": summary}
 
@@ -163,8 +214,8 @@ class _Context:
         records = [r for dom in job.domains for r in self.data[dom].train]
         validation = [r for dom in job.domains for r in self.data[dom].validation]
         meta = {"job_key": key, "domains": list(job.domains),
-                "data": {dom: {"content_hash": self.data[dom].content_hash, "sources": self.data[dom].sources}
-                         for dom in job.domains}}
+                "data": {dom: {"content_hash": self.data[dom].content_hash, "train_hash": self.hashes[dom]["train"],
+                               "sources": self.data[dom].sources} for dom in job.domains}}
         res = train_adapter(self.model, self.tokenizer, records, lora=self.cfg.lora, train=self.cfg.train,
                             seed=job.seed, out_dir=path, max_length=self.cfg.data.max_length,
                             model_info=self.info, meta=meta, validation=validation or None,
@@ -172,98 +223,95 @@ class _Context:
         return {"steps": res.steps, "tokens": res.tokens, "seconds": round(res.seconds, 2),
                 "final_loss": res.final_loss, "val_loss": res.val_loss, "examples": len(records)}
 
-    def _compose(self, job: AdapterJob, path: Path) -> None:
-        from lorasum.adapters import load_adapter, save_adapter
-        from lorasum.compose import compose_sum
+    def _composed(self, job: AdapterJob):
+        """The composition result in memory: an Adapter (low-rank methods) or a DenseDelta."""
+        from lorasum.adapters import load_adapter
+        from lorasum.compose import compose
 
         sources = [load_adapter(self.paths[(s, job.seed)]) for s in job.sources]
-        save_adapter(compose_sum(sources), path, overwrite=True, base_model=self.info.name)
+        return compose(sources, job.method, **self._params(job))
+
+    def _compose(self, job: AdapterJob, path: Path) -> None:
+        from lorasum.adapters import save_adapter
+
+        save_adapter(self._composed(job), path, overwrite=True, base_model=self.info.name)
         return None
 
     # -- evaluation ------------------------------------------------------------------------
-    def run_eval(self, job: EvalJob) -> dict:
+    def _eval_key(self, job: EvalJob) -> str:
+        model_key = "base" if job.kind == "base" else self.keys[(job.model, job.seed)]
+        return sha256_json({"v": _KEY_VERSION, "model": [self.info.name, self.info.config_hash, model_key],
+                            "test": self.hashes[job.eval_domain]["test"], "max_length": self.cfg.data.max_length})
+
+    def run_evaluations(self, jobs: tuple[EvalJob, ...]) -> list[dict]:
+        """Evaluate every job not in the cache; each model is put on once for all its missing domains."""
+        rows = []
+        for _, group in groupby(jobs, key=lambda j: (j.model, j.seed)):
+            group = list(group)
+            keyed = [(job, self._eval_key(job)) for job in group]
+            found = {key: self.cache.get("evals", key) for _, key in keyed}
+            todo = [(job, key) for job, key in keyed if found[key] is None]
+            if todo:
+                found |= self._evaluate(todo)
+            rows += [self._eval_row(job, key, found[key]) for job, key in keyed]
+        return rows
+
+    def _evaluate(self, todo: list[tuple[EvalJob, str]]) -> dict[str, dict]:
         from lorasum.evaluate import perplexity
 
-        dom = self.data[job.eval_domain]
-        model_key = "base" if job.kind == "base" else self.keys[(job.model, job.seed)]
-        key = sha256_json({"v": 1, "model": [self.info.name, self.info.config_hash, model_key],
-                           "test": dom.content_hash, "max_length": self.cfg.data.max_length})
-        row = {"model": job.model, "kind": job.kind, "domains": list(job.domains), "seed": job.seed,
-               "eval_domain": job.eval_domain}
-        cached = self.cache.get("evals", key)
-        if cached is None:
-            log.info("eval    %-28s seed %d on %s", job.model, job.seed, job.eval_domain)
-            with self._active(job) as model:
-                p = perplexity(model, self.tokenizer, dom.test, max_length=self.cfg.data.max_length,
-                               batch_size=self.cfg.eval.batch_size, progress=False)
-            cached = {"nll_sum": p.nll_sum, "n_tokens": p.n_tokens, "n_examples": p.n_examples}
-            self.cache.put("evals", key, cached)
-        return row | _with_ppl(cached)
+        done = {}
+        with self._active(todo[0][0]) as model:
+            for job, key in todo:
+                log.info("eval    %-40s seed %d on %s", job.model, job.seed, job.eval_domain)
+                p = perplexity(model, self.tokenizer, self.data[job.eval_domain].test,
+                               max_length=self.cfg.data.max_length, batch_size=self.cfg.eval.batch_size,
+                               progress=False)
+                done[key] = {"nll_sum": p.nll_sum, "n_tokens": p.n_tokens, "n_examples": p.n_examples}
+                self.cache.put("evals", key, done[key])
+        return done
+
+    def _eval_row(self, job: EvalJob, key: str, value: dict) -> dict:
+        return {"model": job.model, "kind": job.kind, "method": job.method, "domains": list(job.domains),
+                "seed": job.seed, "eval_domain": job.eval_domain} | with_ppl(value) | {
+                "key": key, "adapter_key": None if job.kind == "base" else self.keys[(job.model, job.seed)],
+                "test_hash": self.hashes[job.eval_domain]["test"],
+                "base_model": {"name": self.info.name, "config_hash": self.info.config_hash}}
 
     def _active(self, job: EvalJob):
-        """Context manager yielding the base model, or the base with one adapter loaded."""
-        import contextlib
+        """Context manager yielding the base model with ``job``'s adapter on (or the base model itself)."""
+        from lorasum.experiment.activate import dense_delta, peft_adapter
 
-        @contextlib.contextmanager
-        def cm():
-            if job.kind == "base":
-                yield self.model
-                return
-            from peft import PeftModel
+        if job.kind == "base":
+            return contextlib.nullcontext(self.model)
+        path = self.paths[(job.model, job.seed)]
+        if path is None:
+            return dense_delta(self.model, self._composed(self.jobs[(job.model, job.seed)]))
+        return peft_adapter(self.model, path)
 
-            peft_model = PeftModel.from_pretrained(self.model, self.paths[(job.model, job.seed)])
-            try:
-                yield peft_model.eval()
-            finally:
-                self.model = peft_model.unload()
-
-        return cm()
-
-    # -- combinations ----------------------------------------------------------------------
-    def combinations(self, grid: Plan, evaluations: list[dict]) -> list[dict]:
+    # -- geometry --------------------------------------------------------------------------
+    def geometry(self, grid: Plan) -> tuple[dict[int, dict], dict[tuple[str, int], float]]:
+        """Per seed: cosines of the single adapters' ΔW (per pair, module and layer); and the RMS
+        cosine between the parts of every composition ((name, seed) → value)."""
         from lorasum.adapters import load_adapter
-        from lorasum.geometry import module_cosines, similarity
+        from lorasum.geometry import module_cosines, rms, similarity
 
-        rows = []
+        geometry, parts = {}, {}
         for seed in grid.seeds:
             singles = {dom: load_adapter(self.paths[(dom, seed)]) for dom in grid.domains}
             sim = similarity(singles)
-            for subset in grid.subsets:
-                ppl_sum = _ppl_by_domain(evaluations, "sum", subset, seed)
-                ppl_merged = _ppl_by_domain(evaluations, "merged", subset, seed)
-                change = {k: 100.0 * (ppl_sum[k] - ppl_merged[k]) / ppl_merged[k] for k in ppl_sum}
-                module_cos = ({k: float(v) for k, v in module_cosines(singles[subset[0]], singles[subset[1]]).items()}
-                              if len(subset) == 2 else {})
-                rows.append({"domains": list(subset), "seed": seed, "rms_cosine": float(sim.combination_rms(subset)),
-                             "ppl_sum": ppl_sum, "ppl_merged": ppl_merged, "ppl_change_pct": change,
-                             "module_cosines": module_cos})
-        return rows
-
-
-def _with_ppl(p: dict) -> dict:
-    import math
-
-    mean = p["nll_sum"] / p["n_tokens"] if p["n_tokens"] else float("nan")
-    return p | {"ppl": math.exp(mean) if p["n_tokens"] else float("nan")}
-
-
-def _union_rows(evaluations: list[dict]) -> list[dict]:
-    """Token-weighted pooling of each model's per-domain rows into an ``eval_domain: union`` row."""
-    groups: dict[tuple, list[dict]] = {}
-    for e in evaluations:
-        groups.setdefault((e["model"], e["seed"]), []).append(e)
-    rows = []
-    for (_, _), es in groups.items():
-        pooled = {k: sum(e[k] for e in es) for k in ("nll_sum", "n_tokens", "n_examples")}
-        rows.append({k: es[0][k] for k in ("model", "kind", "domains", "seed")} | {"eval_domain": "union"}
-                    | _with_ppl(pooled))
-    return rows
-
-
-def _ppl_by_domain(evaluations: list[dict], kind: str, subset: tuple[str, ...], seed: int) -> dict[str, float]:
-    """Perplexity of the ``kind`` adapter of ``subset`` on each of its domains and on their union."""
-    es = [e for e in evaluations if e["kind"] == kind and tuple(e["domains"]) == subset and e["seed"] == seed]
-    out = {e["eval_domain"]: e["ppl"] for e in es}
-    pooled = {k: sum(e[k] for e in es) for k in ("nll_sum", "n_tokens", "n_examples")}
-    out["union"] = _with_ppl(pooled)["ppl"]
-    return out
+            geometry[seed] = {
+                "names": list(sim.names), "shapes": {m: list(s) for m, s in sim.shapes.items()},
+                "pairs": {(p.a, p.b): {"rms": p.rms, "mean_abs": p.mean_abs, "max_abs": p.max_abs,
+                                       "cosines": dict(p.cosines),
+                                       "layer_rms": {str(k): v for k, v in p.layer_rms.items()}}
+                          for p in sim.pairs.values()},
+                "combination_rms": {"+".join(s): float(sim.combination_rms(s)) for s in grid.subsets},
+            }
+            for job in grid.compositions(seed):
+                if job.kind == "hybrid":
+                    merged_part = load_adapter(self.paths[(job.sources[0], seed)])
+                    cos = module_cosines(merged_part, singles[job.single]).values()
+                    parts[(job.name, seed)] = float(rms(cos))
+                else:
+                    parts[(job.name, seed)] = geometry[seed]["combination_rms"]["+".join(job.domains)]
+        return geometry, parts

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import stats
 
-__all__ = ["mean_std_ci", "correlation"]
+__all__ = ["mean_std_ci", "correlation", "fit_band"]
 
 _NAN = float("nan")
 
@@ -135,3 +135,50 @@ def correlation(
     out.update(slope_ci_low=out["slope"] - t * se, slope_ci_high=out["slope"] + t * se,
                slope_p=_as_float(lr.pvalue))
     return out
+
+
+def fit_band(
+    x: Sequence[float] | np.ndarray,
+    y: Sequence[float] | np.ndarray,
+    at: Sequence[float] | np.ndarray,
+    confidence: float = 0.95,
+) -> dict[str, np.ndarray]:
+    """Least-squares line y ≈ a + b·x and the pointwise confidence band of its mean at ``at``.
+
+    The band is ŷ(x₀) ± t_{(1+confidence)/2, n−2} · s · sqrt(1/n + (x₀ − x̄)² / Σ(xᵢ − x̄)²), with
+    s² = Σ residual² / (n − 2): the interval for the *mean* response of ordinary least squares
+    (e.g. Montgomery, Peck & Vining, Introduction to Linear Regression Analysis, eq. 2.43); it
+    is not a prediction interval for new points.
+
+    Args:
+        x, y: equal-length 1-D sequences; pairs with a NaN/inf are dropped.
+        at: x values, shape (m,), where the line and band are evaluated.
+        confidence: two-sided level, in (0, 1).
+
+    Returns:
+        ``{"x", "fit", "low", "high"}``, each an (m,) float array. With fewer than 3 finite
+        points or constant x every array but ``x`` is NaN.
+
+    Raises:
+        ValueError: ``x`` and ``y`` differ in length.
+    """
+    xa = np.asarray(x, dtype=float).ravel()
+    ya = np.asarray(y, dtype=float).ravel()
+    if xa.shape != ya.shape:
+        raise ValueError(f"x and y differ in length: {xa.size} != {ya.size}")
+    keep = np.isfinite(xa) & np.isfinite(ya)
+    xa, ya = xa[keep], ya[keep]
+    x0 = np.asarray(at, dtype=float).ravel()
+    nan = np.full(x0.shape, np.nan)
+    n = xa.size
+    if n < 3 or np.ptp(xa) == 0:
+        return {"x": x0, "fit": nan, "low": nan, "high": nan}
+    xbar = xa.mean()
+    sxx = float(((xa - xbar) ** 2).sum())
+    slope = float(((xa - xbar) * (ya - ya.mean())).sum()) / sxx
+    intercept = float(ya.mean()) - slope * xbar
+    resid = ya - (intercept + slope * xa)
+    s = math.sqrt(float((resid**2).sum()) / (n - 2))
+    fit = intercept + slope * x0
+    half = stats.t.ppf(0.5 + confidence / 2, n - 2) * s * np.sqrt(1.0 / n + (x0 - xbar) ** 2 / sxx)
+    return {"x": x0, "fit": fit, "low": fit - half, "high": fit + half}

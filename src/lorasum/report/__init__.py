@@ -22,13 +22,16 @@ from lorasum.storage import atomic_write_bytes, atomic_write_text
 
 __all__ = ["SCHEMA_VERSIONS", "REPORT_FILES", "load_results", "write_report", "results_csv"]
 
-SCHEMA_VERSIONS = (1,)
+SCHEMA_VERSIONS = (1, 2)
 REPORT_FILES = ("report.md", "report.html", "results.csv", *PLOT_FILES)
 _REQUIRED = ("config", "evaluations", "combinations")
 
 
 def load_results(path: str | os.PathLike) -> dict:
     """Read ``results.json`` and check its schema version and top-level keys.
+
+    Schema 1 (no ``compositions``, ``geometry`` or per-row provenance) and 2 are read; the report
+    leaves out what a version lacks.
 
     Raises:
         UserError: the file is missing, is not JSON, is not an object, has an unknown
@@ -72,7 +75,8 @@ def write_report(results: dict, out_dir: str | os.PathLike) -> dict[str, Path]:
     replaced. ``out_dir`` is created if needed.
 
     Returns:
-        file name → path of each written file (keys: ``REPORT_FILES``).
+        file name → path of each written file: ``REPORT_FILES``, then the per-layer cosine heatmaps
+        (``layer_cosines*.png``) when the results hold per-module geometry (schema 2).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -83,4 +87,4 @@ def write_report(results: dict, out_dir: str | os.PathLike) -> dict[str, Path]:
     paths["results.csv"] = atomic_write_text(out / "results.csv", results_csv(results))
     paths["report.md"] = atomic_write_text(out / "report.md", to_markdown(blocks))
     paths["report.html"] = atomic_write_text(out / "report.html", to_html(blocks, images, title))
-    return {name: paths[name] for name in REPORT_FILES}
+    return {name: paths[name] for name in REPORT_FILES} | {n: p for n, p in paths.items() if n not in REPORT_FILES}

@@ -1,10 +1,14 @@
 """Report figures as PNG bytes, drawn with matplotlib's Agg backend (no display, no pyplot state).
 
 * ``rms_cosine_vs_ppl_change.png``: RMS cosine (x) vs Δ perplexity % on the union (y), one point
-  per combination and seed, with the least-squares line and Pearson r (arXiv 2508.11985 claims
-  a roughly linear relation).
-* ``perplexity_by_domain.png``: grouped bars of per-domain perplexity, one bar per model.
+  per combination and seed, labelled by combination, with the least-squares line, its 95 %
+  confidence band and Pearson r (arXiv 2508.11985 claims a roughly linear relation).
+* ``perplexity_by_domain.png``: grouped bars of per-domain perplexity of the base model, single,
+  merged and summed adapters.
 * ``transfer_matrix.png``: heatmap of base and single-adapter perplexity on every domain.
+* ``layer_cosines.png`` and ``layer_cosines_<a>+<b>.png`` (results with ``geometry``, schema 2):
+  per-layer RMS cosine of every pair of single adapters, and per pair the cosine per module kind
+  and layer, both averaged over seeds (:func:`lorasum.geometry.export.layer_heatmap_png`).
 """
 
 from __future__ import annotations
@@ -17,10 +21,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
+from lorasum.experiment.stats import fit_band
 from lorasum.report.summary import UNION, domains_of, finite, fmt, models, points
 from lorasum.report.tables import correlation_stats
 
-__all__ = ["PLOT_FILES", "scatter_png", "perplexity_bars_png", "transfer_png", "all_plots"]
+__all__ = ["PLOT_FILES", "scatter_png", "perplexity_bars_png", "transfer_png", "layer_heatmaps", "all_plots"]
 
 PLOT_FILES = ("rms_cosine_vs_ppl_change.png", "perplexity_by_domain.png", "transfer_matrix.png")
 _DPI = 120
@@ -49,23 +54,24 @@ def scatter_png(results: dict) -> bytes:
         return _png(fig)
     labels = list(dict.fromkeys(p[0] for p in pts))
     colors = _cycle(len(labels))
-    several = len({p[1] for p in pts}) > 1
     for lab, col in zip(labels, colors, strict=True):
         mine = [p for p in pts if p[0] == lab]
         ax.scatter([p[2] for p in mine], [p[3] for p in mine], color=col, label=lab, s=40, zorder=3)
-        for _, seed, x, y in mine:
-            text = f"{lab} (seed {seed})" if several else lab
-            ax.annotate(text, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7, color=col)
+        for _, _, x, y in mine:
+            ax.annotate(lab, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=6, color=col)
     s = correlation_stats(results)["all"]
     if finite(s["slope"]):
-        xs = np.array([min(p[2] for p in pts), max(p[2] for p in pts)])
-        ax.plot(xs, s["intercept"] + s["slope"] * xs, "k--", lw=1,
+        xs = np.linspace(min(p[2] for p in pts), max(p[2] for p in pts), 101)
+        band = fit_band([p[2] for p in pts], [p[3] for p in pts], xs)
+        ax.fill_between(xs, band["low"], band["high"], color="0.5", alpha=0.2, lw=0,
+                        label="95 % confidence band of the line")
+        ax.plot(xs, band["fit"], "k--", lw=1,
                 label=f"least squares (Pearson r = {fmt(s['pearson_r'], 'r')}, n = {s['n']})")
     ax.axhline(0, color="0.6", lw=0.8)
     ax.set_xlabel("RMS cosine similarity of ΔW")
     ax.set_ylabel("Δ perplexity % (sum vs merged, union)")
     ax.set_title(f"RMS cosine vs Δ perplexity (Pearson r = {fmt(s['pearson_r'], 'r')}, n = {s['n']})")
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
     ax.grid(alpha=0.3)
     return _png(fig)
 
@@ -94,10 +100,11 @@ def _model_colors(ms) -> list:
 
 
 def perplexity_bars_png(results: dict) -> bytes:
-    """Grouped bars: x groups = evaluation domains (+ union), one bar per model, error bar = std over seeds."""
-    ms = models(results)
+    """Grouped bars: x groups = evaluation domains (+ union), one bar per base, single, merged and sum model;
+    error bar = std over seeds."""
+    ms = [m for m in models(results) if m.kind in ("base", "single", "merged", "sum")]
     cols = domains_of(results) + [UNION]
-    fig = Figure(figsize=(max(6.4, 1.0 + 0.22 * len(ms) * len(cols)), 4.8))
+    fig = Figure(figsize=(min(18.0, max(6.4, 1.0 + 0.22 * len(ms) * len(cols))), 4.8))
     ax = fig.add_subplot()
     if not ms:
         _no_data(ax, "evaluations")
@@ -154,8 +161,50 @@ def transfer_png(results: dict) -> bytes:
     return _png(fig)
 
 
+def _mean_similarity(results: dict):
+    """A :class:`~lorasum.geometry.Similarity` of the single adapters with every cosine averaged over seeds
+    (enough of one for :func:`~lorasum.geometry.export.layer_table`); None without ``geometry``."""
+    from lorasum.geometry import PairStats, Similarity
+
+    geo = [g for g in results.get("geometry") or [] if g.get("pairs")]
+    if not geo:
+        return None
+    pairs: dict[tuple[str, str], list[dict]] = {}
+    for g in geo:
+        for p in g["pairs"]:
+            pairs.setdefault((p["a"], p["b"]), []).append(p)
+
+    def mean(dicts: list[dict]) -> dict:
+        keys = dict.fromkeys(k for d in dicts for k in d)
+        return {k: float(np.mean([d[k] for d in dicts if finite(d.get(k))] or [math.nan])) for k in keys}
+
+    stats = {}
+    for (a, b), ps in pairs.items():
+        scalars = mean([{k: p.get(k) for k in ("rms", "mean_abs", "max_abs")} for p in ps])
+        stats[(a, b)] = PairStats(a, b, mean([p.get("cosines") or {} for p in ps]), scalars["rms"],
+                                  scalars["mean_abs"], scalars["max_abs"],
+                                  layer_rms={int(k): v for k, v in mean([p.get("layer_rms") or {} for p in ps]).items()})
+    shapes = {m: tuple(s) for g in geo for m, s in (g.get("shapes") or {}).items()}
+    return Similarity(names=tuple(geo[0].get("names") or ()), pairs=stats, norms={}, matrix=(), shapes=shapes)
+
+
+def layer_heatmaps(results: dict) -> dict[str, bytes]:
+    """``layer_cosines.png`` (per pair and layer) and ``layer_cosines_<a>+<b>.png`` (per module kind and
+    layer, one per pair), averaged over seeds; empty when the results hold no per-module geometry."""
+    from lorasum.geometry.export import layer_heatmap_png
+
+    sim = _mean_similarity(results)
+    if sim is None or not sim.layers:
+        return {}
+    out = {"layer_cosines.png": layer_heatmap_png(sim)}
+    for a, b in sim.pairs:
+        out[f"layer_cosines_{a}+{b}.png"] = layer_heatmap_png(sim, (a, b))
+    return out
+
+
 def all_plots(results: dict) -> dict[str, bytes]:
-    """Every report figure: file name → PNG bytes (names in ``PLOT_FILES``)."""
-    return dict(zip(PLOT_FILES, (scatter_png(results), perplexity_bars_png(results), transfer_png(results)),
-                    strict=True))
+    """Every report figure: file name → PNG bytes (``PLOT_FILES``, then the optional layer heatmaps)."""
+    images = dict(zip(PLOT_FILES, (scatter_png(results), perplexity_bars_png(results), transfer_png(results)),
+                      strict=True))
+    return images | layer_heatmaps(results)
 

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 
 from lorasum.experiment.stats import mean_std_ci
-from lorasum.report.summary import combos, finite, fmt, seeds_of
+from lorasum.report.summary import combos, compositions, finite, fmt, seeds_of
 from lorasum.report.tables import (
     Table,
     change_by_domain_table,
@@ -22,6 +22,7 @@ from lorasum.report.tables import (
     data_table,
     geometry_table,
     headline_table,
+    methods_table,
     paper_change,
     per_seed_table,
     perplexity_table,
@@ -116,20 +117,60 @@ def _paper_sentence(results: dict) -> str:
             f"math+finance / finance+medicine; the sign agrees for {agree} of {total} such pairs here.")
 
 
+def _mean(vals: list[float]) -> float:
+    vals = [v for v in vals if finite(v)]
+    return sum(vals) / len(vals) if vals else float("nan")
+
+
+def _hybrid_sentence(results: dict) -> str:
+    """Hybrids vs merged, and vs the plain sum of the same combination (seed means of the union Δ %)."""
+    comps = compositions(results)
+    sums = {c.label: _mean(c.per_seed("change")) for c in comps if c.kind == "sum"}
+    hyb = [(c, _mean(c.per_seed("change"))) for c in comps if c.kind == "hybrid"]
+    hyb = [(c, v) for c, v in hyb if finite(v)]
+    if not hyb:
+        return ""
+    lo, hi = min(hyb, key=lambda t: t[1]), max(hyb, key=lambda t: t[1])
+    beat = sum(v < sums.get(c.label, float("nan")) for c, v in hyb)
+    return (f" The {len(hyb)} hybrids (merged-data adapter of all but one domain plus that domain's single adapter) "
+            f"reached Δ {fmt(lo[1], 'pct')} % ({lo[0].what}) to {fmt(hi[1], 'pct')} % "
+            f"({hi[0].what}) against merged-data fine-tuning; {beat} of {len(hyb)} beat the plain sum "
+            "of single adapters of the same combination.")
+
+
+def _methods_sentence(results: dict) -> str:
+    comps = [c for c in compositions(results) if c.kind in ("sum", "composed")]
+    methods = list(dict.fromkeys(c.method for c in comps))
+    if len(methods) < 2:
+        return ""
+    means = {m: _mean([v for c in comps if c.method == m for v in c.per_seed("change")]) for m in methods}
+    parts = [f"{m} {fmt(v, 'pct')} %" for m, v in sorted(means.items(), key=lambda t: (not finite(t[1]), t[1]))]
+    return (" Mean Δ over all combinations and seeds by composition method (best first): " + ", ".join(parts) + ".")
+
+
+def _correlation_sentence(results: dict) -> str:
+    st = correlation_stats(results)
+    s = st["all"]
+    if not finite(s["pearson_r"]):
+        return (f" The correlation of RMS cosine with the perplexity change cannot be estimated from n = {s['n']} "
+                "points (needs at least 3 with varying values).")
+    text = (f" Across n = {s['n']} combination×seed points, RMS cosine and the union perplexity change "
+            f"correlate with Pearson r = {fmt(s['pearson_r'], 'r')} (p = {fmt(s['pearson_p'], 'p')}; "
+            f"Spearman ρ = {fmt(s['spearman_rho'], 'r')}); least-squares slope {fmt(s['slope'])} % per unit cosine")
+    pairs = st.get("pairs")
+    if pairs and finite(pairs["pearson_r"]):
+        text += (f"; over the n = {pairs['n']} pair points only, r = {fmt(pairs['pearson_r'], 'r')} "
+                 f"(p = {fmt(pairs['pearson_p'], 'p')})")
+    return text + "."
+
+
 def verdict(results: dict) -> str:
     """One paragraph generated from the numbers: sum vs merged per combination, correlation, caveats."""
     seeds = seeds_of(results)
     text = f"Model {_model_name(results)}, {len(seeds)} seed{'s' if len(seeds) != 1 else ''}. "
     text += _sum_vs_merged_sentence(results)
+    text += _hybrid_sentence(results) + _methods_sentence(results) + _correlation_sentence(results)
     s = correlation_stats(results)["all"]
-    if finite(s["pearson_r"]):
-        text += (f" Across n = {s['n']} combination×seed points, RMS cosine and the union perplexity change "
-                 f"correlate with Pearson r = {fmt(s['pearson_r'], 'r')} (p = {fmt(s['pearson_p'], 'p')}; "
-                 f"Spearman ρ = {fmt(s['spearman_rho'], 'r')}); least-squares slope {fmt(s['slope'])} % per unit "
-                 f"cosine.")
-    else:
-        text += (f" The correlation of RMS cosine with the perplexity change cannot be estimated from n = {s['n']} "
-                 "points (needs at least 3 with varying values).")
     text += _paper_sentence(results)
     caveats = []
     if len(seeds) < 2:
@@ -184,6 +225,15 @@ def differences(results: dict) -> list[str]:
     out.append("Composition: the adapter sum is exact, ΔW = Σ_i (lora_alpha/r)·B_i·A_i per target module, with no "
                "training after summation; the merged baseline is one adapter trained on the union of the training "
                "sets with the same LoRA and optimiser settings.")
+    if any(c.kind == "hybrid" for c in compositions(results)):
+        out.append("Hybrids: for every combination S of three or more domains and each d in S, the exact sum of the "
+                   "adapter trained on the merged data of S∖{d} and the single adapter of d, as in the paper.")
+    methods = [m for m in (cfg.get("methods") or []) if m != "sum"]
+    if methods:
+        dense = [m for m in methods if m in ("ties", "dare_linear", "dare_ties", "magnitude_prune")]
+        out.append(f"Other composition methods (not in the paper): {', '.join(methods)}, applied to the same single "
+                   "adapters" + (f"; the dense results of {', '.join(dense)} are added to the base weights for "
+                                 "evaluation and removed afterwards." if dense else "."))
     seeds = seeds_of(results)
     out.append(f"Seeds: {len(seeds)} ({', '.join(map(str, seeds))}); every seed retrains all adapters.")
     return out
@@ -201,11 +251,20 @@ def build_blocks(results: dict, images: dict[str, bytes] | None = None) -> list:
     if several:
         b.append(per_seed_table(results))
     b.append(change_by_domain_table(results))
+    methods = methods_table(results)
+    if methods is not None:
+        b += [Heading(2, "Composition methods"), methods]
     b += [Heading(2, "Perplexity by model"), perplexity_table(results)]
     b += _image("perplexity_by_domain.png", "Perplexity by evaluation domain", images)
     b += [Heading(2, "Transfer matrix"), transfer_table(results)]
     b += _image("transfer_matrix.png", "Transfer matrix heatmap", images)
     b += [Heading(2, "Adapter geometry"), geometry_table(results)]
+    layer_maps = [n for n in images if n.startswith("layer_cosines")]
+    if layer_maps:
+        b.append(Para("Per-layer cosine similarity of the single adapters' ΔW, averaged over seeds: RMS over the "
+                      "target modules of each layer per pair, then per pair the signed cosine of each module kind."))
+        b += [Image(n, f"Per-layer cosines {n[len('layer_cosines'):-4].strip('_') or 'of every pair'}")
+              for n in layer_maps]
     b += [Heading(2, "Correlation"), correlation_table(results)]
     b += _image("rms_cosine_vs_ppl_change.png", "RMS cosine vs perplexity change", images)
     b += [Heading(2, "Training"), training_table(results), Heading(2, "Data"), data_table(results)]

@@ -1,4 +1,4 @@
-"""Regroup a results dict (``results.json``, schema_version 1) for tables, plots and text.
+"""Regroup a results dict (``results.json``, schema_version 1 or 2) for tables, plots and text.
 
 The runner writes one row per (model, seed, evaluation domain) and one combination entry per
 (domain set, seed). Here those rows are grouped across seeds: every summary holds per-seed
@@ -20,7 +20,9 @@ __all__ = [
     "KIND_ORDER",
     "UNION",
     "ComboSummary",
+    "CompositionSummary",
     "ModelSummary",
+    "compositions",
     "domains_of",
     "combo_label",
     "combos",
@@ -34,7 +36,7 @@ __all__ = [
 ]
 
 UNION = "union"
-KIND_ORDER = ("base", "single", "merged", "sum")
+KIND_ORDER = ("base", "single", "merged", "sum", "hybrid", "composed")
 
 _FORMATS = {
     "ppl": ("{:.3f}", "{:.3f}"),  # perplexity: 3 decimals
@@ -120,6 +122,14 @@ def _num(v: Any) -> float:
     return float(v) if finite(v) else math.nan
 
 
+def _append(target: dict[str, list[float]], values: dict, i: int) -> None:
+    """Append seed ``i``'s per-domain values to ``target`` (domain → list), padding with NaN."""
+    for dom, v in (values or {}).items():
+        target.setdefault(dom, [math.nan] * i).append(_num(v))
+    for vals in target.values():
+        vals.extend([math.nan] * (i + 1 - len(vals)))
+
+
 def combos(results: dict) -> list[ComboSummary]:
     """Combinations grouped across seeds, ordered by size, then by first appearance."""
     by_key: dict[frozenset, ComboSummary] = {}
@@ -131,12 +141,78 @@ def combos(results: dict) -> list[ComboSummary]:
         s.rms_cosine.append(_num(c.get("rms_cosine")))
         s.module_cosines.append(dict(c.get("module_cosines") or {}))
         for name, src in (("ppl_sum", "ppl_sum"), ("ppl_merged", "ppl_merged"), ("change", "ppl_change_pct")):
-            target = getattr(s, name)
-            for dom, v in (c.get(src) or {}).items():
-                target.setdefault(dom, [math.nan] * i).append(_num(v))
-            for vals in target.values():  # pad domains this seed lacks
-                vals.extend([math.nan] * (i + 1 - len(vals)))
+            _append(getattr(s, name), c.get(src), i)
     return sorted(by_key.values(), key=lambda s: len(s.domains))
+
+
+@dataclass
+class CompositionSummary:
+    """One composition of one domain combination across seeds, compared with the merged-data adapter.
+
+    ``kind`` is ``sum`` (exact sum of the singles), ``hybrid`` (merged adapter of S∖{single} plus the
+    single adapter of ``single``) or ``composed`` (the singles composed by ``method``).
+    """
+
+    domains: tuple[str, ...]
+    kind: str
+    method: str
+    name: str
+    single: str | None = None
+    seeds: list[Any] = field(default_factory=list)
+    rms_cosine: list[float] = field(default_factory=list)
+    ppl: dict[str, list[float]] = field(default_factory=dict)
+    ppl_merged: dict[str, list[float]] = field(default_factory=dict)
+    change: dict[str, list[float]] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return combo_label(self.domains)
+
+    @property
+    def what(self) -> str:
+        """What is composed: ``sum of singles``, ``merged(math+medicine) + finance`` or ``ties of singles``."""
+        if self.kind == "hybrid":
+            return f"merged({combo_label([d for d in self.domains if d != self.single])}) + {self.single}"
+        return f"{self.method or 'sum'} of singles"
+
+    def per_seed(self, name: str, eval_domain: str = UNION) -> list[float]:
+        """Per-seed values of ``ppl``, ``ppl_merged`` or ``change`` on ``eval_domain`` (NaN if absent)."""
+        return getattr(self, name).get(eval_domain, [math.nan] * len(self.seeds))
+
+
+def _composition_rows(results: dict) -> list[dict]:
+    rows = results.get("compositions")
+    if isinstance(rows, list):
+        return rows
+    # schema_version 1 has only the sums, inside the combinations
+    return [{"domains": c.get("domains", []), "seed": c.get("seed"), "kind": "sum", "method": "sum",
+             "name": f"sum-{combo_label(c.get('domains', []))}", "rms_cosine": c.get("rms_cosine"),
+             "ppl": c.get("ppl_sum"), "ppl_merged": c.get("ppl_merged"), "ppl_change_pct": c.get("ppl_change_pct")}
+            for c in results.get("combinations", [])]
+
+
+def compositions(results: dict) -> list[CompositionSummary]:
+    """Compositions grouped across seeds, ordered by combination (as :func:`combos`), then sum,
+    hybrids, other methods."""
+    by_name: dict[str, CompositionSummary] = {}
+    for r in _composition_rows(results):
+        doms = tuple(r.get("domains", []))
+        s = by_name.setdefault(r.get("name") or combo_label(doms), CompositionSummary(
+            domains=doms, kind=r.get("kind", "sum"), method=r.get("method", "sum"), name=r.get("name", ""),
+            single=r.get("single")))
+        i = len(s.seeds)
+        s.seeds.append(r.get("seed"))
+        s.rms_cosine.append(_num(r.get("rms_cosine")))
+        for name, src in (("ppl", "ppl"), ("ppl_merged", "ppl_merged"), ("change", "ppl_change_pct")):
+            _append(getattr(s, name), r.get(src), i)
+    combo_rank = {frozenset(c.domains): i for i, c in enumerate(combos(results))}
+    first = {name: i for i, name in enumerate(by_name)}
+
+    def key(s: CompositionSummary) -> tuple:
+        kind = KIND_ORDER.index(s.kind) if s.kind in KIND_ORDER else len(KIND_ORDER)
+        return (len(s.domains), combo_rank.get(frozenset(s.domains), len(combo_rank)), kind, first[s.name])
+
+    return sorted(by_name.values(), key=key)
 
 
 @dataclass
@@ -147,6 +223,7 @@ class ModelSummary:
     kind: str
     domains: tuple[str, ...]
     ppl: dict[str, list[float]] = field(default_factory=dict)  # eval_domain -> one value per seed
+    method: str = ""
 
 
 def models(results: dict) -> list[ModelSummary]:
@@ -154,7 +231,8 @@ def models(results: dict) -> list[ModelSummary]:
     by_name: dict[str, ModelSummary] = {}
     for e in results.get("evaluations", []):
         m = by_name.setdefault(
-            e["model"], ModelSummary(name=e["model"], kind=e.get("kind", ""), domains=tuple(e.get("domains") or ()))
+            e["model"], ModelSummary(name=e["model"], kind=e.get("kind", ""), domains=tuple(e.get("domains") or ()),
+                                     method=e.get("method") or "")
         )
         m.ppl.setdefault(e.get("eval_domain", UNION), []).append(_num(e.get("ppl")))
     dom_rank = {d: i for i, d in enumerate(domains_of(results))}

@@ -1,4 +1,4 @@
-"""Report tables built from a results dict (schema_version 1).
+"""Report tables built from a results dict (schema_version 1 or 2).
 
 Each function returns a :class:`Table` of already formatted strings (see
 :mod:`lorasum.report.summary` for the number formats); :mod:`lorasum.report.render` turns
@@ -18,6 +18,7 @@ from lorasum.report.summary import (
     ci_cell,
     cell,
     combos,
+    compositions,
     domains_of,
     finite,
     fmt,
@@ -31,6 +32,7 @@ __all__ = [
     "paper_change",
     "headline_table",
     "per_seed_table",
+    "methods_table",
     "change_by_domain_table",
     "perplexity_table",
     "transfer_table",
@@ -75,38 +77,86 @@ def _several_seeds(results: dict) -> bool:
     return any(len(c.seeds) > 1 for c in combos(results))
 
 
+def _headline_rows(results: dict):
+    """The sums and hybrids, by combination (sum first)."""
+    return [c for c in compositions(results) if c.kind in ("sum", "hybrid")]
+
+
+def _summed(c) -> str:
+    return "singles" if c.kind == "sum" else c.what
+
+
 def headline_table(results: dict) -> Table:
-    """Combination | RMS cosine | PPL sum | PPL merged | Δ % (union) | [95 % CI] | paper Δ %."""
+    """Combination | adapters summed | RMS cosine | PPL sum | PPL merged | Δ % | [95 % CI | seeds] | paper Δ %.
+
+    One row per combination for the exact sum of its single adapters, followed by its hybrids
+    (merged adapter of S∖{d} + single adapter of d) when the run has them.
+    """
     several = _several_seeds(results)
-    headers = ["combination", "RMS cosine", "PPL sum", "PPL merged", "Δ %"]
+    headers = ["combination", "adapters summed", "RMS cosine", "PPL sum", "PPL merged", "Δ %"]
     headers += ["Δ % 95% CI", "seeds"] if several else []
     headers.append("paper Δ %")
     rows = []
-    for c in combos(results):
-        paper = paper_change(c.domains)
-        row = [c.label, cell(c.rms_cosine, "cos"), cell(c.per_seed("ppl_sum"), "ppl"),
+    for c in _headline_rows(results):
+        paper = paper_change(c.domains) if c.kind == "sum" else None
+        row = [c.label, _summed(c), cell(c.rms_cosine, "cos"), cell(c.per_seed("ppl"), "ppl"),
                cell(c.per_seed("ppl_merged"), "ppl"), cell(c.per_seed("change"), "pct")]
         if several:
             row += [ci_cell(c.per_seed("change"), "pct"), str(len(c.seeds))]
         row.append(MISSING if paper is None else f"{fmt(paper, 'pct')} (different setting)")
         rows.append(row)
     note = ("Δ % = 100·(PPL sum − PPL merged)/PPL merged on the union of the combination's test sets; "
-            "negative: the adapter sum beats the merged-data model.")
+            "negative: the summed adapters beat the merged-data model. PPL merged is always the adapter trained on "
+            "the merged data of the whole combination.")
+    if any(c.kind == "hybrid" for c in _headline_rows(results)):
+        note += (" Hybrids (arXiv 2508.11985): merged(S∖{d}) + d is the exact sum of the adapter trained on the "
+                 "merged data of the other domains and the single adapter of d; their RMS cosine is the one "
+                 "between these two adapters.")
     if several:
         note += " Values over seeds: mean ± std; CI: 95 % percentile bootstrap of the mean."
     note += (" Paper values: GPT-2 Small on MathQA/MedQuAD/financial-qa-10K, so a different setting "
              "(see 'How this differs from the paper').")
-    return Table("Headline: adapter sum vs merged-data fine-tuning", headers, rows, note=note)
+    return Table("Headline: adapter sum vs merged-data fine-tuning", headers, rows,
+                 align=["l", "l"] + ["r"] * (len(headers) - 2), note=note)
 
 
 def per_seed_table(results: dict) -> Table:
-    """One row per combination and seed (the values behind the headline means)."""
+    """One row per headline row and seed (the values behind the headline means)."""
     rows = []
-    for c in combos(results):
+    for c in _headline_rows(results):
         for i, seed in enumerate(c.seeds):
-            rows.append([c.label, str(seed), fmt(c.rms_cosine[i], "cos"), fmt(c.per_seed("ppl_sum")[i], "ppl"),
-                         fmt(c.per_seed("ppl_merged")[i], "ppl"), fmt(c.per_seed("change")[i], "pct")])
-    return Table("Per-seed results", ["combination", "seed", "RMS cosine", "PPL sum", "PPL merged", "Δ %"], rows)
+            rows.append([c.label, _summed(c), str(seed), fmt(c.rms_cosine[i], "cos"),
+                         fmt(c.per_seed("ppl")[i], "ppl"), fmt(c.per_seed("ppl_merged")[i], "ppl"),
+                         fmt(c.per_seed("change")[i], "pct")])
+    return Table("Per-seed results",
+                 ["combination", "adapters summed", "seed", "RMS cosine", "PPL sum", "PPL merged", "Δ %"], rows,
+                 align=["l", "l", "r", "r", "r", "r", "r"])
+
+
+def methods_table(results: dict) -> Table | None:
+    """Δ perplexity % vs merged (union) of each composition method on each combination; None with one method.
+
+    Rows: combinations, then "all combinations" (mean ± std over every combination and seed).
+    """
+    comps = [c for c in compositions(results) if c.kind in ("sum", "composed")]
+    methods = list(dict.fromkeys(c.method for c in comps))
+    if len(methods) < 2:
+        return None
+    by = {(c.label, c.method): c for c in comps}
+    labels = list(dict.fromkeys(c.label for c in comps))
+    rows = [[lab] + [cell(by[(lab, m)].per_seed("change"), "pct") if (lab, m) in by else MISSING for m in methods]
+            for lab in labels]
+    rows.append(["all combinations"] + [cell([v for c in comps if c.method == m for v in c.per_seed("change")], "pct")
+                                        for m in methods])
+    params = (results.get("config") or {}).get("method_params") or {}
+    described = [f"{m} ({', '.join(f'{k}={v}' for k, v in params[m].items())})" for m in methods if params.get(m)]
+    note = ("Δ % = 100·(PPL composed − PPL merged)/PPL merged on the union; every method composes the same single "
+            "adapters; sum is the exact sum (the headline).")
+    if described:
+        note += " Parameters: " + "; ".join(described) + "."
+    note += " Over seeds: mean ± std."
+    return Table("Composition methods: Δ perplexity % vs merged-data fine-tuning (union)",
+                 ["combination"] + [f"{m} Δ %" for m in methods], rows, note=note)
 
 
 def change_by_domain_table(results: dict) -> Table:
@@ -181,7 +231,9 @@ def correlation_table(results: dict) -> Table:
     headers = ["points", "n", "Pearson r", "p", "Spearman ρ", "p", "slope (Δ % per unit cos)",
                "slope 95% CI", "slope p", "intercept (Δ %)"]
     return Table("Correlation: RMS cosine vs Δ perplexity % (union)", headers, rows,
-                 note="One point per combination and seed. Slope CI: ± t(n−2)·stderr.")
+                 note="One point per combination and seed: the exact sum of its single adapters (hybrids and "
+                      "other methods are not included). Slope CI: ± t(n−2)·stderr; the figure's band is the 95 % "
+                      "confidence band of the fitted line.")
 
 
 def training_table(results: dict) -> Table:
@@ -209,31 +261,48 @@ def data_table(results: dict) -> Table:
                  align=["l", "r", "r", "r", "l", "l"])
 
 
-RESULT_COLUMNS = ["model", "kind", "domains", "seed", "eval_domain", "nll_sum", "n_tokens", "n_examples", "ppl",
-                  "combination", "rms_cosine", "combination_ppl_sum", "combination_ppl_merged",
-                  "combination_ppl_change_pct"]
+RESULT_COLUMNS = ["model", "kind", "method", "domains", "seed", "eval_domain", "nll_sum", "n_tokens", "n_examples",
+                  "ppl", "ppl_merged", "change_vs_merged_pct", "combination", "rms_cosine", "combination_ppl_sum",
+                  "combination_ppl_merged", "combination_ppl_change_pct", "adapter_key", "test_hash", "eval_key"]
+_COMPOSED = ("sum", "hybrid", "composed")
 
 
 def results_rows(results: dict) -> list[dict[str, object]]:
     """One flat row per evaluation (columns ``RESULT_COLUMNS``) for ``results.csv``.
 
-    Rows of a sum or merged model carry its combination's RMS cosine and the combination's
-    perplexities and Δ % on the row's evaluation domain; other rows leave those empty.
+    * ``ppl_merged``, ``change_vs_merged_pct``: for a composed model (sum, hybrid, other method), the
+      merged-data adapter of the same combination and seed on the row's evaluation domain, and this
+      model's Δ % against it;
+    * ``combination*``, ``rms_cosine``: rows of a sum or merged model carry their combination's sum-vs-merged
+      numbers (as in schema 1); hybrid and method rows carry their combination and the RMS cosine of
+      their own parts;
+    * ``adapter_key``, ``test_hash``, ``eval_key``: provenance (empty in schema 1 results).
     """
     by_key = {(frozenset(c.get("domains", [])), c.get("seed")): c for c in results.get("combinations", [])}
+    comp = {(c.get("name"), c.get("seed")): c for c in results.get("compositions", []) or []}
     rows = []
     for e in results.get("evaluations", []):
         doms = list(e.get("domains") or [])
-        row = {k: e.get(k, "") for k in RESULT_COLUMNS[:9]}
+        ed, kind = e.get("eval_domain"), e.get("kind")
+        row = {k: e.get(k, "") for k in RESULT_COLUMNS[:10]}
         row["domains"] = "+".join(doms)
-        c = by_key.get((frozenset(doms), e.get("seed"))) if e.get("kind") in ("sum", "merged") else None
-        ed = e.get("eval_domain")
+        row["method"] = e.get("method") or ("sum" if kind == "sum" else "")
+        c = by_key.get((frozenset(doms), e.get("seed"))) if kind in _COMPOSED + ("merged",) else None
+        own = comp.get((e.get("model"), e.get("seed")))
+        if kind == "sum" and own is None and c:  # schema 1
+            own = {"ppl_merged": c.get("ppl_merged"), "ppl_change_pct": c.get("ppl_change_pct")}
+        test_hash = e.get("test_hash")
         row.update(
-            combination="+".join(c["domains"]) if c else "",
-            rms_cosine=c.get("rms_cosine", "") if c else "",
+            ppl_merged=(own.get("ppl_merged") or {}).get(ed, "") if own else "",
+            change_vs_merged_pct=(own.get("ppl_change_pct") or {}).get(ed, "") if own else "",
+            combination="+".join(doms) if c else "",
+            rms_cosine=(own if own and kind != "sum" else c).get("rms_cosine", "") if c else "",
             combination_ppl_sum=(c.get("ppl_sum") or {}).get(ed, "") if c else "",
             combination_ppl_merged=(c.get("ppl_merged") or {}).get(ed, "") if c else "",
             combination_ppl_change_pct=(c.get("ppl_change_pct") or {}).get(ed, "") if c else "",
+            adapter_key=e.get("adapter_key") or "",
+            test_hash=test_hash if isinstance(test_hash, str) else "",
+            eval_key=e.get("key") or "",
         )
         rows.append({k: ("" if v is None else v) for k, v in row.items()})
     return rows

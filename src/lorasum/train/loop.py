@@ -5,8 +5,14 @@ Recipe (LoRA: Hu et al. 2021; hyper-parameters of arXiv 2508.11985 by default):
 1. seed Python, NumPy and torch; tokenise the records (answer-only labels);
 2. wrap the base model with PEFT LoRA on the target modules (A random, B = 0, so ΔW = 0);
 3. for each optimiser step, take ``grad_accum`` shuffled micro-batches and minimise the
-   token-weighted mean answer-token NLL (:func:`lorasum.evaluate.answer_token_nll`) with
-   AdamW over the LoRA A and B only, linear warm-up then linear decay, gradient clipping;
+   token-weighted mean answer-token NLL (:func:`lorasum.evaluate.answer_token_nll`; every
+   token with ``loss_on="all"``) with AdamW over the LoRA A and B only (fused on CUDA),
+   linear warm-up then linear decay, gradient clipping. The examples of a micro-batch are
+   packed into rows of ``pack_length`` tokens (:mod:`lorasum.train.packing`: no attention or
+   loss across examples, so the loss is that of the padded batch) when the model keeps packed
+   examples apart, else right-padded; bfloat16 autocast on CUDA, float32 on the CPU; SDPA
+   attention (as loaded by :func:`lorasum.models.load_model`); optionally ``torch.compile``
+   of the decoder layers;
 4. optionally score a validation set;
 5. save the adapter (PEFT format + ``lorasum.json``) atomically;
 6. remove the LoRA layers, so the caller's model is the untouched base model again.
@@ -14,6 +20,7 @@ Recipe (LoRA: Hu et al. 2021; hyper-parameters of arXiv 2508.11985 by default):
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import math
 import random
@@ -34,6 +41,7 @@ from lorasum.data.records import Record
 from lorasum.data.tokenize import IGNORE_INDEX, Encoded, collate, encode_record
 from lorasum.errors import ConfigError, DataError
 from lorasum.evaluate.nll import answer_token_nll, perplexity
+from lorasum.train.packing import pack, packing_is_exact
 from lorasum.models import ModelInfo
 from lorasum.storage import atomic_dir, atomic_write_json, check_output
 
@@ -51,7 +59,7 @@ class TrainResult:
     Attributes:
         out_dir: the adapter folder.
         steps: optimiser steps taken.
-        tokens: non-padding input tokens processed (prompt + answer).
+        tokens: input tokens of the examples processed (prompt + answer; no padding).
         seconds: wall-clock seconds of the optimisation loop.
         losses: mean answer-token NLL (nats) of each optimiser step.
         final_loss: mean of the last 10 % of ``losses`` (at least one step).
@@ -106,10 +114,54 @@ def _lora_config(lora: LoraSpec, model_info: ModelInfo) -> LoraConfig:
     )
 
 
+def _batches(
+    encoded: list[Encoded], train: TrainSpec, seed: int, pad_id: int, packed: bool
+) -> Iterator[list[tuple[dict[str, torch.Tensor], int]]]:
+    """Endless optimiser steps: ``grad_accum`` micro-batches of (tensors, real tokens) each.
+
+    The examples of a micro-batch are the same whether packed (:func:`lorasum.train.packing.pack`)
+    or padded (:func:`lorasum.data.tokenize.collate`), so packing does not change the loss.
+    """
+    stream = _micro_batches(len(encoded), train.batch_size, torch.Generator().manual_seed(seed))
+    while True:
+        group = []
+        for _ in range(train.grad_accum):
+            examples = [encoded[i] for i in next(stream)]
+            batch = pack(examples, train.pack_length, pad_id) if packed else collate(examples, pad_id)
+            group.append((batch, sum(len(e.input_ids) for e in examples)))
+        yield group
+
+
+def _decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The repeated blocks of a transformers decoder: the longest ModuleList of one block class."""
+    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) > 0
+             and len({type(c) for c in m}) == 1 and len(list(m[0].parameters())) > 0]
+    return list(max(lists, key=len, default=[]))
+
+
+@contextlib.contextmanager
+def _compiled(model: torch.nn.Module, enabled: bool) -> Iterator[None]:
+    """``torch.compile`` each decoder layer for the duration (regional compilation: the layers
+    share one compiled graph, reused by later calls on the same architecture); undone on exit."""
+    layers = _decoder_layers(model) if enabled else []
+    for layer in layers:
+        layer.compile(dynamic=True)  # row count and width change from step to step
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer._compiled_call_impl = None  # nn.Module.compile's own slot: back to the eager forward
+
+
 def _optimise(
-    peft_model: PeftModel, encoded: list[Encoded], train: TrainSpec, seed: int, pad_id: int, progress: bool
+    peft_model: PeftModel, encoded: list[Encoded], train: TrainSpec, seed: int, pad_id: int, progress: bool,
+    packed: bool,
 ) -> tuple[list[float], int, float]:
-    """The training loop. Returns (per-step losses, input tokens processed, seconds)."""
+    """The training loop. Returns (per-step losses, input tokens processed, seconds).
+
+    Nothing in a step waits for the GPU (labels are counted on the CPU, losses stay on the
+    device until the end), so the CPU prepares and launches step k+1 while the GPU runs step k.
+    """
     params = [p for p in peft_model.parameters() if p.requires_grad]
     device = params[0].device
     optimizer = torch.optim.AdamW(
@@ -117,30 +169,32 @@ def _optimise(
     )
     total = _total_steps(len(encoded), train)
     scheduler = get_linear_schedule_with_warmup(optimizer, round(train.warmup_ratio * total), total)
-    stream = _micro_batches(len(encoded), train.batch_size, torch.Generator().manual_seed(seed))
-    losses: list[float] = []
+    steps = _batches(encoded, train, seed, pad_id, packed)
+    losses: list[torch.Tensor] = []
     tokens = 0
     peft_model.train()  # LoRA dropout and the base model's own dropout on, as in HF Trainer
     start = time.perf_counter()
     bar = tqdm(range(total), desc="train", unit="step", disable=not progress, leave=False)
-    for _ in bar:
-        group = [collate([encoded[i] for i in next(stream)], pad_id) for _ in range(train.grad_accum)]
+    for step in bar:
+        group = next(steps)
         # token-weighted mean over the whole accumulation window
-        n_answer = max(1, sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in group))
-        step_nll = 0.0
-        for batch in group:
+        n_answer = max(1, sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b, _ in group))
+        step_nll = torch.zeros((), device=device)
+        for batch, n_real in group:
             nll, _ = answer_token_nll(peft_model, batch)
             (nll / n_answer).backward()
-            step_nll += float(nll.detach())
-            tokens += int(batch["attention_mask"].sum())
+            step_nll += nll.detach()
+            tokens += n_real
         if train.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(params, train.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(step_nll / n_answer)
-        bar.set_postfix(loss=f"{losses[-1]:.3f}", tok_s=f"{tokens / (time.perf_counter() - start):.0f}")
-    return losses, tokens, time.perf_counter() - start
+        if progress and (step % 20 == 0 or step == total - 1):  # reading the loss waits for the GPU
+            bar.set_postfix(loss=f"{float(losses[-1]):.3f}", tok_s=f"{tokens / (time.perf_counter() - start):.0f}")
+    values = torch.stack(losses).tolist()  # waits for the last step
+    return values, tokens, time.perf_counter() - start
 
 
 def _versions() -> dict[str, str]:
@@ -219,7 +273,7 @@ def train_adapter(
         raise DataError(f"{out_dir}: no training records")
     _seed_everything(seed)
     config = _lora_config(lora, model_info)
-    encoded = [encode_record(tokenizer, r, max_length) for r in records]
+    encoded = [encode_record(tokenizer, r, max_length, loss_on=train.loss_on) for r in records]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
     was_training = model.training
@@ -228,15 +282,17 @@ def train_adapter(
     except ValueError as e:
         raise ConfigError(f"lora.target_modules {config.target_modules}: {str(e).splitlines()[0]}") from None
     try:
-        losses, tokens, seconds = _optimise(peft_model, encoded, train, seed, pad_id, progress)
+        packed = train.packing and packing_is_exact(model)
+        with _compiled(model, train.compile and next(model.parameters()).is_cuda):
+            losses, tokens, seconds = _optimise(peft_model, encoded, train, seed, pad_id, progress, packed)
         val_loss = None
         if validation:
             val_loss = perplexity(peft_model, tokenizer, validation, max_length=max_length,
-                                  batch_size=train.batch_size).mean_nll
+                                  batch_size=train.batch_size, loss_on=train.loss_on).mean_nll
         n_tail = max(1, round(_LOG_TAIL * len(losses)))
         final_loss = sum(losses[-n_tail:]) / n_tail
         summary = {"steps": len(losses), "tokens": tokens, "seconds": seconds,
-                   "final_loss": final_loss, "val_loss": val_loss}
+                   "final_loss": final_loss, "val_loss": val_loss, "packed": packed}
         info = _metadata(model_info, config, train, seed, max_length, meta, len(encoded),
                          sum(e.truncated for e in encoded), losses, summary)
         with atomic_dir(out_dir, overwrite) as tmp:

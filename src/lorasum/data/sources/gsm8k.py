@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lorasum.data.records import Record
-from lorasum.data.sources._io import bump, get_str, iter_jsonl
+from lorasum.data.sources._io import bump, get_str, iter_jsonl, skip_or_raise
 from lorasum.errors import DataError
 
 __all__ = ["strip_calculator_annotations", "load_gsm8k"]
@@ -38,6 +38,7 @@ def load_gsm8k(
     split: str | None = None,
     domain: str = "math",
     strip_annotations: bool = True,
+    skip_bad_rows: bool = False,
     stats: MutableMapping[str, Any] | None = None,
 ) -> Iterator[Record]:
     """Yield one :class:`Record` per line of an official GSM8K ``train.jsonl`` / ``test.jsonl``.
@@ -48,6 +49,8 @@ def load_gsm8k(
             defaults to the file stem (``train``/``test``).
         domain: the records' domain.
         strip_annotations: remove ``<<...>>`` calculator annotations from the answers.
+        skip_bad_rows: skip a bad line (malformed, missing field, no final line) and count it in
+            ``stats["bad_rows"]`` (see :func:`~lorasum.data.sources._io.skip_or_raise`) instead of raising.
         stats: if given, ``stats["records"]`` is incremented per record.
 
     The group of each record is its id (GSM8K problems are independent); ``source`` is
@@ -55,21 +58,30 @@ def load_gsm8k(
 
     Raises:
         DataError: unreadable file / invalid UTF-8 / empty file, a malformed line, a missing
-            or non-string ``question``/``answer``, or an answer without a final ``#### N`` line.
+            or non-string ``question``/``answer``, or an answer without a final ``#### N`` line
+            (the last three only without ``skip_bad_rows``).
     """
     path = Path(path)
     split = split or path.stem
-    for index, (lineno, obj) in enumerate(iter_jsonl(path)):
+    n = 0
+    for index, (lineno, obj) in enumerate(iter_jsonl(path, skip_bad_rows=skip_bad_rows, stats=stats)):
         where = f"{path}:{lineno}"
-        question = get_str(obj, "question", where)
-        answer = get_str(obj, "answer", where)
-        if not _FINAL.search(answer):
-            raise DataError(f"{where}: field 'answer' has no final '#### <number>' line (not GSM8K format)")
+        try:
+            question = get_str(obj, "question", where)
+            answer = get_str(obj, "answer", where)
+            if not _FINAL.search(answer):
+                raise DataError(f"{where}: field 'answer' has no final '#### <number>' line (not GSM8K format)")
+        except DataError as e:
+            skip_or_raise(e, skip_bad_rows, stats)
+            continue
         if strip_annotations:
             answer = strip_calculator_annotations(answer)
         rid = f"gsm8k/{split}/{index}"
+        n += 1
         bump(stats, "records")
         yield Record(
             id=rid, domain=domain, question=question, answer=answer, context="", group=rid,
             source=f"{path.name}:{lineno}",
         )
+    if n == 0:
+        raise DataError(f"{path}: no usable line (every line was bad)")

@@ -25,7 +25,7 @@ import defusedxml
 from defusedxml import ElementTree as DET
 
 from lorasum.data.records import Record
-from lorasum.data.sources._io import bump, iter_rows, read_bytes
+from lorasum.data.sources._io import bump, iter_rows, read_bytes, skip_or_raise
 from lorasum.errors import DataError
 
 __all__ = ["load_medquad", "load_medquad_xml", "load_medquad_flat"]
@@ -39,11 +39,15 @@ def _element_text(elem: Any) -> str:
     return _collapse("".join(elem.itertext())) if elem is not None else ""
 
 
+class _MalformedXml(DataError):
+    """A file that is not well-formed XML (skippable with ``skip_bad_rows``; unsafe XML is not)."""
+
+
 def _parse(path: Path, data: bytes) -> Any:
     try:
         return DET.fromstring(data)
     except DET.ParseError as e:
-        raise DataError(f"{path}: XML parse error ({e})") from None
+        raise _MalformedXml(f"{path}: XML parse error ({e})") from None
     except defusedxml.DefusedXmlException as e:
         raise DataError(f"{path}: unsafe XML refused ({type(e).__name__})") from None
 
@@ -82,6 +86,7 @@ def load_medquad_xml(
     folder: str | os.PathLike,
     *,
     domain: str = "medicine",
+    skip_bad_rows: bool = False,
     stats: MutableMapping[str, Any] | None = None,
 ) -> Iterator[Record]:
     """Yield the answered QA pairs of a MedQuAD XML folder (one subset, or the whole tree).
@@ -93,6 +98,8 @@ def load_medquad_xml(
     Args:
         folder: a subset folder such as ``medquad/1_CancerGov_QA`` or the tree above it.
         domain: the records' domain.
+        skip_bad_rows: a file that does not parse is skipped and counted in ``stats["bad_rows"]``
+            instead of raising (unsafe XML, e.g. an entity-expansion bomb, is always refused).
         stats: if given, receives counts ``files``, ``pairs``, ``empty_answers``,
             ``empty_questions``, ``files_without_pairs``, the list ``skipped_files`` (paths
             relative to ``folder``'s parent) and ``tree_sha256`` (sha256 over the sorted lines
@@ -106,7 +113,8 @@ def load_medquad_xml(
 
     Raises:
         DataError: the folder is missing or holds no XML file, a file does not parse
-            (message names the file, line and column), or no file holds any answered pair.
+            (message names the file, line and column), unsafe XML (defusedxml refuses DTD
+            entities), or no file holds any answered pair (naming a file without ``QAPairs``).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -122,11 +130,19 @@ def load_medquad_xml(
         rel = path.relative_to(folder.parent).as_posix()
         digest.update(f"{rel} {hashlib.sha256(data).hexdigest()}\n".encode())
         bump(local, "files")
-        for record in _file_records(path, rel, _parse(path, data), domain, local):
+        try:
+            root = _parse(path, data)
+        except _MalformedXml as e:
+            skip_or_raise(e, skip_bad_rows, local)
+            continue
+        for record in _file_records(path, rel, root, domain, local):
             n_records += 1
             yield record
     if n_records == 0:
-        raise DataError(f"{folder}: no answered QAPairs/QAPair in {len(files)} XML files (not MedQuAD XML?)")
+        example = f", e.g. {local['skipped_files'][0]} has none" if local.get("skipped_files") else ""
+        raise DataError(
+            f"{folder}: no answered QAPairs/QAPair in {len(files)} XML files{example} (not MedQuAD XML?)"
+        )
     local["tree_sha256"] = digest.hexdigest()
     if stats is not None:
         for key, value in local.items():
@@ -166,13 +182,15 @@ def load_medquad_flat(
     path: str | os.PathLike,
     *,
     domain: str = "medicine",
+    skip_bad_rows: bool = False,
     stats: MutableMapping[str, Any] | None = None,
 ) -> Iterator[Record]:
     """Yield the answered pairs of a flat MedQuAD mirror (``.csv``, ``.json`` list, ``.jsonl``).
 
     Ids are ``"medquad/<file stem>/<row index>"``; the group is ``"medquad/focus/<focus,
     case-folded>"`` when a focus column is present and non-empty, else
-    ``"medquad/doc/<document id>"`` when a document column is, else the id.
+    ``"medquad/doc/<document id>"`` when a document column is, else the id. With
+    ``skip_bad_rows`` malformed rows are counted in ``stats["bad_rows"]`` instead of raising.
 
     Raises:
         DataError: unreadable / malformed file, unknown extension, a missing ``Question`` or
@@ -180,10 +198,16 @@ def load_medquad_flat(
     """
     path = Path(path)
     n_records = 0
-    for index, (where, row) in enumerate(iter_rows(path)):
+    for index, (where, row) in enumerate(iter_rows(path, skip_bad_rows=skip_bad_rows, stats=stats)):
+        try:
+            question = _collapse(_pick(row, "question", where, required=True))
+            answer = _collapse(_pick(row, "answer", where, required=True))
+            focus = _collapse(_pick(row, "focus", where)).casefold()
+            document = _collapse(_pick(row, "document", where))
+        except DataError as e:
+            skip_or_raise(e, skip_bad_rows, stats)
+            continue
         bump(stats, "pairs")
-        question = _collapse(_pick(row, "question", where, required=True))
-        answer = _collapse(_pick(row, "answer", where, required=True))
         if not answer:
             bump(stats, "empty_answers")
             continue
@@ -191,8 +215,6 @@ def load_medquad_flat(
             bump(stats, "empty_questions")
             continue
         rid = f"medquad/{path.stem}/{index}"
-        focus = _collapse(_pick(row, "focus", where)).casefold()
-        document = _collapse(_pick(row, "document", where))
         group = f"medquad/focus/{focus}" if focus else f"medquad/doc/{document}" if document else rid
         n_records += 1
         yield Record(
@@ -207,11 +229,12 @@ def load_medquad(
     path: str | os.PathLike,
     *,
     domain: str = "medicine",
+    skip_bad_rows: bool = False,
     stats: MutableMapping[str, Any] | None = None,
 ) -> Iterator[Record]:
     """Dispatch: a folder is read as the XML tree (:func:`load_medquad_xml`), a file as the
     flat mirror (:func:`load_medquad_flat`). Raises what those raise."""
     path = Path(path)
     if path.is_dir():
-        return load_medquad_xml(path, domain=domain, stats=stats)
-    return load_medquad_flat(path, domain=domain, stats=stats)
+        return load_medquad_xml(path, domain=domain, skip_bad_rows=skip_bad_rows, stats=stats)
+    return load_medquad_flat(path, domain=domain, skip_bad_rows=skip_bad_rows, stats=stats)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from lorasum.data.records import Record
-from lorasum.data.sources._io import bump, get_str, load_json
+from lorasum.data.sources._io import bump, get_str, load_json, skip_or_raise
 from lorasum.errors import DataError
 
 __all__ = ["SCALES", "format_number", "format_answer", "render_context", "load_tatqa"]
@@ -105,17 +105,43 @@ def _field(obj: dict, key: str, kind: type, where: str) -> Any:
     return obj[key]
 
 
+def _question(q: Any, where: str, j: int) -> tuple[str, str, str]:
+    """``(uid, question, answer text)`` of one question object."""
+    if not isinstance(q, dict):
+        raise DataError(f"{where} question {j}: expected an object, got {type(q).__name__}")
+    uid = get_str(q, "uid", f"{where} question {j}")
+    qw = f"{where} question {uid}"
+    question = get_str(q, "question", qw)
+    if "answer" not in q:
+        raise DataError(f"{qw}: missing field 'answer'")
+    return uid, question, format_answer(q["answer"], get_str(q, "scale", qw, required=False) or "", qw)
+
+
+def _context(ctx: Any, where: str) -> tuple[str, str, list]:
+    """``(table uid, rendered context, questions)`` of one context object."""
+    if not isinstance(ctx, dict):
+        raise DataError(f"{where}: expected an object, got {type(ctx).__name__}")
+    table = _field(ctx, "table", dict, where)
+    table_uid = get_str(table, "uid", f"{where} table")
+    context = render_context(_field(table, "table", list, f"{where} table"),
+                             _field(ctx, "paragraphs", list, where), where)
+    return table_uid, context, _field(ctx, "questions", list, where)
+
+
 def load_tatqa(
     path: str | os.PathLike,
     *,
     domain: str = "finance",
+    skip_bad_rows: bool = False,
     stats: MutableMapping[str, Any] | None = None,
 ) -> Iterator[Record]:
     """Yield one :class:`Record` per question of a TAT-QA file (e.g. ``tatqa_dataset_dev.json``).
 
     Ids are ``"tatqa/<question uid>"``; the group is ``"tatqa/<table uid>"`` (questions
     share contexts, so a context never straddles splits); ``source`` is
-    ``"<file name>:<question uid>"``. ``stats["contexts"]``/``["records"]`` are counted.
+    ``"<file name>:<question uid>"``. ``stats["contexts"]``/``["records"]`` are counted. With
+    ``skip_bad_rows`` a malformed context (all its questions) or question is skipped and
+    counted once in ``stats["bad_rows"]`` instead of raising.
 
     Raises:
         DataError: unreadable / malformed JSON, top level not a list, a missing or
@@ -127,23 +153,18 @@ def load_tatqa(
         raise DataError(f"{path}: expected a JSON list of contexts, got {type(data).__name__}")
     for i, ctx in enumerate(data):
         where = f"{path}: context {i}"
-        if not isinstance(ctx, dict):
-            raise DataError(f"{where}: expected an object, got {type(ctx).__name__}")
-        table = _field(ctx, "table", dict, where)
-        table_uid = get_str(table, "uid", f"{where} table")
-        context = render_context(_field(table, "table", list, f"{where} table"),
-                                 _field(ctx, "paragraphs", list, where), where)
+        try:
+            table_uid, context, questions = _context(ctx, where)
+        except DataError as e:
+            skip_or_raise(e, skip_bad_rows, stats)
+            continue
         bump(stats, "contexts")
-        for j, q in enumerate(_field(ctx, "questions", list, where)):
-            qw = f"{where} question {j}"
-            if not isinstance(q, dict):
-                raise DataError(f"{qw}: expected an object, got {type(q).__name__}")
-            uid = get_str(q, "uid", qw)
-            qw = f"{where} question {uid}"
-            question = get_str(q, "question", qw)
-            if "answer" not in q:
-                raise DataError(f"{qw}: missing field 'answer'")
-            answer = format_answer(q["answer"], get_str(q, "scale", qw, required=False) or "", qw)
+        for j, q in enumerate(questions):
+            try:
+                uid, question, answer = _question(q, where, j)
+            except DataError as e:
+                skip_or_raise(e, skip_bad_rows, stats)
+                continue
             bump(stats, "records")
             yield Record(
                 id=f"tatqa/{uid}", domain=domain, question=question.strip(), answer=answer,

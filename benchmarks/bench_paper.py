@@ -1,0 +1,71 @@
+"""Benchmark: the whole experiment of a config on one GPU, wall time and peak memory. Prints one JSON line.
+
+Runs ``run_experiment`` in this process (as ``lorasum reproduce`` does: model load, data,
+training of every adapter, composition, every perplexity, report), from an empty output
+folder, and reports the wall time, the summed training seconds and tokens, peak GPU memory
+(``torch.cuda.max_memory_allocated``) and, with ``--compare``, the largest relative difference
+of each (model, seed, domain) perplexity from an earlier results.json (training draws other
+dropout masks when examples are packed, so the numbers agree closely but not exactly).
+
+Run: LORASUM_DATA_ROOT=... python benchmarks/bench_paper.py --config configs/gpu-smollm2.yaml
+         --out runs/bench-paper [--compare results/gpu-smollm2/results.json] [--compile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+
+import torch
+
+from lorasum.config import load_config
+from lorasum.experiment import run_experiment
+
+
+def _ppl_rows(results: dict) -> dict[tuple, float]:
+    return {(e["model"], e["seed"], e["eval_domain"]): e["ppl"] for e in results["evaluations"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--seeds", help="comma-separated; default the config's")
+    ap.add_argument("--compare", help="an earlier results.json of the same config")
+    ap.add_argument("--compile", action="store_true", help="set train.compile (torch.compile the decoder layers)")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+    cfg = load_config(args.config, seeds=seeds)
+    if args.compile:
+        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"compile": True})})
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    t = time.perf_counter()
+    results = run_experiment(cfg, args.out, overwrite=True, progress=False)
+    wall = time.perf_counter() - t
+    trained = [a["train"] for a in results["adapters"] if a.get("train")]
+    out = {
+        "benchmark": "full_experiment", "config": args.config, "seeds": cfg.seeds, "compile": cfg.train.compile,
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "wall_seconds": round(wall, 1), "adapters_trained": len(trained),
+        "train_seconds": round(sum(a["seconds"] for a in trained), 1),
+        "train_tokens": sum(a["tokens"] for a in trained),
+        "evaluations": len(results["evaluations"]),
+        "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None,
+    }
+    out["train_tokens_per_s"] = round(out["train_tokens"] / max(out["train_seconds"], 1e-9))
+    if args.compare:
+        with open(args.compare, encoding="utf-8") as f:
+            old = _ppl_rows(json.load(f))
+        new = _ppl_rows(results)
+        common = [k for k in new if k in old]
+        out["compared_ppl"] = len(common)
+        out["max_rel_ppl_diff"] = max((abs(new[k] - old[k]) / old[k] for k in common), default=None)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

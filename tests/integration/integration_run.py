@@ -1,0 +1,22 @@
+"""The tiny experiment of the integration tests (importable as ``integration_run``; conftest.py runs it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+DOMAINS = ["math", "medicine", "finance"]
+DATA = {"max_length": 48, "train_size": 6, "validation_size": 2, "test_size": 3}
+
+
+def write_config(tmp: Path, model: Path, **data) -> Path:
+    """The tiny experiment config (``data`` overrides keys of :data:`DATA`); one file per test_size."""
+    d = DATA | data
+    path = tmp / f"tiny-{d['test_size']}.yaml"
+    path.write_text(
+        f"name: tiny\nmodel: {model}\ndomains: [{', '.join(DOMAINS)}]\nseeds: [0, 1]\ndevice: cpu\n"
+        f"data: {{max_length: {d['max_length']}, train_size: {d['train_size']}, "
+        f"validation_size: {d['validation_size']}, test_size: {d['test_size']}}}\n"
+        "train: {learning_rate: 1.0e-2, batch_size: 3}\neval: {batch_size: 3}\n"
+        "methods: [sum, ties, magnitude_prune]\nmethod_params: {ties: {density: 0.5}, magnitude_prune: {density: 1.0}}\n"
+    )
+    return path
