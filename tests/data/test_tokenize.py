@@ -193,3 +193,21 @@ def test_sliding_windows_rejects_bad_stride():
     for stride in (0, 4, 5):
         with pytest.raises(ValueError, match="stride"):
             sliding_windows(e, 4, stride)
+
+
+@pytest.mark.parametrize("loss_on", ["answer", "all"])
+@pytest.mark.parametrize("max_length", [None, 64, 12])
+def test_batched_encoding_equals_one_record_at_a_time(tiny_tokenizer, loss_on, max_length):
+    from lorasum.data.tokenize import encode_records
+
+    recs = [Record(id=f"r{i}", domain="d", question=q, answer=a, context=c) for i, (q, a, c) in enumerate([
+        ("what is the dose ?", "the dose is 5", ""),
+        ("how many apples are left ?", "10 apples are left each day", "the cat and the dog eat 2 apples " * 3),
+        ("which stock ?", "the bond", "the market price"),
+        ("is the sun red ?", "no", ""),
+    ])]
+    together = encode_records(tiny_tokenizer, recs, max_length, loss_on=loss_on)
+    alone = [encode_records(tiny_tokenizer, [r], max_length, loss_on=loss_on)[0] for r in recs]
+    assert together == alone
+    assert any(e.truncated for e in together) == (max_length == 12)
+    assert encode_records(tiny_tokenizer, [], 64) == []

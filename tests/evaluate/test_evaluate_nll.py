@@ -226,3 +226,30 @@ def test_length_batches_respect_both_limits():
         for b in batches:
             assert len(b) <= batch_size
             assert len(b) == 1 or max_tokens is None or len(b) * max(lengths[i] for i in b) <= max_tokens
+
+
+def test_score_of_pre_tokenised_examples_equals_perplexity(tiny_tokenizer, tiny_gpt2):
+    from lorasum.evaluate import encode_for_eval, score
+
+    recs = records(12)
+    want = perplexity(tiny_gpt2, tiny_tokenizer, recs, max_length=20, stride=7, batch_size=5)
+    examples = encode_for_eval(tiny_tokenizer, recs, max_length=20, stride=7)
+    assert len(examples) > len(recs)  # cut into windows
+    got = score(tiny_gpt2, examples, pad_token_id=tiny_tokenizer.pad_token_id, n_examples=len(recs), batch_size=3)
+    assert (got.n_tokens, got.n_examples) == (want.n_tokens, want.n_examples)
+    assert got.nll_sum == pytest.approx(want.nll_sum, rel=1e-6)
+    assert score(tiny_gpt2, examples, pad_token_id=0).n_examples == len(examples)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_fast_attention_leaves_out_cudnn_on_cuda():
+    from torch.nn.attention import SDPBackend
+
+    from lorasum.evaluate import fast_attention
+    from lorasum.evaluate.nll import _SDPA_BACKENDS
+
+    with fast_attention(torch.device("cuda")):
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()
+        assert torch.get_autocast_dtype("cuda") == torch.bfloat16
+    assert SDPBackend.CUDNN_ATTENTION not in _SDPA_BACKENDS

@@ -8,15 +8,18 @@ DOMAINS = ["math", "medicine", "finance"]
 DATA = {"max_length": 48, "train_size": 6, "validation_size": 2, "test_size": 3}
 
 
-def write_config(tmp: Path, model: Path, **data) -> Path:
-    """The tiny experiment config (``data`` overrides keys of :data:`DATA`); one file per test_size."""
+def write_config(tmp: Path, model: Path, eval: str = "{batch_size: 3}", **data) -> Path:
+    """The tiny experiment config (``data`` overrides keys of :data:`DATA`, ``eval`` is the eval section
+    in YAML flow style); one file per test_size and eval section."""
     d = DATA | data
-    path = tmp / f"tiny-{d['test_size']}.yaml"
+    tag = "" if eval == "{batch_size: 3}" else "-" + "".join(c for c in eval if c.isalnum())
+    path = tmp / f"tiny-{d['test_size']}{tag}.yaml"
     path.write_text(
         f"name: tiny\nmodel: {model}\ndomains: [{', '.join(DOMAINS)}]\nseeds: [0, 1]\ndevice: cpu\n"
         f"data: {{max_length: {d['max_length']}, train_size: {d['train_size']}, "
         f"validation_size: {d['validation_size']}, test_size: {d['test_size']}}}\n"
-        "train: {learning_rate: 1.0e-2, batch_size: 3}\neval: {batch_size: 3}\n"
+        "train: {learning_rate: 1.0e-2, batch_size: 3}\n"
+        f"eval: {eval}\n"
         "methods: [sum, ties, magnitude_prune]\nmethod_params: {ties: {density: 0.5}, magnitude_prune: {density: 1.0}}\n"
     )
     return path

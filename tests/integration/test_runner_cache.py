@@ -185,3 +185,30 @@ def test_interrupted_run_redoes_only_the_missing_pieces(run):
 
     again = load_results(out / "results.json")
     assert again["combinations"] == res["combinations"] and again["compositions"] == res["compositions"]
+
+
+def test_eval_scoring_options_reach_the_evaluations_and_their_cache_keys(run, env):
+    """eval.loss_on / eval.stride change the numbers, so they rerun the evaluations (not the training);
+    eval.batch_size does not change them, so it reuses the cache."""
+    from lorasum.evaluate import perplexity
+
+    out = run["tmp"] / "loss-on-all"
+    shutil.copytree(run["out"], out)
+    adapters, evals = _adapter_files(out), _cache_files(out, "evals")
+    cfg = write_config(run["tmp"], run["model"], eval="{batch_size: 2, loss_on: all, stride: 16}")
+    assert main(["reproduce", "-q", "--config", str(cfg), "--out", str(out)]) == 0
+    assert _adapter_files(out) == adapters, "no adapter may be retrained"
+    new_evals = _cache_files(out, "evals")
+    assert len(new_evals) == 2 * len(evals) and all(new_evals[k] == t for k, t in evals.items())
+    from lorasum.report import load_results
+
+    res = load_results(out / "results.json")
+    model, tok, tests = env
+    for dom in DOMAINS:
+        want = perplexity(model, tok, tests[dom], max_length=DATA["max_length"], loss_on="all", stride=16)
+        got = _row(res, "base", 0, dom)
+        assert got["n_tokens"] == want.n_tokens > _row(run["results"], "base", 0, dom)["n_tokens"]
+        assert got["ppl"] == pytest.approx(want.ppl, rel=1e-5)
+    same = write_config(run["tmp"], run["model"], eval="{batch_size: 1, loss_on: all, stride: 16}")
+    assert main(["reproduce", "-q", "--config", str(same), "--out", str(out)]) == 0
+    assert _cache_files(out, "evals") == new_evals, "batch size alone must not rerun an evaluation"

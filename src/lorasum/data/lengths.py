@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from lorasum.data.records import Record
-from lorasum.data.tokenize import encode_record
+from lorasum.data.tokenize import encode_records
 from lorasum.errors import ConfigError
 
 __all__ = ["PERCENTILES", "token_lengths", "length_summary", "drop_long_records", "describe_domain"]
@@ -24,7 +24,7 @@ PERCENTILES = (50, 90, 99)
 
 def token_lengths(records: Sequence[Record], tokenizer: Any) -> list[int]:
     """Untruncated token count of each record (``len(encode_record(tokenizer, r, None).input_ids)``)."""
-    return [len(encode_record(tokenizer, r, None).input_ids) for r in records]
+    return [len(e.input_ids) for e in encode_records(tokenizer, records, None)]
 
 
 def length_summary(lengths: Sequence[int], max_length: int | None = None) -> dict[str, float | int | None]:
@@ -63,7 +63,7 @@ def drop_long_records(
     """
     if max_length <= 0:
         raise ConfigError(f"max_length must be positive, got {max_length}")
-    kept = [r for r in records if not encode_record(tokenizer, r, max_length).truncated]
+    kept = [r for r, e in zip(records, encode_records(tokenizer, records, max_length)) if not e.truncated]
     return kept, {"input": len(records), "too_long": len(records) - len(kept), "output": len(kept)}
 
 

@@ -34,7 +34,10 @@ import torch
 
 from lorasum.data.records import Record
 
-__all__ = ["format_prompt", "Encoded", "encode_record", "collate", "sliding_windows", "IGNORE_INDEX", "LossOn"]
+__all__ = [
+    "format_prompt", "Encoded", "encode_record", "encode_records", "collate", "sliding_windows", "IGNORE_INDEX",
+    "LossOn",
+]
 
 #: Which tokens carry the loss: the answer (and eos) only, or every token of the example.
 LossOn = Literal["answer", "all"]
@@ -95,17 +98,46 @@ def encode_record(
         ValueError: ``max_length`` leaves no room for one question and one answer token,
             ``add_eos`` is set and the tokenizer has no eos token, or ``loss_on`` is unknown.
     """
+    return encode_records(tokenizer, [record], max_length, add_eos=add_eos, loss_on=loss_on)[0]
+
+
+def encode_records(
+    tokenizer, records: list[Record], max_length: int | None, add_eos: bool = True, loss_on: LossOn = "answer"
+) -> list[Encoded]:
+    """:func:`encode_record` of each record, with one batched tokenizer call per text field.
+
+    Identical to ``[encode_record(tokenizer, r, ...) for r in records]`` (tested), but a fast
+    tokenizer encodes each list of texts in one call (in parallel, in Rust), which is several
+    times faster on large evaluation sets.
+
+    Raises:
+        ValueError: as :func:`encode_record`.
+    """
     if loss_on not in ("answer", "all"):
         raise ValueError(f"loss_on must be 'answer' or 'all', not {loss_on!r}")
+    if add_eos and tokenizer.eos_token_id is None:
+        raise ValueError("tokenizer has no eos token; pass add_eos=False")
+    if not records:
+        return []
     prefix, suffix = _special_wrap(tokenizer, "Question: x\nAnswer:")
-    context = tokenizer(record.context, add_special_tokens=False)["input_ids"] if record.context else []
-    question = tokenizer(_question_part(record), add_special_tokens=False)["input_ids"]
-    answer = tokenizer(" " + record.answer, add_special_tokens=False)["input_ids"]
-    if add_eos:
-        if tokenizer.eos_token_id is None:
-            raise ValueError("tokenizer has no eos token; pass add_eos=False")
-        answer = answer + [tokenizer.eos_token_id]
+    eos = [tokenizer.eos_token_id] if add_eos else []
 
+    def ids(texts: list[str]) -> list[list[int]]:
+        return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+    with_context = [i for i, r in enumerate(records) if r.context]
+    contexts: list[list[int]] = [[] for _ in records]
+    for i, c in zip(with_context, ids([records[i].context for i in with_context]) if with_context else []):
+        contexts[i] = c
+    questions = ids([_question_part(r) for r in records])
+    answers = ids([" " + r.answer for r in records])
+    return [_assemble(prefix, suffix, c, q, a + eos, max_length, loss_on)
+            for c, q, a in zip(contexts, questions, answers)]
+
+
+def _assemble(prefix: list[int], suffix: list[int], context: list[int], question: list[int], answer: list[int],
+              max_length: int | None, loss_on: LossOn) -> Encoded:
+    """Lay out and cut one example (the module docstring's order); ``answer`` includes the eos."""
     fixed = len(prefix) + len(suffix)
     if max_length is None:
         max_length = fixed + len(context) + len(question) + len(answer)

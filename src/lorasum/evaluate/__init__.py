@@ -1,5 +1,14 @@
 """Evaluation: answer-token NLL and perplexity (see :mod:`lorasum.evaluate.nll`)."""
 
-from lorasum.evaluate.nll import Perplexity, answer_token_nll, autocast_for, perplexity
+from lorasum.evaluate.nll import (
+    Perplexity,
+    answer_token_nll,
+    autocast_for,
+    encode_for_eval,
+    fast_attention,
+    perplexity,
+    score,
+)
 
-__all__ = ["Perplexity", "perplexity", "answer_token_nll", "autocast_for"]
+__all__ = ["Perplexity", "perplexity", "score", "encode_for_eval", "answer_token_nll", "autocast_for",
+           "fast_attention"]

@@ -24,12 +24,15 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 
 from lorasum.data.records import Record
-from lorasum.data.tokenize import IGNORE_INDEX, Encoded, LossOn, collate, encode_record, sliding_windows
+from lorasum.data.tokenize import IGNORE_INDEX, Encoded, LossOn, collate, encode_records, sliding_windows
 
-__all__ = ["Perplexity", "perplexity", "answer_token_nll", "autocast_for", "encode_for_eval"]
+__all__ = [
+    "Perplexity", "perplexity", "score", "answer_token_nll", "autocast_for", "fast_attention", "encode_for_eval",
+]
 
 # config attributes of architectures whose logits are not just lm_head(hidden);
 # for these the full forward pass is used
@@ -59,6 +62,29 @@ def autocast_for(device: torch.device) -> contextlib.AbstractContextManager:
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+#: SDPA backends used on CUDA: every one but cuDNN, in PyTorch's order.
+_SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
+@contextlib.contextmanager
+def fast_attention(device: torch.device) -> Iterator[None]:
+    """bfloat16 autocast (:func:`autocast_for`) plus, on CUDA, SDPA without the cuDNN backend.
+
+    cuDNN attention (PyTorch's first choice on Hopper for bf16 with a mask) builds an execution
+    plan for every new (batch, length) shape: about 0.1 s per shape measured on an H200 (0.4 s
+    forward + 0.55 s backward reported on a B200, modelscope/FunASR#3704). Length-grouped
+    evaluation batches and packed training rows have many shapes, so that cost dominated:
+    perplexity ran at 80k tokens/s with it and over 5x faster without (BENCHMARKS.md).
+    Flash or memory-efficient attention give the same values (up to bf16 rounding).
+    """
+    with autocast_for(device):
+        if device.type == "cuda":
+            with sdpa_kernel(_SDPA_BACKENDS):
+                yield
+        else:
+            yield
 
 
 def _scored_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,7 +137,7 @@ def answer_token_nll(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> 
     flat, targets = _to(flat, device), _to(targets, device)
     inner = _unwrap(model)
     parts = _split_head(inner)
-    with autocast_for(device):
+    with fast_attention(device):
         if parts is None:  # generic path: full logits (B, T, V)
             logits = inner(**inputs).logits
             logits = logits.flatten(0, 1).index_select(0, flat)
@@ -191,9 +217,9 @@ def encode_for_eval(
             :func:`~lorasum.data.tokenize.sliding_windows`.
     """
     if stride is None:
-        return [encode_record(tokenizer, r, max_length, loss_on=loss_on) for r in records]
-    return [w for r in records for w in sliding_windows(encode_record(tokenizer, r, None, loss_on=loss_on),
-                                                        max_length, stride)]
+        return encode_records(tokenizer, records, max_length, loss_on=loss_on)
+    return [w for e in encode_records(tokenizer, records, None, loss_on=loss_on)
+            for w in sliding_windows(e, max_length, stride)]
 
 
 def perplexity(
@@ -228,24 +254,53 @@ def perplexity(
     Raises:
         ValueError: ``device`` differs from the model's device; ``stride`` not in ``[1, max_length)``.
     """
+    _check_device(model, device)
+    encoded = encode_for_eval(tokenizer, records, max_length=max_length, loss_on=loss_on, stride=stride)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return score(model, encoded, pad_token_id=pad_id, n_examples=len(records), batch_size=batch_size,
+                 max_tokens=max_tokens, progress=progress)
+
+
+def _check_device(model: torch.nn.Module, device: torch.device | str | None) -> None:
     model_device = next(model.parameters()).device
     wanted = torch.device(device) if device is not None else model_device
     if wanted.type != model_device.type or (wanted.index is not None and wanted.index != model_device.index):
         raise ValueError(f"perplexity: model is on {model_device}, not {device}; move it first")
-    encoded = encode_for_eval(tokenizer, records, max_length=max_length, loss_on=loss_on, stride=stride)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
+def score(
+    model: torch.nn.Module,
+    examples: list[Encoded],
+    *,
+    pad_token_id: int,
+    n_examples: int | None = None,
+    batch_size: int = 8,
+    max_tokens: int | None = None,
+    progress: bool = False,
+) -> Perplexity:
+    """Summed NLL of already tokenised examples (:func:`encode_for_eval`): the scoring half of
+    :func:`perplexity`, for callers that score the same examples with many models.
+
+    Args:
+        examples: token ids and labels (-100: not scored) of each example.
+        pad_token_id: id written in padded positions (they are masked; any id will do).
+        n_examples: reported as ``Perplexity.n_examples`` (default ``len(examples)``; pass the
+            number of records when they were cut into sliding windows).
+        batch_size, max_tokens: at most this many examples and padded tokens per batch.
+    """
     was_training = model.training
     model.eval()
     sums: list[torch.Tensor] = []
     n_tokens = 0
     try:
         with torch.inference_mode():
-            batches = list(_length_batches([len(e.input_ids) for e in encoded], batch_size, max_tokens))
+            batches = list(_length_batches([len(e.input_ids) for e in examples], batch_size, max_tokens))
             for idx in tqdm(batches, desc="perplexity", unit="batch", disable=not progress, leave=False):
-                nll, n = answer_token_nll(model, collate([encoded[i] for i in idx], pad_id))
+                nll, n = answer_token_nll(model, collate([examples[i] for i in idx], pad_token_id))
                 sums.append(nll.double())  # summed on the device: no synchronisation per batch
                 n_tokens += n
             nll_sum = float(torch.stack(sums).sum()) if sums else 0.0
     finally:
         model.train(was_training)
-    return Perplexity(nll_sum=nll_sum, n_tokens=n_tokens, n_examples=len(records))
+    return Perplexity(nll_sum=nll_sum, n_tokens=n_tokens,
+                      n_examples=len(examples) if n_examples is None else n_examples)

@@ -156,6 +156,7 @@ class _Context:
         self.keys: dict[tuple[str, int], str] = {}  # (adapter name, seed) -> job key
         self.paths: dict[tuple[str, int], Path | None] = {}  # None: dense result, not stored
         self.jobs: dict[tuple[str, int], AdapterJob] = {}
+        self._encoded: dict[str, list] = {}  # domain -> tokenised test examples
 
     # -- adapters --------------------------------------------------------------------------
     def _train_key(self, job: AdapterJob) -> str:
@@ -240,8 +241,11 @@ class _Context:
     # -- evaluation ------------------------------------------------------------------------
     def _eval_key(self, job: EvalJob) -> str:
         model_key = "base" if job.kind == "base" else self.keys[(job.model, job.seed)]
+        ev = self.cfg.eval  # loss_on and stride change the number; batch_size and max_tokens do not
+        scoring = {} if (ev.loss_on, ev.stride) == ("answer", None) else {"loss_on": ev.loss_on, "stride": ev.stride}
         return sha256_json({"v": _KEY_VERSION, "model": [self.info.name, self.info.config_hash, model_key],
-                            "test": self.hashes[job.eval_domain]["test"], "max_length": self.cfg.data.max_length})
+                            "test": self.hashes[job.eval_domain]["test"], "max_length": self.cfg.data.max_length}
+                           | scoring)
 
     def run_evaluations(self, jobs: tuple[EvalJob, ...]) -> list[dict]:
         """Evaluate every job not in the cache; each model is put on once for all its missing domains."""
@@ -256,16 +260,28 @@ class _Context:
             rows += [self._eval_row(job, key, found[key]) for job, key in keyed]
         return rows
 
+    def _test_set(self, domain: str) -> list:
+        """The domain's test examples, tokenised once for all the models scored on them."""
+        from lorasum.evaluate import encode_for_eval
+
+        if domain not in self._encoded:
+            ev = self.cfg.eval
+            self._encoded[domain] = encode_for_eval(self.tokenizer, self.data[domain].test,
+                                                    max_length=self.cfg.data.max_length, loss_on=ev.loss_on,
+                                                    stride=ev.stride)
+        return self._encoded[domain]
+
     def _evaluate(self, todo: list[tuple[EvalJob, str]]) -> dict[str, dict]:
-        from lorasum.evaluate import perplexity
+        from lorasum.evaluate import score
 
         done = {}
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         with self._active(todo[0][0]) as model:
             for job, key in todo:
                 log.info("eval    %-40s seed %d on %s", job.model, job.seed, job.eval_domain)
-                p = perplexity(model, self.tokenizer, self.data[job.eval_domain].test,
-                               max_length=self.cfg.data.max_length, batch_size=self.cfg.eval.batch_size,
-                               progress=False)
+                p = score(model, self._test_set(job.eval_domain), pad_token_id=pad_id,
+                          n_examples=len(self.data[job.eval_domain].test), batch_size=self.cfg.eval.batch_size,
+                          max_tokens=self.cfg.eval.max_tokens)
                 done[key] = {"nll_sum": p.nll_sum, "n_tokens": p.n_tokens, "n_examples": p.n_examples}
                 self.cache.put("evals", key, done[key])
         return done

@@ -38,7 +38,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from lorasum.config import LoraSpec, TrainSpec
 from lorasum.data.records import Record
-from lorasum.data.tokenize import IGNORE_INDEX, Encoded, collate, encode_record
+from lorasum.data.tokenize import IGNORE_INDEX, Encoded, collate, encode_records
 from lorasum.errors import ConfigError, DataError
 from lorasum.evaluate.nll import answer_token_nll, perplexity
 from lorasum.train.packing import pack, packing_is_exact
@@ -273,7 +273,7 @@ def train_adapter(
         raise DataError(f"{out_dir}: no training records")
     _seed_everything(seed)
     config = _lora_config(lora, model_info)
-    encoded = [encode_record(tokenizer, r, max_length, loss_on=train.loss_on) for r in records]
+    encoded = encode_records(tokenizer, records, max_length, loss_on=train.loss_on)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
     was_training = model.training

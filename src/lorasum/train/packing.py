@@ -22,7 +22,7 @@ import weakref
 import torch
 
 from lorasum.data.tokenize import IGNORE_INDEX, Encoded
-from lorasum.evaluate.nll import autocast_for
+from lorasum.evaluate.nll import fast_attention
 
 __all__ = ["pack", "pack_rows", "packing_is_exact"]
 
@@ -109,7 +109,7 @@ def _probe(model: torch.nn.Module) -> bool:
     c = torch.randint(vocab, (5,), generator=gen)
     input_ids = torch.stack([torch.cat([a, c]), torch.cat([b, c])]).to(device)
     position_ids = torch.cat([torch.arange(6), torch.arange(5)]).expand(2, -1).to(device)
-    with autocast_for(device):
+    with fast_attention(device):
         logits = model(input_ids=input_ids, position_ids=position_ids, attention_mask=None, use_cache=False).logits
         alone = model(input_ids=input_ids[:1, 6:], use_cache=False).logits[0].float()
     logits = logits.float()
