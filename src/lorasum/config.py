@@ -171,6 +171,8 @@ class TrainSpec(_Strict):
     packing: bool = Field(True, description="pack examples into rows (exact: no attention or loss across examples)")
     pack_length: int = Field(1024, gt=8, description="tokens per packed row (at least the longest example)")
     compile: bool = Field(False, description="torch.compile the decoder layers (CUDA; pays off on long runs)")
+    checkpoint_every: int | None = Field(
+        200, gt=0, description="save a resumable checkpoint every N optimiser steps (None: only on SIGINT/SIGTERM)")
 
 
 class EvalSpec(_Strict):

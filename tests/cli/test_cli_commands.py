@@ -112,3 +112,37 @@ def test_bad_flag_value_exits_2(capsys):
     with pytest.raises(SystemExit) as e:
         main(["reproduce", "--config", "c.yaml", "--out", "x", "--seeds", "a,b"])
     assert e.value.code == 2
+
+
+def test_train_stopped_by_sigterm_resumes_to_the_same_adapter(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    import os
+    import signal
+
+    from safetensors.torch import load_file
+
+    import lorasum.train.loop as loop
+
+    if not os.environ.get("LORASUM_DATA_ROOT"):
+        pytest.skip("LORASUM_DATA_ROOT is not set")
+    argv = ["train", "-q", "--domain", "math", "--model", str(tiny_model_dir), "--lr", "1e-2", "--seed", "2",
+            "--max-steps", "5", *SMALL]
+    assert main([*argv, "--out", str(tmp_path / "ref")]) == 0
+    real, calls = loop.answer_token_nll, []
+
+    def kill_at_third(model, batch):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(model, batch)
+
+    monkeypatch.setattr(loop, "answer_token_nll", kill_at_third)
+    capsys.readouterr()
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 128 + signal.SIGTERM
+    err = capsys.readouterr().err.strip()
+    assert "SIGTERM after step 3 of 5" in err and "a.ckpt" in err and "--resume" in err and "Traceback" not in err
+    monkeypatch.undo()
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 2  # refuses to start over silently
+    assert "--resume" in capsys.readouterr().err
+    assert main([*argv, "--out", str(tmp_path / "a"), "--resume"]) == 0
+    ref, got = (load_file(str(tmp_path / d / "adapter_model.safetensors")) for d in ("ref", "a"))
+    assert ref.keys() == got.keys() and all(torch.allclose(ref[k], got[k], rtol=0, atol=1e-6) for k in ref)

@@ -2,7 +2,9 @@
 
 Exit codes: 0 success; 1 internal error (a bug: please report it with ``--debug``);
 2 user error (bad file, config, adapter or flag: one line naming the file and the
-problem); 130 interrupted. A file-system error that reaches this level with a file name
+problem); 130 interrupted; 128 + signal number (130 SIGINT, 143 SIGTERM) when training
+stopped on a signal after saving a checkpoint (continue with ``--resume``; ``reproduce``
+continues by itself). A file-system error that reaches this level with a file name
 (no space, no permission, missing file, symlink loop, folder where a file belongs) is a
 user error too. ``--allow-pickle`` lets loaders read pickle weight files
 (:func:`lorasum.storage.allow_pickle`).
@@ -19,6 +21,7 @@ import traceback
 from lorasum import __version__
 from lorasum.errors import UserError
 from lorasum.storage import allow_pickle
+from lorasum.train.checkpoint import TrainingInterrupted
 
 from . import compose as _compose
 from . import data as _data
@@ -87,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"lorasum: error: {e.filename}: {e.strerror or errno.errorcode.get(e.errno, e.errno)}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as e:
+        again = "run the same command with --resume" if args.command == "train" else "run the same command again"
+        print(f"lorasum: {e}; {again} to continue", file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         print("lorasum: interrupted", file=sys.stderr)
         return 130

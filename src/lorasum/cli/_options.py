@@ -47,6 +47,8 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=float, help="training epochs (default 1)")
     p.add_argument("--max-steps", type=int, help="optimizer steps; overrides --epochs")
     p.add_argument("--batch-size", type=int, help="examples per step (default 8)")
+    p.add_argument("--checkpoint-every", type=int, help="save a resumable checkpoint every N steps (default 200; "
+                   "one is always saved on SIGINT/SIGTERM)")
 
 
 def build_config(args: argparse.Namespace) -> ExperimentConfig:
@@ -64,7 +66,7 @@ def build_config(args: argparse.Namespace) -> ExperimentConfig:
         "lora": {"lora_r": "r", "lora_alpha": "lora_alpha", "lora_dropout": "lora_dropout",
                  "target_modules": "target_modules"},
         "train": {"learning_rate": "learning_rate", "epochs": "epochs", "max_steps": "max_steps",
-                  "batch_size": "batch_size"},
+                  "batch_size": "batch_size", "checkpoint_every": "checkpoint_every"},
     }
     for section, mapping in sections.items():
         target = raw[section] if section else raw

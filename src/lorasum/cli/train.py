@@ -19,7 +19,9 @@ def add_parser(sub, common) -> None:
     p.add_argument("--domain", required=True, type=csv_list, help="domain(s): math, medicine, finance, pubmedqa")
     p.add_argument("--out", required=True, help="adapter folder to create")
     p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out (and start over from step 0)")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in OUT.ckpt (left by an "
+                   "interrupted run with the same settings); without one, start from step 0")
     add_model_options(p)
     add_data_options(p)
     add_train_options(p)
@@ -41,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
             "data": {dd.name: {"content_hash": dd.content_hash, "sources": dd.sources} for dd in data}}
     res = train_adapter(model, tokenizer, records, lora=cfg.lora, train=cfg.train, seed=args.seed,
                         out_dir=args.out, max_length=_max_length(cfg, data), model_info=info, meta=meta,
-                        validation=validation or None, overwrite=args.overwrite, progress=not args.quiet)
+                        validation=validation or None, overwrite=args.overwrite, progress=not args.quiet,
+                        resume=args.resume)
     write_manifest(args.out, config=cfg.model_dump(mode="json") | {"domains": args.domain, "seed": args.seed},
                    inputs=_inputs(cfg, data), outputs=[Path(args.out)])
     val = f", validation loss {res.val_loss:.4f}" if res.val_loss is not None else ""

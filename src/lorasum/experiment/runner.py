@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import shutil
 import time
 from dataclasses import asdict
 from datetime import datetime, timezone
@@ -164,7 +165,7 @@ class _Context:
         return sha256_json({
             "v": _KEY_VERSION, "model": [self.info.name, self.info.config_hash], "seed": job.seed,
             "train_data": [self.hashes[dom]["train"] for dom in job.domains], "max_length": c.data.max_length,
-            "lora": c.lora.model_dump(mode="json"), "train": c.train.model_dump(mode="json"),
+            "lora": c.lora.model_dump(mode="json"), "train": c.train.model_dump(mode="json", exclude={"checkpoint_every"}),
         })
 
     def _params(self, job: AdapterJob) -> dict:
@@ -217,10 +218,20 @@ class _Context:
         meta = {"job_key": key, "domains": list(job.domains),
                 "data": {dom: {"content_hash": self.data[dom].content_hash, "train_hash": self.hashes[dom]["train"],
                                "sources": self.data[dom].sources} for dom in job.domains}}
-        res = train_adapter(self.model, self.tokenizer, records, lora=self.cfg.lora, train=self.cfg.train,
-                            seed=job.seed, out_dir=path, max_length=self.cfg.data.max_length,
-                            model_info=self.info, meta=meta, validation=validation or None,
-                            overwrite=True, progress=self.progress)
+        from lorasum.train.checkpoint import CheckpointError, checkpoint_dir
+
+        def train(resume: bool):
+            return train_adapter(self.model, self.tokenizer, records, lora=self.cfg.lora, train=self.cfg.train,
+                                 seed=job.seed, out_dir=path, max_length=self.cfg.data.max_length,
+                                 model_info=self.info, meta=meta, validation=validation or None,
+                                 overwrite=True, progress=self.progress, resume=resume)
+
+        try:  # an interrupted run left a checkpoint: continue it
+            res = train(resume=True)
+        except CheckpointError as e:  # the run folder is ours: a stale checkpoint (other settings) goes
+            log.warning("%s; training %s from the start", e, job.name)
+            shutil.rmtree(checkpoint_dir(path), ignore_errors=True)
+            res = train(resume=False)
         return {"steps": res.steps, "tokens": res.tokens, "seconds": round(res.seconds, 2),
                 "final_loss": res.final_loss, "val_loss": res.val_loss, "examples": len(records)}
 

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import logging
+import shutil
 import math
 import random
 import time
@@ -41,11 +43,23 @@ from lorasum.data.records import Record
 from lorasum.data.tokenize import IGNORE_INDEX, Encoded, collate, encode_records
 from lorasum.errors import ConfigError, DataError
 from lorasum.evaluate.nll import answer_token_nll, perplexity
+from lorasum.train.checkpoint import (
+    Checkpoint,
+    TrainingInterrupted,
+    checkpoint_dir,
+    fingerprint,
+    load_checkpoint,
+    prepare_checkpoint,
+    restore_checkpoint,
+    save_checkpoint,
+)
 from lorasum.train.packing import pack, packing_is_exact
 from lorasum.models import ModelInfo
 from lorasum.storage import atomic_dir, atomic_write_json, check_output
 
-__all__ = ["TrainResult", "train_adapter", "ADAPTER_META_FILE"]
+__all__ = ["TrainResult", "train_adapter", "ADAPTER_META_FILE", "TrainingInterrupted"]
+
+log = logging.getLogger("lorasum")
 
 #: lorasum's own metadata file inside an adapter folder.
 ADAPTER_META_FILE = "lorasum.json"
@@ -115,14 +129,17 @@ def _lora_config(lora: LoraSpec, model_info: ModelInfo) -> LoraConfig:
 
 
 def _batches(
-    encoded: list[Encoded], train: TrainSpec, seed: int, pad_id: int, packed: bool
+    encoded: list[Encoded], train: TrainSpec, seed: int, pad_id: int, packed: bool, skip: int = 0
 ) -> Iterator[list[tuple[dict[str, torch.Tensor], int]]]:
     """Endless optimiser steps: ``grad_accum`` micro-batches of (tensors, real tokens) each.
 
     The examples of a micro-batch are the same whether packed (:func:`lorasum.train.packing.pack`)
     or padded (:func:`lorasum.data.tokenize.collate`), so packing does not change the loss.
+    ``skip``: micro-batches of the stream to pass over first (those of steps already taken).
     """
     stream = _micro_batches(len(encoded), train.batch_size, torch.Generator().manual_seed(seed))
+    for _ in range(skip):
+        next(stream)
     while True:
         group = []
         for _ in range(train.grad_accum):
@@ -153,48 +170,131 @@ def _compiled(model: torch.nn.Module, enabled: bool) -> Iterator[None]:
             layer._compiled_call_impl = None  # nn.Module.compile's own slot: back to the eager forward
 
 
+@dataclass
+class _Checkpointing:
+    """Where and when :func:`_optimise` saves checkpoints, and the one to continue from."""
+
+    path: Path
+    every: int | None
+    fingerprint: str
+    resume_from: Checkpoint | None = None
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[dict[str, int]]:
+    """Turn the first SIGINT / SIGTERM into a request to stop after the current step.
+
+    Yields a dict that receives ``"signum"``; a second signal interrupts at once (the previous
+    handler runs). Outside the main thread (where handlers cannot be set) nothing is changed.
+    """
+    import signal
+    import threading
+
+    request: dict[str, int] = {}
+    if threading.current_thread() is not threading.main_thread():
+        yield request
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum, frame):
+        if "signum" in request:  # asked twice: stop now
+            prev = previous[signum]
+            if callable(prev):
+                prev(signum, frame)
+            raise KeyboardInterrupt
+        request["signum"] = signum
+        log.warning("%s received: stopping after this step and saving a checkpoint (again: stop at once)",
+                    signal.Signals(signum).name)
+
+    for sig in previous:
+        signal.signal(sig, handler)
+    try:
+        yield request
+    finally:
+        for sig, prev in previous.items():
+            signal.signal(sig, prev)
+
+
 def _optimise(
     peft_model: PeftModel, encoded: list[Encoded], train: TrainSpec, seed: int, pad_id: int, progress: bool,
-    packed: bool,
+    packed: bool, ckpt: _Checkpointing | None = None,
 ) -> tuple[list[float], int, float]:
     """The training loop. Returns (per-step losses, input tokens processed, seconds).
 
     Nothing in a step waits for the GPU (labels are counted on the CPU, losses stay on the
     device until the end), so the CPU prepares and launches step k+1 while the GPU runs step k.
+    With ``ckpt``, a checkpoint is saved every ``ckpt.every`` steps and when SIGINT / SIGTERM
+    arrives (then :class:`TrainingInterrupted` is raised), and ``ckpt.resume_from`` is
+    continued: its state is restored and its steps are skipped in the data stream.
     """
-    params = [p for p in peft_model.parameters() if p.requires_grad]
+    named = {n: p for n, p in peft_model.named_parameters() if p.requires_grad}
+    params = list(named.values())
     device = params[0].device
     optimizer = torch.optim.AdamW(
         params, lr=train.learning_rate, weight_decay=train.weight_decay, fused=device.type == "cuda"
     )
     total = _total_steps(len(encoded), train)
     scheduler = get_linear_schedule_with_warmup(optimizer, round(train.warmup_ratio * total), total)
-    steps = _batches(encoded, train, seed, pad_id, packed)
+    first, done_losses, tokens, before = 0, [], 0, 0.0
+    if ckpt is not None and ckpt.resume_from is not None:
+        saved = ckpt.resume_from
+        restore_checkpoint(saved, named, optimizer, scheduler)
+        first, done_losses, tokens, before = saved.step, saved.losses, saved.tokens, saved.seconds
+        log.info("resuming from %s at step %d of %d", saved.path, first, total)
+    steps = _batches(encoded, train, seed, pad_id, packed, skip=first * train.grad_accum)
     losses: list[torch.Tensor] = []
-    tokens = 0
     peft_model.train()  # LoRA dropout and the base model's own dropout on, as in HF Trainer
     start = time.perf_counter()
-    bar = tqdm(range(total), desc="train", unit="step", disable=not progress, leave=False)
-    for step in bar:
-        group = next(steps)
-        # token-weighted mean over the whole accumulation window
-        n_answer = max(1, sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b, _ in group))
-        step_nll = torch.zeros((), device=device)
-        for batch, n_real in group:
-            nll, _ = answer_token_nll(peft_model, batch)
-            (nll / n_answer).backward()
-            step_nll += nll.detach()
-            tokens += n_real
-        if train.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(params, train.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(step_nll / n_answer)
-        if progress and (step % 20 == 0 or step == total - 1):  # reading the loss waits for the GPU
-            bar.set_postfix(loss=f"{float(losses[-1]):.3f}", tok_s=f"{tokens / (time.perf_counter() - start):.0f}")
-    values = torch.stack(losses).tolist()  # waits for the last step
-    return values, tokens, time.perf_counter() - start
+
+    def elapsed() -> float:
+        return before + time.perf_counter() - start
+
+    def save(step_done: int) -> Path:
+        assert ckpt is not None
+        return save_checkpoint(ckpt.path, fingerprint=ckpt.fingerprint, step=step_done,
+                               losses=done_losses + torch.stack(losses).tolist() if losses else list(done_losses),
+                               tokens=tokens, seconds=elapsed(), trainable=named, optimizer=optimizer,
+                               scheduler=scheduler)
+
+    bar = tqdm(range(first, total), desc="train", unit="step", disable=not progress, leave=False,
+               initial=first, total=total)
+    with _stop_on_signals() if ckpt is not None else contextlib.nullcontext({}) as stop:
+        for step in bar:
+            group = next(steps)
+            # token-weighted mean over the whole accumulation window
+            n_answer = max(1, sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b, _ in group))
+            step_nll = torch.zeros((), device=device)
+            for batch, n_real in group:
+                nll, _ = answer_token_nll(peft_model, batch)
+                (nll / n_answer).backward()
+                step_nll += nll.detach()
+                tokens += n_real
+            if train.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params, train.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(step_nll / n_answer)
+            if progress and (step % 20 == 0 or step == total - 1):  # reading the loss waits for the GPU
+                bar.set_postfix(loss=f"{float(losses[-1]):.3f}", tok_s=f"{tokens / elapsed():.0f}")
+            if step + 1 < total and "signum" in stop:
+                raise TrainingInterrupted(stop["signum"], step + 1, total, save(step + 1))
+            if ckpt is not None and ckpt.every and (step + 1) % ckpt.every == 0 and step + 1 < total:
+                save(step + 1)
+    values = done_losses + (torch.stack(losses).tolist() if losses else [])  # waits for the last step
+    return values, tokens, elapsed()
+
+
+def _examples_hash(encoded: list[Encoded]) -> str:
+    """SHA-256 of the token ids and labels of the training examples, in order."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for e in encoded:
+        h.update(np.asarray(e.input_ids, dtype=np.int64).tobytes())
+        h.update(np.asarray(e.labels, dtype=np.int64).tobytes())
+        h.update(b"|")
+    return h.hexdigest()
 
 
 def _versions() -> dict[str, str]:
@@ -253,6 +353,7 @@ def train_adapter(
     validation: list[Record] | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    resume: bool = False,
 ) -> TrainResult:
     """Train one LoRA adapter on ``records`` and save it to ``out_dir``.
 
@@ -263,18 +364,35 @@ def train_adapter(
     error) the LoRA layers are removed and ``model`` is the unchanged base model, with its
     ``requires_grad`` flags and train/eval mode restored.
 
+    Checkpoints (:mod:`lorasum.train.checkpoint`) go to ``<out_dir>.ckpt``: every
+    ``train.checkpoint_every`` steps and when SIGINT or SIGTERM arrives (training then stops
+    after the current step and :class:`TrainingInterrupted` is raised). With ``resume``, an
+    existing checkpoint of the same run is continued, and the adapter equals that of an
+    uninterrupted run (bit for bit on the CPU; tested to 1e-6). The checkpoint is removed
+    once the adapter is saved.
+
     Raises:
-        OutputExistsError: ``out_dir`` exists and ``overwrite`` is False (checked before training).
+        OutputExistsError: ``out_dir`` exists and ``overwrite`` is False (checked before training);
+            a checkpoint exists and neither ``resume`` nor ``overwrite`` is set.
+        CheckpointError: ``resume`` and the checkpoint is unreadable or from another run.
+        TrainingInterrupted: SIGINT / SIGTERM arrived (the checkpoint is saved).
         DataError: ``records`` is empty.
         ConfigError: no target modules, or target modules not found in the model.
     """
     out_dir = check_output(out_dir, overwrite)
     if not records:
         raise DataError(f"{out_dir}: no training records")
+    ckpt_path = checkpoint_dir(out_dir)
+    continuing = prepare_checkpoint(ckpt_path, resume=resume, overwrite=overwrite)
     _seed_everything(seed)
     config = _lora_config(lora, model_info)
     encoded = encode_records(tokenizer, records, max_length, loss_on=train.loss_on)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    run_id = fingerprint(model=[model_info.name, model_info.config_hash], examples=_examples_hash(encoded),
+                         lora=lora.model_dump(mode="json"), train=train.model_dump(mode="json",
+                         exclude={"checkpoint_every"}), seed=seed, max_length=max_length)
+    ckpt = _Checkpointing(ckpt_path, train.checkpoint_every, run_id,
+                          load_checkpoint(ckpt_path, run_id) if continuing else None)
     requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
     was_training = model.training
     try:
@@ -284,7 +402,7 @@ def train_adapter(
     try:
         packed = train.packing and packing_is_exact(model)
         with _compiled(model, train.compile and next(model.parameters()).is_cuda):
-            losses, tokens, seconds = _optimise(peft_model, encoded, train, seed, pad_id, progress, packed)
+            losses, tokens, seconds = _optimise(peft_model, encoded, train, seed, pad_id, progress, packed, ckpt)
         val_loss = None
         if validation:
             val_loss = perplexity(peft_model, tokenizer, validation, max_length=max_length,
@@ -299,6 +417,7 @@ def train_adapter(
             peft_model.peft_config["default"].base_model_name_or_path = model_info.name
             peft_model.save_pretrained(tmp, save_embedding_layers=False)
             atomic_write_json(tmp / ADAPTER_META_FILE, info)
+        shutil.rmtree(ckpt_path, ignore_errors=True)  # the adapter is safe: the checkpoint has served
     finally:
         peft_model.unload()  # removes the LoRA layers from the caller's model
         for name, p in model.named_parameters():

@@ -1,0 +1,164 @@
+"""Checkpoints and --resume: a run stopped at step k and resumed ends with the same adapter as a run
+that was never stopped (issue 7: 1e-6; on the CPU it is bit for bit)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import lorasum.train.loop as loop
+from lorasum.config import LoraSpec, TrainSpec
+from lorasum.data.records import Record
+from lorasum.errors import OutputExistsError
+from lorasum.models import describe_model
+from lorasum.train import train_adapter
+from lorasum.train.checkpoint import CheckpointError, TrainingInterrupted, checkpoint_dir
+
+RECORDS = [Record(id=f"r{i}", domain="d", question=q, answer=a, context=c) for i, (q, a, c) in enumerate([
+    ("what is the dose ?", "the dose is 5", ""), ("is the sun red ?", "no the sun is not red", ""),
+    ("which drug ?", "the red drug", "the patient with heart disease"), ("what is 2 plus 2 ?", "4", ""),
+    ("how many apples are left ?", "10 apples are left", "the cat eat 2 apples"), ("which stock ?", "the bond", ""),
+    ("what is the rate ?", "the rate is 6 %", "the market price of the bond"), ("what is the total ?", "12", ""),
+] * 2)]
+# dropout on, warm-up and decay, accumulation, clipping: every piece of state matters
+LORA = LoraSpec(r=4, lora_alpha=16, lora_dropout=0.2)
+TRAIN = TrainSpec(learning_rate=5e-3, batch_size=3, grad_accum=2, max_steps=9, warmup_ratio=0.2, checkpoint_every=None)
+
+
+def _train(model, tok, out, train=TRAIN, **kw):
+    return train_adapter(model, tok, RECORDS, lora=LORA, train=train, seed=3, out_dir=out, max_length=40,
+                         model_info=describe_model(model, name="tiny", source="in-memory"), progress=False, **kw)
+
+
+def _weights(folder):
+    return load_file(str(folder / "adapter_model.safetensors"))
+
+
+def _assert_same_adapter(a, b):
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys() and len(wa) > 0
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], rtol=0, atol=1e-6), k
+    la = json.loads((a / "lorasum.json").read_text())
+    lb = json.loads((b / "lorasum.json").read_text())
+    assert la["losses"] == pytest.approx(lb["losses"], rel=1e-6) and la["steps"] == lb["steps"] == TRAIN.max_steps
+    assert la["tokens"] == lb["tokens"]
+
+
+def _stop_at_call(monkeypatch, n, action):
+    """Call ``action()`` at the n-th forward pass of training (micro-batch n, 1-based)."""
+    real = loop.answer_token_nll
+    calls = {"n": 0}
+
+    def wrapped(model, batch):
+        calls["n"] += 1
+        if calls["n"] == n:
+            action()
+        return real(model, batch)
+
+    monkeypatch.setattr(loop, "answer_token_nll", wrapped)
+    return calls
+
+
+@pytest.fixture(params=["tiny_gpt2", "tiny_llama"])
+def model(request):
+    return request.getfixturevalue(request.param)
+
+
+@pytest.fixture
+def reference(model, tiny_tokenizer, tmp_path):
+    return _train(model, tiny_tokenizer, tmp_path / "uninterrupted")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_saves_a_checkpoint_and_resume_gives_the_same_adapter(model, tiny_tokenizer, tmp_path, reference,
+                                                                      monkeypatch, sig):
+    out = tmp_path / "stopped"
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    _stop_at_call(monkeypatch, 8, lambda: os.kill(os.getpid(), sig))  # during step 4 (2 micro-batches a step)
+    with pytest.raises(TrainingInterrupted) as info:
+        _train(model, tiny_tokenizer, out)
+    assert (info.value.signum, info.value.step, info.value.total) == (sig, 4, 9)
+    assert not out.exists() and checkpoint_dir(out).is_dir()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    state = json.loads((checkpoint_dir(out) / "state.json").read_text())
+    assert state["step"] == 4 and len(state["losses"]) == 4
+    monkeypatch.undo()
+    res = _train(model, tiny_tokenizer, out, resume=True)
+    assert res.steps == 9 and not checkpoint_dir(out).exists()  # removed once the adapter is saved
+    _assert_same_adapter(out, reference.out_dir)
+
+
+def test_periodic_checkpoint_survives_a_crash(model, tiny_tokenizer, tmp_path, reference, monkeypatch):
+    out = tmp_path / "crashed"
+    train = TRAIN.model_copy(update={"checkpoint_every": 3})
+
+    def crash():
+        raise RuntimeError("power cut")
+
+    _stop_at_call(monkeypatch, 15, crash)  # during step 8: the last checkpoint is after step 6
+    with pytest.raises(RuntimeError, match="power cut"):
+        _train(model, tiny_tokenizer, out, train=train)
+    assert json.loads((checkpoint_dir(out) / "state.json").read_text())["step"] == 6
+    monkeypatch.undo()
+    calls = _stop_at_call(monkeypatch, 10**9, lambda: None)
+    _train(model, tiny_tokenizer, out, train=train, resume=True)
+    assert calls["n"] == 2 * (9 - 6)  # only the missing steps ran
+    _assert_same_adapter(out, reference.out_dir)
+
+
+def test_resume_without_checkpoint_starts_from_step_zero(model, tiny_tokenizer, tmp_path, reference):
+    _train(model, tiny_tokenizer, tmp_path / "fresh", resume=True)
+    _assert_same_adapter(tmp_path / "fresh", reference.out_dir)
+
+
+def test_checkpoint_is_not_silently_ignored_or_misused(tiny_gpt2, tiny_tokenizer, tmp_path, monkeypatch):
+    out = tmp_path / "a"
+    _stop_at_call(monkeypatch, 3, lambda: os.kill(os.getpid(), signal.SIGINT))
+    with pytest.raises(TrainingInterrupted):
+        _train(tiny_gpt2, tiny_tokenizer, out)
+    monkeypatch.undo()
+    with pytest.raises(OutputExistsError, match=r"a\.ckpt.*--resume"):
+        _train(tiny_gpt2, tiny_tokenizer, out)  # neither --resume nor --overwrite
+    other = TRAIN.model_copy(update={"learning_rate": 1e-3})
+    with pytest.raises(CheckpointError, match="other settings"):
+        _train(tiny_gpt2, tiny_tokenizer, out, train=other, resume=True)
+    # checkpoint_every does not change the adapter, so it may differ between the two runs
+    _train(tiny_gpt2, tiny_tokenizer, out, train=TRAIN.model_copy(update={"checkpoint_every": 2}), resume=True)
+    assert out.is_dir() and not checkpoint_dir(out).exists()
+
+
+def test_overwrite_discards_the_checkpoint(tiny_gpt2, tiny_tokenizer, tmp_path, monkeypatch):
+    out = tmp_path / "a"
+    _stop_at_call(monkeypatch, 3, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    with pytest.raises(TrainingInterrupted):
+        _train(tiny_gpt2, tiny_tokenizer, out)
+    monkeypatch.undo()
+    calls = _stop_at_call(monkeypatch, 10**9, lambda: None)
+    _train(tiny_gpt2, tiny_tokenizer, out, overwrite=True)
+    assert calls["n"] == 2 * 9 and not checkpoint_dir(out).exists()
+
+
+@pytest.mark.parametrize("damage", ["state", "tensors", "missing"])
+def test_damaged_checkpoint_gives_one_clear_error(tiny_gpt2, tiny_tokenizer, tmp_path, monkeypatch, damage):
+    out = tmp_path / "a"
+    _stop_at_call(monkeypatch, 3, lambda: os.kill(os.getpid(), signal.SIGINT))
+    with pytest.raises(TrainingInterrupted):
+        _train(tiny_gpt2, tiny_tokenizer, out)
+    monkeypatch.undo()
+    ckpt = checkpoint_dir(out)
+    if damage == "state":
+        (ckpt / "state.json").write_text("{not json")
+    elif damage == "tensors":
+        (ckpt / "optimizer.safetensors").write_bytes(b"\x00" * 7)
+    else:
+        (ckpt / "trainable.safetensors").unlink()
+    with pytest.raises(CheckpointError, match=r"a\.ckpt.*(unreadable|not a lorasum)"):
+        _train(tiny_gpt2, tiny_tokenizer, out, resume=True)
