@@ -59,6 +59,12 @@ custom_domains:
                               "format": "tabular", "split": "all"}]
     assert load_domain("legal", fake_root, split_seed=2, custom_domains=cfg.custom_domains).content_hash == \
         legal.content_hash
+    # the template travels with every record (to tokenisation), and is part of the data's identity
+    assert {r.prompt_template for r in legal.train + legal.validation + legal.test} == {legal.prompt_template}
+    assert {r.prompt_template for r in data["math"].train} == {None}
+    plain = {"legal": cfg.custom_domains["legal"].model_copy(update={"prompt_template": None})}
+    other = load_domain("legal", fake_root, split_seed=2, custom_domains=plain)
+    assert [r.id for r in other.train] == [r.id for r in legal.train] and other.content_hash != legal.content_hash
 
 
 def test_train_and_test_roles(fake_root):

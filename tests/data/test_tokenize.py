@@ -211,3 +211,33 @@ def test_batched_encoding_equals_one_record_at_a_time(tiny_tokenizer, loss_on, m
     assert together == alone
     assert any(e.truncated for e in together) == (max_length == 12)
     assert encode_records(tiny_tokenizer, [], 64) == []
+
+
+@pytest.mark.parametrize("template,context,want", [
+    ("{context}\n\nQ: {question}\nA:", "the cat", "the cat\n\nQ: is the sun red ?\nA:"),
+    ("Q: {question} A:", "the cat", "Q: is the sun red ? A:"),  # no {context}: the context is not shown
+    ("[{{note}}] {context} | {question} =>", "", "[{note}]  | is the sun red ? =>"),  # literal braces
+])
+def test_domain_prompt_template_is_used_for_the_prompt(tiny_tokenizer, template, context, want):
+    from dataclasses import replace
+
+    rec = Record(id="r", domain="d", question="is the sun red ?", answer="no", context=context,
+                 prompt_template=template)
+    assert format_prompt(rec) == want
+    e = encode_record(tiny_tokenizer, rec, None)
+    n_prompt = sum(1 for t in e.labels if t == -100)
+    prompt_ids = tiny_tokenizer(want)["input_ids"]  # the template's text, tokenised as one piece
+    assert e.input_ids[:n_prompt] == prompt_ids or tiny_tokenizer.decode(e.input_ids[:n_prompt]) == \
+        tiny_tokenizer.decode(prompt_ids)
+    builtin = encode_record(tiny_tokenizer, replace(rec, prompt_template=None), None)
+    assert builtin.input_ids[n_prompt:] != [] and e.input_ids[n_prompt:] == builtin.input_ids[-len(e.input_ids[n_prompt:]):]
+
+
+def test_domain_prompt_template_context_is_cut_first(tiny_tokenizer):
+    rec = Record(id="r", domain="d", question="is the sun red ?", answer="no the sun is blue",
+                 context="the cat and the dog eat 2 apples " * 4, prompt_template="{context}\nQ: {question}\nA:")
+    full = encode_record(tiny_tokenizer, rec, None)
+    cut = encode_record(tiny_tokenizer, rec, len(full.input_ids) - 5)
+    assert cut.truncated and len(cut.input_ids) == len(full.input_ids) - 5
+    assert cut.labels[-6:] == full.labels[-6:]  # the answer is whole
+    assert tiny_tokenizer.decode(cut.input_ids).endswith(tiny_tokenizer.decode(full.input_ids[-12:]))

@@ -134,6 +134,15 @@ def test_every_number_carries_provenance(run):
     assert (report / "layer_cosines.png").is_file() and (report / "layer_cosines_math+medicine.png").is_file()
     md = (report / "report.md").read_text(encoding="utf-8")
     assert "merged(math+medicine) + finance" in md and "Composition methods" in md
+    import hashlib
+    import json
+
+    manifest = json.loads((run["out"] / "manifest.json").read_text(encoding="utf-8"))
+    outputs = {o["path"]: o for o in manifest["outputs"]}
+    assert set(outputs) == {"results.json", "report", "adapters"}
+    assert outputs["results.json"]["sha256"] == hashlib.sha256((run["out"] / "results.json").read_bytes()).hexdigest()
+    assert {k.split("/")[1] for k in manifest["inputs"]} == set(DOMAINS)
+    assert manifest["config"]["seeds"] == [0, 1] and manifest["packages"]["torch"]
 
 
 def _adapter_files(out: Path) -> dict[Path, int]:

@@ -21,7 +21,7 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -116,11 +116,15 @@ def domain_spec(name: str, custom_domains: Mapping[str, DomainSpec] | None = Non
 
 
 def content_hash(train: list[Record], validation: list[Record], test: list[Record]) -> str:
-    """sha256 over ``[split, id, question, context, answer]`` JSON lines of the three splits, in order."""
+    """sha256 over ``[split, id, question, context, answer]`` JSON lines of the three splits, in order
+    (with the prompt template appended to a record's line when it has its own)."""
     h = hashlib.sha256()
     for split, recs in (("train", train), ("validation", validation), ("test", test)):
         for r in recs:
-            h.update(json.dumps([split, r.id, r.question, r.context, r.answer], ensure_ascii=False).encode())
+            line = [split, r.id, r.question, r.context, r.answer]
+            if r.prompt_template is not None:
+                line.append(r.prompt_template)
+            h.update(json.dumps(line, ensure_ascii=False).encode())
             h.update(b"\n")
     return h.hexdigest()
 
@@ -231,6 +235,8 @@ def load_domain_spec(
         merge_stats(stats, loaded.stats)
     stats.pop("records", None)
     stats["loaded"] = sum(len(recs) for _, recs in parts)
+    if spec.prompt_template is not None:  # the records carry their domain's layout into tokenisation
+        parts = [(role, [replace(r, prompt_template=spec.prompt_template) for r in recs]) for role, recs in parts]
     _check_unique_ids(name, [r for _, recs in parts for r in recs])
     try:
         train, validation, test, counts = _split(parts, split_seed, vf, tf)

@@ -21,6 +21,9 @@ class Record:
         group: split key; records sharing a group always land in the same split
             (a MedQuAD document, a TAT-QA context). Defaults to the id.
         source: where the record came from, ``"<file>:<line or key>"``.
+        prompt_template: the prompt layout of the record's domain (``{context}`` optional, then
+            ``{question}``; see :class:`lorasum.config.DomainSpec`); None: the built-in
+            ``"{context}\\n\\nQuestion: {question}\\nAnswer:"``.
     """
 
     id: str
@@ -30,6 +33,7 @@ class Record:
     context: str = ""
     group: str = ""
     source: str = ""
+    prompt_template: str | None = None
 
     @property
     def split_key(self) -> str:

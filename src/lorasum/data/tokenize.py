@@ -4,6 +4,9 @@ An example is ``prompt + " " + answer + eos`` with
 
     prompt = "{context}\\n\\nQuestion: {question}\\nAnswer:"   (context part omitted when empty)
 
+or the layout of the record's domain (``prompt_template`` of a custom domain, e.g.
+``"### Context\\n{context}\\n### Question\\n{question}\\n### Answer\\n"``).
+
 Labels are the input ids on answer tokens (and the final eos) and ``-100`` on prompt
 tokens, so the loss and perplexity are the standard causal-LM NLL of the answer given
 the prompt (labels are aligned with the inputs; the shift happens in the loss).
@@ -27,6 +30,7 @@ overlapping windows that score each token once (for texts longer than the model 
 
 from __future__ import annotations
 
+import string
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -46,13 +50,35 @@ LossOn = Literal["answer", "all"]
 IGNORE_INDEX = -100
 
 
-def _question_part(record: Record) -> str:
-    return ("\n\n" if record.context else "") + f"Question: {record.question}\nAnswer:"
+def _prompt_parts(record: Record) -> tuple[str, str]:
+    """The prompt as (context piece, question piece); the context piece is the one cut first.
+
+    Built-in layout: ``(context, "\\n\\nQuestion: {question}\\nAnswer:")``, the blank line only
+    after a context. A record's own ``prompt_template``: the template's text up to and including
+    ``{context}``, and the rest with ``{question}`` filled in (no ``{context}``: all of it is the
+    question piece).
+    """
+    if record.prompt_template is None:
+        return record.context, ("\n\n" if record.context else "") + f"Question: {record.question}\nAnswer:"
+    before: list[str] = []
+    after: list[str] = []
+    seen_context = False
+    for literal, name, _, _ in string.Formatter().parse(record.prompt_template):
+        (after if seen_context else before).append(literal)
+        if name == "context":
+            seen_context = True
+        elif name == "question":
+            (after if seen_context else before).append(record.question)
+    if not seen_context:
+        return "", "".join(before)
+    return "".join(before) + record.context, "".join(after)
 
 
 def format_prompt(record: Record) -> str:
-    """The prompt text: ``"{context}\\n\\nQuestion: {question}\\nAnswer:"`` (context omitted when empty)."""
-    return record.context + _question_part(record)
+    """The prompt text: ``"{context}\\n\\nQuestion: {question}\\nAnswer:"`` (context omitted when
+    empty), or the record's own ``prompt_template`` filled in."""
+    context, question = _prompt_parts(record)
+    return context + question
 
 
 @dataclass(frozen=True)
@@ -125,11 +151,12 @@ def encode_records(
     def ids(texts: list[str]) -> list[list[int]]:
         return tokenizer(texts, add_special_tokens=False)["input_ids"]
 
-    with_context = [i for i, r in enumerate(records) if r.context]
+    parts = [_prompt_parts(r) for r in records]
+    with_context = [i for i, (c, _) in enumerate(parts) if c]
     contexts: list[list[int]] = [[] for _ in records]
-    for i, c in zip(with_context, ids([records[i].context for i in with_context]) if with_context else []):
+    for i, c in zip(with_context, ids([parts[i][0] for i in with_context]) if with_context else []):
         contexts[i] = c
-    questions = ids([_question_part(r) for r in records])
+    questions = ids([q for _, q in parts])
     answers = ids([" " + r.answer for r in records])
     return [_assemble(prefix, suffix, c, q, a + eos, max_length, loss_on)
             for c, q, a in zip(contexts, questions, answers)]

@@ -140,8 +140,21 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, overwrite: bool = 
     }
     atomic_write_json(out / "results.json", results)
     write_report(results, out / "report")
+    _write_run_manifest(out, cfg, data)
     log.info("done in %.0f s; report in %s", results["wall_seconds"], out / "report")
     return results
+
+
+def _write_run_manifest(out: Path, cfg: ExperimentConfig, data: dict) -> None:
+    """``out/manifest.json``: package versions, the config, SHA-256 of the data files read and of
+    results.json, the report and the adapters (:func:`lorasum.storage.write_manifest`)."""
+    from lorasum.storage import write_manifest
+
+    root = data_root(cfg.data)
+    inputs = {f"data/{name}/{s['path']}": root / s["path"] for name, dd in data.items() for s in dd.sources
+              if (root / s["path"]).exists()}
+    outputs = [p for p in (out / "results.json", out / "report", out / "adapters") if p.exists()]
+    write_manifest(out, config=cfg.model_dump(mode="json"), inputs=inputs, outputs=outputs)
 
 
 class _Context:
