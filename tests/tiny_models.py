@@ -45,3 +45,28 @@ def save_tiny_gpt2(path: Path, n_positions: int = 256) -> Path:
     GPT2LMHeadModel(cfg).save_pretrained(path)
     tok.save_pretrained(path)
     return Path(path)
+
+
+def at_forward_pass(monkeypatch, n: int, action) -> list:
+    """Make the n-th forward pass of training (micro-batch n, 1-based) call ``action()`` first, e.g.
+    ``lambda: os.kill(os.getpid(), signal.SIGTERM)`` for a real signal mid-run. Returns the list that
+    gets one entry per forward pass (its length counts them)."""
+    import lorasum.train.loop as loop
+
+    real, calls = loop.answer_token_nll, []
+
+    def wrapped(model, batch):
+        calls.append(1)
+        if len(calls) == n:
+            action()
+        return real(model, batch)
+
+    monkeypatch.setattr(loop, "answer_token_nll", wrapped)
+    return calls
+
+
+def signal_self(sig):
+    """An action for :func:`at_forward_pass`: send ``sig`` to this process."""
+    import os
+
+    return lambda: os.kill(os.getpid(), sig)

@@ -120,22 +120,14 @@ def test_train_stopped_by_sigterm_resumes_to_the_same_adapter(tiny_model_dir, tm
 
     from safetensors.torch import load_file
 
-    import lorasum.train.loop as loop
+    from tiny_models import at_forward_pass, signal_self
 
     if not os.environ.get("LORASUM_DATA_ROOT"):
         pytest.skip("LORASUM_DATA_ROOT is not set")
     argv = ["train", "-q", "--domain", "math", "--model", str(tiny_model_dir), "--lr", "1e-2", "--seed", "2",
             "--max-steps", "5", *SMALL]
     assert main([*argv, "--out", str(tmp_path / "ref")]) == 0
-    real, calls = loop.answer_token_nll, []
-
-    def kill_at_third(model, batch):
-        calls.append(1)
-        if len(calls) == 3:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real(model, batch)
-
-    monkeypatch.setattr(loop, "answer_token_nll", kill_at_third)
+    at_forward_pass(monkeypatch, 3, signal_self(signal.SIGTERM))
     capsys.readouterr()
     assert main([*argv, "--out", str(tmp_path / "a")]) == 128 + signal.SIGTERM
     err = capsys.readouterr().err.strip()

@@ -224,32 +224,21 @@ def test_eval_scoring_options_reach_the_evaluations_and_their_cache_keys(run, en
 
 
 def test_reproduce_stopped_mid_training_continues_from_the_checkpoint(run, monkeypatch, capsys):
-    import os
     import signal
 
     from safetensors.torch import load_file
-
-    import lorasum.train.loop as loop
+    from tiny_models import at_forward_pass, signal_self
 
     out = run["tmp"] / "mid-training"
     shutil.copytree(run["out"], out)
     lost = out / "adapters/seed1/merged-math+medicine"  # 12 examples, batch 3: 4 steps
     shutil.rmtree(lost)
-    real, calls = loop.answer_token_nll, []
-
-    def stop_at_second(model, batch):
-        calls.append(1)
-        if len(calls) == 2:
-            os.kill(os.getpid(), signal.SIGINT)
-        return real(model, batch)
-
-    monkeypatch.setattr(loop, "answer_token_nll", stop_at_second)
+    at_forward_pass(monkeypatch, 2, signal_self(signal.SIGINT))
     assert main(["reproduce", "-q", "--config", str(run["cfg"]), "--out", str(out)]) == 130
     assert "after step 2 of 4" in capsys.readouterr().err
     assert (out / "adapters/seed1/merged-math+medicine.ckpt/state.json").is_file() and not lost.exists()
     monkeypatch.undo()
-    calls.clear()
-    monkeypatch.setattr(loop, "answer_token_nll", lambda m, b: (calls.append(1), real(m, b))[1])
+    calls = at_forward_pass(monkeypatch, 0, lambda: None)  # only counts
     assert main(["reproduce", "-q", "--config", str(run["cfg"]), "--out", str(out)]) == 0
     assert len(calls) == 2, "only the two missing steps may be trained"
     want = load_file(str(run["out"] / "adapters/seed1/merged-math+medicine/adapter_model.safetensors"))

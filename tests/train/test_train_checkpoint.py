@@ -4,14 +4,14 @@ that was never stopped (issue 7: 1e-6; on the CPU it is bit for bit)."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-import lorasum.train.loop as loop
+from tiny_models import at_forward_pass, signal_self
+
 from lorasum.config import LoraSpec, TrainSpec
 from lorasum.data.records import Record
 from lorasum.errors import OutputExistsError
@@ -51,18 +51,15 @@ def _assert_same_adapter(a, b):
 
 
 def _stop_at_call(monkeypatch, n, action):
-    """Call ``action()`` at the n-th forward pass of training (micro-batch n, 1-based)."""
-    real = loop.answer_token_nll
-    calls = {"n": 0}
+    return at_forward_pass(monkeypatch, n, action)
 
-    def wrapped(model, batch):
-        calls["n"] += 1
-        if calls["n"] == n:
-            action()
-        return real(model, batch)
 
-    monkeypatch.setattr(loop, "answer_token_nll", wrapped)
-    return calls
+def _interrupted(model, tok, out, monkeypatch, sig=signal.SIGINT, at=3):
+    """Train into ``out`` and stop it by ``sig`` during forward pass ``at``; the checkpoint stays."""
+    _stop_at_call(monkeypatch, at, signal_self(sig))
+    with pytest.raises(TrainingInterrupted):
+        _train(model, tok, out)
+    monkeypatch.undo()
 
 
 @pytest.fixture(params=["tiny_gpt2", "tiny_llama"])
@@ -80,7 +77,7 @@ def test_signal_saves_a_checkpoint_and_resume_gives_the_same_adapter(model, tiny
                                                                       monkeypatch, sig):
     out = tmp_path / "stopped"
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    _stop_at_call(monkeypatch, 8, lambda: os.kill(os.getpid(), sig))  # during step 4 (2 micro-batches a step)
+    _stop_at_call(monkeypatch, 8, signal_self(sig))  # during step 4 (2 micro-batches a step)
     with pytest.raises(TrainingInterrupted) as info:
         _train(model, tiny_tokenizer, out)
     assert (info.value.signum, info.value.step, info.value.total) == (sig, 4, 9)
@@ -121,10 +118,7 @@ def test_resume_without_checkpoint_starts_from_step_zero(model, tiny_tokenizer, 
 
 def test_checkpoint_is_not_silently_ignored_or_misused(tiny_gpt2, tiny_tokenizer, tmp_path, monkeypatch):
     out = tmp_path / "a"
-    _stop_at_call(monkeypatch, 3, lambda: os.kill(os.getpid(), signal.SIGINT))
-    with pytest.raises(TrainingInterrupted):
-        _train(tiny_gpt2, tiny_tokenizer, out)
-    monkeypatch.undo()
+    _interrupted(tiny_gpt2, tiny_tokenizer, out, monkeypatch)
     with pytest.raises(OutputExistsError, match=r"a\.ckpt.*--resume"):
         _train(tiny_gpt2, tiny_tokenizer, out)  # neither --resume nor --overwrite
     other = TRAIN.model_copy(update={"learning_rate": 1e-3})
@@ -137,10 +131,7 @@ def test_checkpoint_is_not_silently_ignored_or_misused(tiny_gpt2, tiny_tokenizer
 
 def test_overwrite_discards_the_checkpoint(tiny_gpt2, tiny_tokenizer, tmp_path, monkeypatch):
     out = tmp_path / "a"
-    _stop_at_call(monkeypatch, 3, lambda: os.kill(os.getpid(), signal.SIGTERM))
-    with pytest.raises(TrainingInterrupted):
-        _train(tiny_gpt2, tiny_tokenizer, out)
-    monkeypatch.undo()
+    _interrupted(tiny_gpt2, tiny_tokenizer, out, monkeypatch, signal.SIGTERM)
     calls = _stop_at_call(monkeypatch, 10**9, lambda: None)
     _train(tiny_gpt2, tiny_tokenizer, out, overwrite=True)
     assert calls["n"] == 2 * 9 and not checkpoint_dir(out).exists()
@@ -149,10 +140,7 @@ def test_overwrite_discards_the_checkpoint(tiny_gpt2, tiny_tokenizer, tmp_path, 
 @pytest.mark.parametrize("damage", ["state", "tensors", "missing"])
 def test_damaged_checkpoint_gives_one_clear_error(tiny_gpt2, tiny_tokenizer, tmp_path, monkeypatch, damage):
     out = tmp_path / "a"
-    _stop_at_call(monkeypatch, 3, lambda: os.kill(os.getpid(), signal.SIGINT))
-    with pytest.raises(TrainingInterrupted):
-        _train(tiny_gpt2, tiny_tokenizer, out)
-    monkeypatch.undo()
+    _interrupted(tiny_gpt2, tiny_tokenizer, out, monkeypatch)
     ckpt = checkpoint_dir(out)
     if damage == "state":
         (ckpt / "state.json").write_text("{not json")
