@@ -77,12 +77,21 @@ def test_overrides_and_report_command(run, tmp_path, capsys):
     assert "math+finance" in (out / "report" / "report.md").read_text()
 
 
-def test_report_command_reads_committed_version_1_results(tmp_path):
-    committed = Path(__file__).parents[2] / "results" / "gpu-smollm2" / "results.json"
-    if not committed.is_file():
-        pytest.skip("no committed results/gpu-smollm2")
-    (tmp_path / "results.json").write_bytes(committed.read_bytes())
-    assert json.loads(committed.read_text())["schema_version"] == 1
+def test_report_command_reads_version_1_results(tmp_path):
+    """A results.json of schema 1 (the first GPU run, kept as a test file) still gives a report."""
+    old = Path(__file__).parent / "data" / "gpu-smollm2-schema1.json"
+    (tmp_path / "results.json").write_bytes(old.read_bytes())
+    assert json.loads(old.read_text())["schema_version"] == 1
     assert main(["report", str(tmp_path)]) == 0
     md = (tmp_path / "report" / "report.md").read_text()
     assert "math+medicine+finance" in md and "Δ %" in md
+
+
+@pytest.mark.parametrize("name", ["gpu-smollm2", "gpu-methods", "four-domain"])
+def test_report_command_rebuilds_the_committed_reports(tmp_path, name):
+    committed = Path(__file__).parents[2] / "results" / name
+    (tmp_path / "results.json").write_bytes((committed / "results.json").read_bytes())
+    assert main(["report", "-q", str(tmp_path)]) == 0
+    want = (committed / "report.md").read_text(encoding="utf-8")
+    got = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
+    assert got == want, "the committed report must be what `lorasum report` makes of its results.json"
