@@ -31,7 +31,7 @@ __all__ = [
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class DataSpec(_Strict):
@@ -234,6 +234,13 @@ class ExperimentConfig(_Strict):
     def _seeds_unique(self) -> ExperimentConfig:
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds listed twice: {self.seeds}")
+        return self
+
+    @model_validator(mode="after")
+    def _stride_inside_window(self) -> ExperimentConfig:
+        if self.eval.stride is not None and self.eval.stride >= self.data.max_length:
+            raise ValueError(f"eval.stride {self.eval.stride} must be smaller than data.max_length "
+                             f"{self.data.max_length} (the window)")
         return self
 
 

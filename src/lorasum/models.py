@@ -30,6 +30,7 @@ from lorasum.errors import ConfigError, ModelError
 from lorasum.storage import PICKLE_SUFFIXES, pickle_allowed, sha256_json
 
 __all__ = [
+    "check_context",
     "ModelInfo",
     "ALIASES",
     "resolve_device",
@@ -383,3 +384,24 @@ def estimate_model_bytes(model: torch.nn.Module, margin: float = 1.1) -> int:
     margin covers the tokenizer, configs and the safetensors headers.
     """
     return int(margin * sum(p.numel() * p.element_size() for p in model.parameters()))
+
+
+def check_context(model: torch.nn.Module, longest: int) -> None:
+    """Refuse examples longer than the model's context (``n_positions`` or ``max_position_embeddings``
+    of its config; GPT-2's learned positions index out of range beyond it).
+
+    Args:
+        model: a transformers model or a PEFT wrapper of one.
+        longest: tokens of the longest example to be fed.
+
+    Raises:
+        ConfigError: ``longest`` exceeds the context.
+    """
+    config = getattr(model, "config", None)
+    for key in ("n_positions", "max_position_embeddings"):
+        limit = getattr(config, key, None)
+        if isinstance(limit, int) and limit > 0:
+            if longest > limit:
+                raise ConfigError(f"an example of {longest} tokens is longer than the model's context of {limit} "
+                                  f"tokens (config {key}); lower data.max_length (--max-length)")
+            return

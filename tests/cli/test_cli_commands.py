@@ -138,3 +138,33 @@ def test_train_stopped_by_sigterm_resumes_to_the_same_adapter(tiny_model_dir, tm
     assert main([*argv, "--out", str(tmp_path / "a"), "--resume"]) == 0
     ref, got = (load_file(str(tmp_path / d / "adapter_model.safetensors")) for d in ("ref", "a"))
     assert ref.keys() == got.keys() and all(torch.allclose(ref[k], got[k], rtol=0, atol=1e-6) for k in ref)
+
+
+def test_bad_values_found_by_a_hostile_tester_exit_2(trained, tiny_model_dir, tmp_path, capsys):
+    """Each of these used to end in an internal error (exit 1), a NaN adapter written with exit 0, or a crash
+    after the training of a whole experiment."""
+    base = ["--model", str(tiny_model_dir), *SMALL]
+    cases = [
+        (["similarity", str(trained / "math"), str(trained / "math") + "/."], "given twice"),
+        (["train", "-q", "--domain", "math", *base, "--lr", "1e9", "--out", str(tmp_path / "nan")], "diverged"),
+        (["train", "-q", "--domain", "math", *base, "--lr", "inf", "--out", str(tmp_path / "inf")], "learning_rate"),
+        (["train", "-q", "--domain", "math", *base, "--epochs", "inf", "--out", str(tmp_path / "e")], "epochs"),
+        (["train", "-q", "--domain", "finance", *base, "--max-length", "5000", "--out", str(tmp_path / "long")],
+         "longer than the model's context of 256"),
+        (["eval", "-q", "--domain", "finance", *base, "--max-length", "5000"], "n_positions"),
+    ]
+    for argv, fragment in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert fragment in err and "Traceback" not in err and len(err.splitlines()) == 1, (argv, err)
+    assert not (tmp_path / "nan").exists() and not (tmp_path / "nan.ckpt").exists()
+
+
+def test_stride_not_smaller_than_the_window_is_a_config_error(tmp_path):
+    from lorasum.config import load_config
+    from lorasum.errors import ConfigError
+
+    path = tmp_path / "c.yaml"
+    path.write_text("data: {max_length: 48}\neval: {stride: 48}\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml.*stride 48 must be smaller than data.max_length 48"):
+        load_config(path)

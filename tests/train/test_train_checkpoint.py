@@ -148,5 +148,85 @@ def test_damaged_checkpoint_gives_one_clear_error(tiny_gpt2, tiny_tokenizer, tmp
         (ckpt / "optimizer.safetensors").write_bytes(b"\x00" * 7)
     else:
         (ckpt / "trainable.safetensors").unlink()
-    with pytest.raises(CheckpointError, match=r"a\.ckpt.*(unreadable|not a lorasum)"):
+    with pytest.raises(CheckpointError, match=r"a\.ckpt.*(unreadable|not a lorasum|damaged)"):
         _train(tiny_gpt2, tiny_tokenizer, out, resume=True)
+
+
+def _rehash(ckpt):
+    """Make state.json's file hashes match the (tampered) tensor files, so the deeper checks are reached."""
+    import hashlib
+
+    state = json.loads((ckpt / "state.json").read_text())
+    state["sha256"] = {f: hashlib.sha256((ckpt / f).read_bytes()).hexdigest() for f in state["sha256"]}
+    (ckpt / "state.json").write_text(json.dumps(state))
+
+
+def _edit_state(ckpt, fn):
+    state = json.loads((ckpt / "state.json").read_text())
+    fn(state)
+    (ckpt / "state.json").write_text(json.dumps(state))
+
+
+def _edit_tensors(ckpt, name, fn):
+    from safetensors.torch import save_file
+
+    tensors = load_file(str(ckpt / name))
+    fn(tensors)
+    save_file(tensors, str(ckpt / name))
+    _rehash(ckpt)
+
+
+def _first(d):
+    return d[sorted(d)[0]]
+
+
+TAMPER = {  # found by a hostile tester: each used to hang, run the wrong number of steps, or exit 1 / save NaN
+    "negative step": lambda c: _edit_state(c, lambda s: s.update(step=-1000)),
+    "step past the end": lambda c: _edit_state(c, lambda s: s.update(step=100, losses=[1.0] * 100)),
+    "losses not a list": lambda c: _edit_state(c, lambda s: s.update(losses="1234")),
+    "NaN loss": lambda c: _edit_state(c, lambda s: s["losses"].__setitem__(0, float("nan"))),
+    "negative tokens": lambda c: _edit_state(c, lambda s: s.update(tokens=-5)),
+    "scheduler null": lambda c: _edit_state(c, lambda s: s.update(scheduler=None)),
+    "scheduler moved on": lambda c: _edit_state(c, lambda s: s["scheduler"].update(last_epoch=10**6)),
+    "huge base lr": lambda c: _edit_state(c, lambda s: s["scheduler"].update(base_lrs=[1e8])),
+    "other weight decay": lambda c: _edit_state(
+        c, lambda s: s["optimizer"]["param_groups"][0].update(weight_decay=0.5)),
+    "python rng garbage": lambda c: _edit_state(c, lambda s: s["rng"].update(python=[3, [1, 2], None])),
+    "numpy rng garbage": lambda c: _edit_state(c, lambda s: s["rng"].update(numpy=["XYZ", 0, 0, 0.0])),
+    "tensor file swapped": lambda c: (c / "rng.safetensors").write_bytes((c / "trainable.safetensors").read_bytes()),
+    "NaN LoRA weight": lambda c: _edit_tensors(c, "trainable.safetensors", lambda t: _first(t).view(-1).__setitem__(
+        0, float("nan"))),
+    "negative second moment": lambda c: _edit_tensors(c, "optimizer.safetensors", lambda t: t.update(
+        {k: -v.abs() - 1 for k, v in t.items() if k.endswith("exp_avg_sq")})),
+    "moment of wrong shape": lambda c: _edit_tensors(c, "optimizer.safetensors", lambda t: t.update(
+        {k: torch.zeros(3, 3) for k in list(t) if k.endswith(".exp_avg")})),
+    "rng state missing": lambda c: _edit_tensors(c, "rng.safetensors", lambda t: t.pop("torch_cpu")),
+}
+
+
+@pytest.mark.parametrize("how", sorted(TAMPER))
+def test_tampered_checkpoint_is_refused_and_the_model_untouched(tiny_gpt2, tiny_tokenizer, tmp_path, monkeypatch,
+                                                                 how):
+    out = tmp_path / "a"
+    _interrupted(tiny_gpt2, tiny_tokenizer, out, monkeypatch, at=7)
+    TAMPER[how](checkpoint_dir(out))
+    before = {k: v.clone() for k, v in tiny_gpt2.state_dict().items()}
+    with pytest.raises(CheckpointError, match=r"a\.ckpt"):
+        _train(tiny_gpt2, tiny_tokenizer, out, resume=True)
+    after = tiny_gpt2.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert not out.exists() and checkpoint_dir(out).is_dir()  # nothing written, nothing deleted
+
+
+def test_overwrite_replaces_a_checkpoint_that_is_a_file_or_a_link(tiny_gpt2, tiny_tokenizer, tmp_path):
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    (target / "keep.txt").write_text("mine")
+    (tmp_path / "a.ckpt").symlink_to(target)
+    (tmp_path / "b.ckpt").write_text("hello")
+    for name in ("a", "b"):
+        with pytest.raises(OutputExistsError):
+            _train(tiny_gpt2, tiny_tokenizer, tmp_path / name)
+        _train(tiny_gpt2, tiny_tokenizer, tmp_path / name, overwrite=True)
+        assert (tmp_path / name / "adapter_model.safetensors").is_file()
+    assert (target / "keep.txt").read_text() == "mine"  # the link went, not what it pointed to

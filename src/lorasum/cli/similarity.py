@@ -26,6 +26,22 @@ def add_parser(sub, common) -> None:
 
 
 def _names(paths: list[str]) -> list[str]:
+    """Folder names, or the paths as given when two folders share a name.
+
+    Raises:
+        ConfigError: the same adapter folder is given twice.
+    """
+    from lorasum.errors import ConfigError
+
+    seen: dict[Path, str] = {}
+    for p in paths:
+        try:
+            key = Path(p).resolve()
+        except (OSError, RuntimeError):  # a symlink loop: the loader reports it
+            continue
+        if key in seen:
+            raise ConfigError(f"{p}: the same adapter is given twice (as {seen[key]} and {p})")
+        seen[key] = p
     names = [Path(p).name or str(p) for p in paths]
     return names if len(set(names)) == len(names) else list(paths)
 

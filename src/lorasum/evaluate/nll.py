@@ -287,7 +287,14 @@ def score(
         n_examples: reported as ``Perplexity.n_examples`` (default ``len(examples)``; pass the
             number of records when they were cut into sliding windows).
         batch_size, max_tokens: at most this many examples and padded tokens per batch.
+
+    Raises:
+        ConfigError: an example is longer than the model's context.
     """
+    from lorasum.models import check_context
+
+    if examples:
+        check_context(_unwrap(model), max(len(e.input_ids) for e in examples))
     was_training = model.training
     model.eval()
     sums: list[torch.Tensor] = []

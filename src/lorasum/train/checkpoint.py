@@ -23,6 +23,7 @@ checkpoint is never continued with other settings or data.
 from __future__ import annotations
 
 import json
+import math
 import random
 import shutil
 from dataclasses import dataclass
@@ -35,17 +36,23 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from lorasum.errors import OutputExistsError, UserError
-from lorasum.storage import atomic_dir, atomic_write_json, sha256_json
+from lorasum.storage import atomic_dir, atomic_write_json, sha256_file, sha256_json
 
-__all__ = ["Checkpoint", "CheckpointError", "TrainingInterrupted", "checkpoint_dir", "fingerprint",
+__all__ = ["Checkpoint", "CheckpointError", "TrainingDiverged", "TrainingInterrupted", "checkpoint_dir", "fingerprint",
            "save_checkpoint", "load_checkpoint", "restore_checkpoint", "prepare_checkpoint"]
 
 FORMAT = "lorasum-train-checkpoint/1"
 _STATE = "state.json"
+_TENSOR_FILES = ("trainable.safetensors", "optimizer.safetensors", "rng.safetensors")
 
 
 class CheckpointError(UserError):
     """A checkpoint folder is unreadable or belongs to another run."""
+
+
+class TrainingDiverged(UserError):
+    """The training loss became NaN or infinite (usually a learning rate or lora_alpha far too high);
+    nothing is saved."""
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -101,14 +108,17 @@ def prepare_checkpoint(path: Path, *, resume: bool, overwrite: bool) -> bool:
     Raises:
         OutputExistsError: a checkpoint exists and neither ``resume`` nor ``overwrite`` is set.
     """
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         return False
     if resume:
         return True
     if not overwrite:
         raise OutputExistsError(f"{path}: a checkpoint of an interrupted training run exists; pass --resume to "
                                 "continue it or --overwrite to start over")
-    shutil.rmtree(path)
+    if path.is_symlink() or not path.is_dir():
+        path.unlink()  # a link is removed, not what it points to
+    else:
+        shutil.rmtree(path)
     return False
 
 
@@ -174,6 +184,7 @@ def save_checkpoint(
         save_file({k: v.detach().cpu().contiguous() for k, v in trainable.items()}, str(tmp / "trainable.safetensors"))
         save_file(opt_tensors or {"_empty": torch.zeros(0)}, str(tmp / "optimizer.safetensors"))
         save_file(rng, str(tmp / "rng.safetensors"))
+        state["sha256"] = {f: sha256_file(tmp / f) for f in _TENSOR_FILES}  # bit rot or a partial copy shows
         atomic_write_json(tmp / _STATE, state)
     return path
 
@@ -193,6 +204,11 @@ def load_checkpoint(path: Path, expected_fingerprint: str) -> Checkpoint:
             raise CheckpointError(
                 f"{path}: checkpoint of a run with other settings, data, model or seed; delete it or pass "
                 "--overwrite to start over")
+        for f in _TENSOR_FILES:
+            if sha256_file(path / f) != state["sha256"][f]:
+                raise CheckpointError(f"{path / f}: damaged (its SHA-256 differs from the one in {_STATE}); "
+                                      "delete the checkpoint or pass --overwrite to start over")
+        _check_counters(path, state)
         trainable = load_file(str(path / "trainable.safetensors"))
         opt_tensors = load_file(str(path / "optimizer.safetensors"))
         rng = load_file(str(path / "rng.safetensors"))
@@ -212,32 +228,92 @@ def load_checkpoint(path: Path, expected_fingerprint: str) -> Checkpoint:
             scheduler=state["scheduler"], rng={"tensors": rng, "extra": state["rng"]})
     except CheckpointError:
         raise
-    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, SafetensorError) as e:
         raise CheckpointError(f"{path}: unreadable training checkpoint ({type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else ''}); delete it or pass --overwrite to "
                               "start over") from None
 
 
+def _check_counters(path: Path, state: dict) -> None:
+    """The JSON counters must be what a run writes: an int step >= 1, one finite loss per step,
+    non-negative tokens and seconds."""
+    step, losses, tokens, seconds = state["step"], state["losses"], state["tokens"], state["seconds"]
+    ok = (isinstance(step, int) and not isinstance(step, bool) and step >= 1 and isinstance(losses, list)
+          and len(losses) == step and all(isinstance(x, (int, float)) and math.isfinite(x) for x in losses)
+          and isinstance(tokens, int) and tokens >= 0 and isinstance(seconds, (int, float))
+          and math.isfinite(seconds) and seconds >= 0)
+    if not ok:
+        raise CheckpointError(f"{path / _STATE}: step, losses, tokens or seconds are not those of a training run; "
+                              "delete the checkpoint or pass --overwrite to start over")
+
+
 def restore_checkpoint(
-    ckpt: Checkpoint, trainable: dict[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer, scheduler: Any
+    ckpt: Checkpoint, trainable: dict[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer, scheduler: Any,
+    total_steps: int,
 ) -> None:
     """Put a checkpoint's parameters, optimiser, scheduler and generator states back in place.
 
+    Everything is checked against the freshly built run before the model is touched: the step lies
+    inside the run (``1 <= step < total_steps``), the tensors are finite and shaped like the LoRA
+    parameters, the optimiser's hyper-parameters equal the run's, and the scheduler stands at
+    ``step`` with the run's base learning rates.
+
     Raises:
-        CheckpointError: the saved parameters do not match the model's trainable parameters.
+        CheckpointError: any of these checks fails, or a state cannot be restored.
     """
+    where = ckpt.path
+    if not 1 <= ckpt.step < total_steps:
+        raise CheckpointError(f"{where}: saved after step {ckpt.step}, outside this run of {total_steps} steps")
     if set(ckpt.trainable) != set(trainable):
-        raise CheckpointError(f"{ckpt.path}: its parameters do not match the model's LoRA parameters")
-    with torch.no_grad():
-        for name, p in trainable.items():
-            saved = ckpt.trainable[name]
-            if saved.shape != p.shape:
-                raise CheckpointError(f"{ckpt.path}: {name} has shape {tuple(saved.shape)}, expected {tuple(p.shape)}")
-            p.copy_(saved.to(p.dtype))
+        raise CheckpointError(f"{where}: its parameters do not match the model's LoRA parameters")
+    for name, p in trainable.items():
+        saved = ckpt.trainable[name]
+        if saved.shape != p.shape or not bool(torch.isfinite(saved).all()):
+            raise CheckpointError(f"{where}: {name} has shape {tuple(saved.shape)} or non-finite values "
+                                  f"(expected finite, {tuple(p.shape)})")
+    _check_optimizer_state(where, ckpt.optimizer, optimizer, list(trainable.values()))
+    fresh = {"base_lrs": list(scheduler.base_lrs), "groups": [
+        {k: v for k, v in g.items() if k not in ("params", "lr", "initial_lr")} for g in optimizer.param_groups]}
     try:
         optimizer.load_state_dict(ckpt.optimizer)
-    except (ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{ckpt.path}: optimizer state does not fit ({e})") from None
-    scheduler.load_state_dict(ckpt.scheduler)
-    _set_rng_state(ckpt.rng["tensors"], ckpt.rng["extra"])
+        scheduler.load_state_dict(ckpt.scheduler)
+    except (ValueError, KeyError, TypeError, AttributeError, RuntimeError) as e:
+        raise CheckpointError(f"{where}: optimizer or scheduler state does not fit ({type(e).__name__}: {e})") from None
+    groups = [{k: v for k, v in g.items() if k not in ("params", "lr", "initial_lr")} for g in optimizer.param_groups]
+    expected_lr = [base * fn(ckpt.step) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas, strict=True)]
+    if (groups != [_listify(g) for g in fresh["groups"]] and groups != fresh["groups"]) \
+            or list(scheduler.base_lrs) != fresh["base_lrs"] or scheduler.last_epoch != ckpt.step \
+            or any(not math.isclose(g["lr"], lr, rel_tol=1e-9, abs_tol=1e-15)
+                   for g, lr in zip(optimizer.param_groups, expected_lr, strict=True)):
+        raise CheckpointError(f"{where}: optimizer or learning-rate schedule differ from this run's settings")
+    with torch.no_grad():
+        for name, p in trainable.items():
+            p.copy_(ckpt.trainable[name].to(p.dtype))
+    try:
+        _set_rng_state(ckpt.rng["tensors"], ckpt.rng["extra"])
+    except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as e:
+        raise CheckpointError(f"{where}: random generator states cannot be restored ({type(e).__name__}: {e})") \
+            from None
+
+
+def _listify(group: dict) -> dict:
+    """A param group as it comes back from JSON (tuples become lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in group.items()}
+
+
+def _check_optimizer_state(where: Path, saved: dict, optimizer: torch.optim.Optimizer, params: list) -> None:
+    """AdamW state: per parameter a scalar ``step`` and finite moments shaped like the parameter,
+    ``exp_avg_sq`` non-negative."""
+    state = saved.get("state")
+    if not isinstance(state, dict) or set(state) != set(range(len(params))):
+        raise CheckpointError(f"{where}: optimizer state does not cover the {len(params)} LoRA parameters")
+    for idx, p in enumerate(params):
+        st = state[idx]
+        step = st.get("step")
+        moments = [st.get("exp_avg"), st.get("exp_avg_sq")]
+        if not isinstance(step, torch.Tensor) or step.numel() != 1 or not bool(torch.isfinite(step).all()) \
+                or any(not isinstance(m, torch.Tensor) or m.shape != p.shape or not bool(torch.isfinite(m).all())
+                       for m in moments) or bool((moments[1] < 0).any()):
+            raise CheckpointError(f"{where}: optimizer state of parameter {idx} is damaged (step, moments' shape, "
+                                  "finiteness or sign)")
 

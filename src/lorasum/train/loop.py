@@ -45,6 +45,7 @@ from lorasum.errors import ConfigError, DataError
 from lorasum.evaluate.nll import answer_token_nll, perplexity
 from lorasum.train.checkpoint import (
     Checkpoint,
+    TrainingDiverged,
     TrainingInterrupted,
     checkpoint_dir,
     fingerprint,
@@ -54,7 +55,7 @@ from lorasum.train.checkpoint import (
     save_checkpoint,
 )
 from lorasum.train.packing import pack, packing_is_exact
-from lorasum.models import ModelInfo
+from lorasum.models import ModelInfo, check_context
 from lorasum.storage import atomic_dir, atomic_write_json, check_output
 
 __all__ = ["TrainResult", "train_adapter", "ADAPTER_META_FILE", "TrainingInterrupted"]
@@ -238,7 +239,7 @@ def _optimise(
     first, done_losses, tokens, before = 0, [], 0, 0.0
     if ckpt is not None and ckpt.resume_from is not None:
         saved = ckpt.resume_from
-        restore_checkpoint(saved, named, optimizer, scheduler)
+        restore_checkpoint(saved, named, optimizer, scheduler, total)
         first, done_losses, tokens, before = saved.step, saved.losses, saved.tokens, saved.seconds
         log.info("resuming from %s at step %d of %d", saved.path, first, total)
     steps = _batches(encoded, train, seed, pad_id, packed, skip=first * train.grad_accum)
@@ -249,10 +250,17 @@ def _optimise(
     def elapsed() -> float:
         return before + time.perf_counter() - start
 
+    def so_far() -> list[float]:
+        values = done_losses + (torch.stack(losses).tolist() if losses else [])  # waits for the GPU
+        bad = next((k for k, v in enumerate(values) if not math.isfinite(v)), None)
+        if bad is not None:
+            raise TrainingDiverged(f"training diverged: the loss is {values[bad]} at step {bad + 1} of {total} "
+                                   f"(learning rate {train.learning_rate}); nothing was saved")
+        return values
+
     def save(step_done: int) -> Path:
         assert ckpt is not None
-        return save_checkpoint(ckpt.path, fingerprint=ckpt.fingerprint, step=step_done,
-                               losses=done_losses + torch.stack(losses).tolist() if losses else list(done_losses),
+        return save_checkpoint(ckpt.path, fingerprint=ckpt.fingerprint, step=step_done, losses=so_far(),
                                tokens=tokens, seconds=elapsed(), trainable=named, optimizer=optimizer,
                                scheduler=scheduler)
 
@@ -281,7 +289,10 @@ def _optimise(
                 raise TrainingInterrupted(stop["signum"], step + 1, total, save(step + 1))
             if ckpt is not None and ckpt.every and (step + 1) % ckpt.every == 0 and step + 1 < total:
                 save(step + 1)
-    values = done_losses + (torch.stack(losses).tolist() if losses else [])  # waits for the last step
+    values = so_far()  # waits for the last step
+    if not all(bool(torch.isfinite(p).all()) for p in params):
+        raise TrainingDiverged(f"training diverged: LoRA weights became NaN or infinite (learning rate "
+                               f"{train.learning_rate}); nothing was saved")
     return values, tokens, elapsed()
 
 
@@ -387,6 +398,7 @@ def train_adapter(
     _seed_everything(seed)
     config = _lora_config(lora, model_info)
     encoded = encode_records(tokenizer, records, max_length, loss_on=train.loss_on)
+    check_context(model, max(len(e.input_ids) for e in encoded))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     run_id = fingerprint(model=[model_info.name, model_info.config_hash], examples=_examples_hash(encoded),
                          lora=lora.model_dump(mode="json"), train=train.model_dump(mode="json",
@@ -402,7 +414,10 @@ def train_adapter(
     try:
         packed = train.packing and packing_is_exact(model)
         with _compiled(model, train.compile and next(model.parameters()).is_cuda):
-            losses, tokens, seconds = _optimise(peft_model, encoded, train, seed, pad_id, progress, packed, ckpt)
+            try:
+                losses, tokens, seconds = _optimise(peft_model, encoded, train, seed, pad_id, progress, packed, ckpt)
+            except TrainingDiverged as e:
+                raise TrainingDiverged(f"{out_dir}: {e}") from None
         val_loss = None
         if validation:
             val_loss = perplexity(peft_model, tokenizer, validation, max_length=max_length,
