@@ -154,6 +154,10 @@ class LoraSpec(_Strict):
     target_modules: list[str] | None = Field(
         None, description="module name suffixes; None: c_attn, c_proj on GPT-2 and q/k/v/o/down_proj on Llama"
     )
+    init_per_adapter: bool = Field(
+        False, description="False: every adapter of a seed starts from the same random LoRA A (PEFT's init drawn "
+        "from the run seed); True: each adapter draws its A from its own seed, derived from the run seed and its "
+        "domains, so adapters start independent")
 
 
 class TrainSpec(_Strict):

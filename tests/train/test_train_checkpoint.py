@@ -230,3 +230,20 @@ def test_overwrite_replaces_a_checkpoint_that_is_a_file_or_a_link(tiny_gpt2, tin
         _train(tiny_gpt2, tiny_tokenizer, tmp_path / name, overwrite=True)
         assert (tmp_path / name / "adapter_model.safetensors").is_file()
     assert (target / "keep.txt").read_text() == "mine"  # the link went, not what it pointed to
+
+
+@pytest.mark.parametrize("per_adapter", [False, True])
+def test_lora_a_init_shared_by_a_seed_unless_per_adapter(tiny_gpt2, tiny_tokenizer, tmp_path, per_adapter):
+    """With a negligible learning rate the trained A is the initial A: the same for every adapter of a seed by
+    default, independent per adapter (domains) with lora.init_per_adapter."""
+    lora = LORA.model_copy(update={"init_per_adapter": per_adapter})
+    train = TRAIN.model_copy(update={"learning_rate": 1e-12, "max_steps": 1})
+    info = describe_model(tiny_gpt2, name="tiny", source="in-memory")
+    a_of = {}
+    for dom, recs in (("math", RECORDS[:6]), ("medicine", RECORDS[6:])):
+        out = tmp_path / dom
+        train_adapter(tiny_gpt2, tiny_tokenizer, recs, lora=lora, train=train, seed=3, out_dir=out, max_length=40,
+                      model_info=info, progress=False, meta={"domains": [dom]})
+        a_of[dom] = {k: v for k, v in _weights(out).items() if "lora_A" in k}
+    same = all(torch.allclose(a_of["math"][k], a_of["medicine"][k], atol=1e-6) for k in a_of["math"])
+    assert same is not per_adapter

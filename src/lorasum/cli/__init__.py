@@ -13,7 +13,9 @@ user error too. ``--allow-pickle`` lets loaders read pickle weight files
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
+import os
 import logging
 import sys
 import traceback
@@ -21,7 +23,6 @@ import traceback
 from lorasum import __version__
 from lorasum.errors import UserError
 from lorasum.storage import allow_pickle
-from lorasum.train.checkpoint import TrainingInterrupted
 
 from . import compose as _compose
 from . import data as _data
@@ -59,6 +60,10 @@ def _setup_logging(args: argparse.Namespace) -> None:
     level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
     if not args.debug:
+        import warnings
+
+        # deprecation notices about transformers' own internals are not the user's to act on
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers(\.|$)")
         for noisy in ("transformers", "peft", "huggingface_hub", "urllib3", "filelock"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
         try:
@@ -90,11 +95,15 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"lorasum: error: {e.filename}: {e.strerror or errno.errorcode.get(e.errno, e.errno)}", file=sys.stderr)
         return 2
-    except TrainingInterrupted as e:
-        again = "run the same command with --resume" if args.command == "train" else "run the same command again"
-        print(f"lorasum: {e}; {again} to continue", file=sys.stderr)
-        return 128 + e.signum
-    except KeyboardInterrupt:
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly, as Unix tools do
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt as e:
+        if getattr(e, "checkpoint", None) is not None:  # TrainingInterrupted: a checkpoint was saved
+            again = "run the same command with --resume" if args.command == "train" else "run the same command again"
+            print(f"lorasum: {e}; {again} to continue", file=sys.stderr)
+            return 128 + e.signum
         print("lorasum: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # a bug, not the user's fault

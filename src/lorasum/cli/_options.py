@@ -34,6 +34,8 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 def add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", help="data folder (default $LORASUM_DATA_ROOT)")
     p.add_argument("--train-size", type=int, help="training examples per domain (default all)")
+    p.add_argument("--validation-size", type=int, help="validation examples per domain, scored after training "
+                   "(default all: up to ~800 for medicine, slow on a CPU)")
     p.add_argument("--test-size", type=int, help="test examples per domain (default all)")
     p.add_argument("--split-seed", type=int, help="seed of the train/validation/test split (default 0)")
 
@@ -43,6 +45,8 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lora-alpha", type=float, help="LoRA alpha; scaling = alpha / r (default 64)")
     p.add_argument("--lora-dropout", type=float, help="LoRA dropout (default 0.1)")
     p.add_argument("--target-modules", type=csv_list, help="module name suffixes (default per architecture)")
+    p.add_argument("--init-per-adapter", action="store_true", default=None,
+                   help="draw LoRA A from a seed of this adapter's own (run seed + domains) instead of the run seed")
     p.add_argument("--lr", type=float, dest="learning_rate", help="AdamW learning rate (default 5e-5)")
     p.add_argument("--epochs", type=float, help="training epochs (default 1)")
     p.add_argument("--max-steps", type=int, help="optimizer steps; overrides --epochs")
@@ -61,10 +65,10 @@ def build_config(args: argparse.Namespace) -> ExperimentConfig:
     raw = base.model_dump(mode="python")
     sections = {
         "": {"model": "model", "device": "device"},
-        "data": {"max_length": "max_length", "data_root": "root", "train_size": "train_size",
+        "data": {"max_length": "max_length", "data_root": "root", "train_size": "train_size", "validation_size": "validation_size",
                  "test_size": "test_size", "split_seed": "split_seed"},
         "lora": {"lora_r": "r", "lora_alpha": "lora_alpha", "lora_dropout": "lora_dropout",
-                 "target_modules": "target_modules"},
+                 "target_modules": "target_modules", "init_per_adapter": "init_per_adapter"},
         "train": {"learning_rate": "learning_rate", "epochs": "epochs", "max_steps": "max_steps",
                   "batch_size": "batch_size", "checkpoint_every": "checkpoint_every"},
     }

@@ -32,9 +32,13 @@ def run(args: argparse.Namespace) -> int:
     from lorasum.models import load_model
     from lorasum.storage import check_output, write_manifest
     from lorasum.train import train_adapter
+    from lorasum.train.checkpoint import checkpoint_dir, prepare_checkpoint
 
     cfg = build_config(args)
     check_output(args.out, args.overwrite)  # fail before the slow steps
+    ckpt = checkpoint_dir(args.out)
+    if (ckpt.exists() or ckpt.is_symlink()) and not (args.resume or args.overwrite):
+        prepare_checkpoint(ckpt, resume=False, overwrite=False)  # raises: say so before loading anything
     data = _load_data(cfg, args.domain)  # before the slow model load: data errors come first
     model, tokenizer, info = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
     records = [r for dd in data for r in dd.train]

@@ -178,7 +178,7 @@ class _Context:
         return sha256_json({
             "v": _KEY_VERSION, "model": [self.info.name, self.info.config_hash], "seed": job.seed,
             "train_data": [self.hashes[dom]["train"] for dom in job.domains], "max_length": c.data.max_length,
-            "lora": c.lora.model_dump(mode="json"), "train": c.train.model_dump(mode="json", exclude={"checkpoint_every"}),
+            "lora": c.lora.model_dump(mode="json", exclude=set() if c.lora.init_per_adapter else {"init_per_adapter"}), "train": c.train.model_dump(mode="json", exclude={"checkpoint_every"}),
         })
 
     def _params(self, job: AdapterJob) -> dict:

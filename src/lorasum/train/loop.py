@@ -296,6 +296,17 @@ def _optimise(
     return values, tokens, elapsed()
 
 
+def _init_seed(seed: int, domains: list[str] | None) -> int:
+    """The LoRA init seed of an adapter with ``lora.init_per_adapter``: 31 bits of
+    SHA-256("<seed>:<sorted domains joined by +>")."""
+    import hashlib
+
+    if not domains:
+        raise ConfigError("lora.init_per_adapter needs the adapter's domains (meta['domains'])")
+    text = f"{seed}:{'+'.join(sorted(domains))}".encode()
+    return int.from_bytes(hashlib.sha256(text).digest()[:4], "big") & 0x7FFFFFFF
+
+
 def _examples_hash(encoded: list[Encoded]) -> str:
     """SHA-256 of the token ids and labels of the training examples, in order."""
     import hashlib
@@ -407,8 +418,13 @@ def train_adapter(
                           load_checkpoint(ckpt_path, run_id) if continuing else None)
     requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
     was_training = model.training
+    init_seed = _init_seed(seed, (meta or {}).get("domains")) if lora.init_per_adapter else None
     try:
+        if init_seed is not None:
+            torch.manual_seed(init_seed)  # LoRA A is drawn from the adapter's own seed ...
         peft_model = get_peft_model(model, config)
+        if init_seed is not None:
+            _seed_everything(seed)  # ... dropout and data order from the run seed, as without
     except ValueError as e:
         raise ConfigError(f"lora.target_modules {config.target_modules}: {str(e).splitlines()[0]}") from None
     try:
@@ -420,8 +436,9 @@ def train_adapter(
                 raise TrainingDiverged(f"{out_dir}: {e}") from None
         val_loss = None
         if validation:
+            log.info("validation: scoring %d examples", len(validation))
             val_loss = perplexity(peft_model, tokenizer, validation, max_length=max_length,
-                                  batch_size=train.batch_size, loss_on=train.loss_on).mean_nll
+                                  batch_size=train.batch_size, loss_on=train.loss_on, progress=progress).mean_nll
         n_tail = max(1, round(_LOG_TAIL * len(losses)))
         final_loss = sum(losses[-n_tail:]) / n_tail
         summary = {"steps": len(losses), "tokens": tokens, "seconds": seconds,
