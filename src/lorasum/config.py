@@ -275,6 +275,25 @@ def _check_methods(methods: list[str], params: dict[str, dict[str, Any]] | None)
         except TypeError as e:
             accepted = ", ".join(list(inspect.signature(METHODS[name].fn).parameters)[1:]) or "none"
             raise ValueError(f"method_params.{name}: {e} (accepted parameters: {accepted})") from None
+        _dry_run(name, params.get(name, {}))
+
+
+def _dry_run(name: str, params: dict[str, Any]) -> None:
+    """Compose two tiny rank-1 adapters with ``params``, so that a bad value (a density of 5, a rank
+    of "abc") is reported when the config is read, not after an experiment's training."""
+    import torch
+
+    from lorasum.adapters import Adapter, LoraFactor
+    from lorasum.compose import compose
+    from lorasum.errors import UserError
+
+    gen = torch.Generator().manual_seed(0)
+    tiny = [Adapter(factors={"m": LoraFactor(A=torch.randn(1, 4, generator=gen), B=torch.randn(4, 1, generator=gen),
+                                             scaling=1.0)}) for _ in range(2)]
+    try:
+        compose(tiny, name, **params)
+    except (UserError, ValueError, TypeError) as e:
+        raise ValueError(f"method_params.{name}: {str(e).splitlines()[0]}") from None
 
 
 def _format_validation_error(path: str, err: ValidationError) -> str:

@@ -31,6 +31,7 @@ from lorasum.storage import PICKLE_SUFFIXES, pickle_allowed, sha256_json
 
 __all__ = [
     "check_context",
+    "weights_digest",
     "ModelInfo",
     "ALIASES",
     "resolve_device",
@@ -56,6 +57,8 @@ class ModelInfo:
             GPT-2's ``Conv1D`` does (PEFT's ``fan_in_fan_out``).
         target_modules: default LoRA target modules for this architecture.
         n_params: number of parameters (tied weights counted once).
+        weights_digest: :func:`weights_digest` of the loaded weights (dtype included), so that
+            other weights under the same name and config are told apart.
     """
 
     name: str
@@ -65,6 +68,7 @@ class ModelInfo:
     fan_in_fan_out: bool
     target_modules: tuple[str, ...]
     n_params: int
+    weights_digest: str = ""
 
 
 # alias -> (import name of the package, file inside it, pip requirement)
@@ -374,7 +378,25 @@ def describe_model(model: transformers.PreTrainedModel, *, name: str, source: st
         fan_in_fan_out=_uses_conv1d(model),
         target_modules=tuple(targets),
         n_params=sum(p.numel() for p in model.parameters()),
+        weights_digest=weights_digest(model),
     )
+
+
+def weights_digest(model: torch.nn.Module, per_tensor: int = 1024) -> str:
+    """SHA-256 over every parameter's name, shape, dtype and ``per_tensor`` values taken at an even
+    stride (all of a small tensor): a cheap fingerprint of the weights (a change confined to values
+    between the samples of a large tensor goes unnoticed).
+    """
+    import hashlib
+
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
+            flat = p.detach().reshape(-1)
+            sample = flat[:: max(1, flat.numel() // per_tensor)][:per_tensor]
+            h.update(f"{name}|{tuple(p.shape)}|{p.dtype}|".encode())
+            h.update(sample.to(device="cpu", dtype=torch.float64).numpy().tobytes())
+    return h.hexdigest()
 
 
 def estimate_model_bytes(model: torch.nn.Module, margin: float = 1.1) -> int:

@@ -49,3 +49,19 @@ def test_bad_methods_are_config_errors_naming_file_and_key(tmp_path, text, fragm
     assert str(tmp_path / "c.yaml") in msg and "\n" not in msg
     for f in fragments:
         assert f in msg, (f, msg)
+
+
+@pytest.mark.parametrize("params,fragment", [
+    ("{svd: {rank: abc}}", "method_params.svd: svd: rank must be a positive integer"),
+    ("{svd: {rank: 2}, ties: {density: 5}}", "method_params.ties: density must lie in (0, 1]"),
+])
+def test_bad_method_parameter_values_fail_when_the_config_is_read(tmp_path, params, fragment):
+    """Found by a hostile tester: these used to surface only after all the training of an experiment."""
+    from lorasum.config import load_config
+    from lorasum.errors import ConfigError
+
+    path = tmp_path / "m.yaml"
+    path.write_text(f"methods: [sum, svd, ties]\nmethod_params: {params}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert str(path) in str(e.value) and fragment in str(e.value)

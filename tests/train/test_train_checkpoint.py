@@ -247,3 +247,17 @@ def test_lora_a_init_shared_by_a_seed_unless_per_adapter(tiny_gpt2, tiny_tokeniz
         a_of[dom] = {k: v for k, v in _weights(out).items() if "lora_A" in k}
     same = all(torch.allclose(a_of["math"][k], a_of["medicine"][k], atol=1e-6) for k in a_of["math"])
     assert same is not per_adapter
+
+
+def test_checkpoint_of_other_base_weights_is_refused(tiny_gpt2, tiny_tokenizer, tmp_path, monkeypatch):
+    """Same name and config, other weights (e.g. a re-randomised model folder): not the same run."""
+    import copy
+
+    out = tmp_path / "a"
+    _interrupted(tiny_gpt2, tiny_tokenizer, out, monkeypatch)
+    other = copy.deepcopy(tiny_gpt2)
+    with torch.no_grad():
+        next(other.parameters()).view(-1)[0] += 0.5
+    with pytest.raises(CheckpointError, match="other settings, data, model"):
+        _train(other, tiny_tokenizer, out, resume=True)
+    _train(tiny_gpt2, tiny_tokenizer, out, resume=True)  # the original model continues it

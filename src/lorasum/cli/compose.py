@@ -27,12 +27,13 @@ def add_parser(sub, common) -> None:
     p.add_argument("--out", required=True, help="folder to create")
     p.add_argument("--method", default="sum", choices=sorted(METHODS), metavar="METHOD",
                    help="composition method (default sum)")
-    p.add_argument("--weights", type=_floats, help="one weight wᵢ per adapter (default 1 each)")
+    p.add_argument("--weights", type=_floats, help="one weight wᵢ per adapter, comma-separated (default 1 each; write "
+                   "--weights=-1,1 when the first is negative)")
     p.add_argument("--rank", type=int, help="svd: target rank k per module")
-    p.add_argument("--density", type=float, help="ties, magnitude_prune: fraction of entries kept (0, 1]")
-    p.add_argument("--drop-prob", type=float, help="dare_linear, dare_ties: drop probability p in [0, 1)")
-    p.add_argument("--scale", type=float, help="task_arithmetic: scale λ")
-    p.add_argument("--seed", type=int, help="dare_*: seed of the random drop mask")
+    p.add_argument("--density", type=float, help="ties, magnitude_prune: fraction of entries kept (0, 1]; default 0.2")
+    p.add_argument("--drop-prob", type=float, help="dare_linear, dare_ties: drop probability p in [0, 1); default 0.9")
+    p.add_argument("--scale", type=float, help="task_arithmetic: scale λ; default 1.0")
+    p.add_argument("--seed", type=int, help="dare_*: seed of the random drop mask; default 0")
     p.add_argument("--merge-into-base", action="store_true", help="write a merged full model instead")
     p.add_argument("--model", help="base model for --merge-into-base (default: the adapters' base model)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")

@@ -49,7 +49,7 @@ from lorasum.storage import atomic_write_json, sha256_json
 __all__ = ["run_experiment", "plan_of", "RESULTS_SCHEMA_VERSION"]
 
 log = logging.getLogger("lorasum")
-_KEY_VERSION = 2  # bump when what a key hashes changes
+_KEY_VERSION = 3  # bump when what a key hashes changes
 
 
 class _Cache:
@@ -176,7 +176,7 @@ class _Context:
     def _train_key(self, job: AdapterJob) -> str:
         c = self.cfg
         return sha256_json({
-            "v": _KEY_VERSION, "model": [self.info.name, self.info.config_hash], "seed": job.seed,
+            "v": _KEY_VERSION, "model": [self.info.name, self.info.config_hash, self.info.weights_digest], "seed": job.seed,
             "train_data": [self.hashes[dom]["train"] for dom in job.domains], "max_length": c.data.max_length,
             "lora": c.lora.model_dump(mode="json", exclude=set() if c.lora.init_per_adapter else {"init_per_adapter"}), "train": c.train.model_dump(mode="json", exclude={"checkpoint_every"}),
         })
@@ -267,7 +267,7 @@ class _Context:
         model_key = "base" if job.kind == "base" else self.keys[(job.model, job.seed)]
         ev = self.cfg.eval  # loss_on and stride change the number; batch_size and max_tokens do not
         scoring = {} if (ev.loss_on, ev.stride) == ("answer", None) else {"loss_on": ev.loss_on, "stride": ev.stride}
-        return sha256_json({"v": _KEY_VERSION, "model": [self.info.name, self.info.config_hash, model_key],
+        return sha256_json({"v": _KEY_VERSION, "model": [self.info.name, self.info.config_hash, self.info.weights_digest, model_key],
                             "test": self.hashes[job.eval_domain]["test"], "max_length": self.cfg.data.max_length}
                            | scoring)
 

@@ -55,7 +55,7 @@ from lorasum.train.checkpoint import (
     save_checkpoint,
 )
 from lorasum.train.packing import pack, packing_is_exact
-from lorasum.models import ModelInfo, check_context
+from lorasum.models import ModelInfo, check_context, weights_digest
 from lorasum.storage import atomic_dir, atomic_write_json, check_output
 
 __all__ = ["TrainResult", "train_adapter", "ADAPTER_META_FILE", "TrainingInterrupted"]
@@ -411,7 +411,7 @@ def train_adapter(
     encoded = encode_records(tokenizer, records, max_length, loss_on=train.loss_on)
     check_context(model, max(len(e.input_ids) for e in encoded))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    run_id = fingerprint(model=[model_info.name, model_info.config_hash], examples=_examples_hash(encoded),
+    run_id = fingerprint(model=[model_info.name, model_info.config_hash, weights_digest(model)], examples=_examples_hash(encoded),
                          lora=lora.model_dump(mode="json"), train=train.model_dump(mode="json",
                          exclude={"checkpoint_every"}), seed=seed, max_length=max_length)
     ckpt = _Checkpointing(ckpt_path, train.checkpoint_every, run_id,
