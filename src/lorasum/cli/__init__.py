@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _setup_logging(args: argparse.Namespace) -> None:
+    if args.quiet:  # before tqdm is imported: also silences the bars of transformers' GGUF loader
+        os.environ.setdefault("TQDM_DISABLE", "1")
     level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
     if not args.debug:
