@@ -245,3 +245,11 @@ def test_reproduce_stopped_mid_training_continues_from_the_checkpoint(run, monke
     got = load_file(str(lost / "adapter_model.safetensors"))
     assert want.keys() == got.keys() and all(torch.allclose(want[k], got[k], rtol=0, atol=1e-6) for k in want)
     assert not (out / "adapters/seed1/merged-math+medicine.ckpt").exists()
+
+
+def test_report_rebuilt_from_results_json_equals_the_report_of_the_run(run, tmp_path):
+    """results.json holds everything the report shows (and in an order that survives the JSON round trip)."""
+    (tmp_path / "results.json").write_bytes((run["out"] / "results.json").read_bytes())
+    assert main(["report", "-q", str(tmp_path)]) == 0
+    assert (tmp_path / "report" / "report.md").read_text(encoding="utf-8") == \
+        (run["out"] / "report" / "report.md").read_text(encoding="utf-8")

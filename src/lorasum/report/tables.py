@@ -253,7 +253,9 @@ def training_table(results: dict) -> Table:
 def data_table(results: dict) -> Table:
     """Per domain: split sizes, content hash and source files."""
     rows = []
-    for dom, d in (results.get("data") or {}).items():
+    data = results.get("data") or {}
+    for dom in [*(d for d in domains_of(results) if d in data), *(d for d in data if d not in domains_of(results))]:
+        d = data[dom]
         srcs = ", ".join(f"`{s.get('path', '?')}` ({fmt(s.get('records'), 'int')})" for s in d.get("sources", []))
         rows.append([dom, fmt(d.get("train"), "int"), fmt(d.get("validation"), "int"), fmt(d.get("test"), "int"),
                      f"`{d['content_hash']}`" if d.get("content_hash") else MISSING, srcs or MISSING])
