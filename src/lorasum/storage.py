@@ -149,7 +149,7 @@ def check_output(path: str | os.PathLike, overwrite: bool = False) -> Path:
     if os.path.lexists(path) and not overwrite:
         if path.is_dir() and not path.is_symlink() and not any(path.iterdir()):
             return path
-        raise OutputExistsError(f"{path}: already exists; pass --overwrite to replace it")
+        raise OutputExistsError(f"{path}: already exists; pass --overwrite (overwrite=True from Python) to replace it")
     return path
 
 

@@ -40,6 +40,10 @@ def add_parser(sub, common) -> None:
     p.set_defaults(func=run)
 
 
+def _count(adapters: list) -> str:
+    return f"{len(adapters)} adapter{'s' if len(adapters) != 1 else ''}"
+
+
 def _params(args: argparse.Namespace) -> dict:
     names = {"weights": "weights", "rank": "rank", "density": "density", "drop_prob": "drop_prob",
              "scale": "scale", "seed": "seed"}
@@ -72,13 +76,14 @@ def run(args: argparse.Namespace) -> int:
         extra = {"svd_report.json": {m: r.to_dict() for m, r in report.items()}} if report is not None else None
         save_adapter(result, out, overwrite=args.overwrite, base_model=adapters[0].base_model, extra_json=extra)
         ranks = sorted({f.rank for f in result.factors.values()})
-        print(f"{out}: {args.method} of {len(adapters)} adapters, {len(result.factors)} modules, "
+        print(f"{out}: {args.method} of {_count(adapters)}, {len(result.factors)} modules, "
               f"rank {'/'.join(map(str, ranks))}")
     else:
         with atomic_dir(out, overwrite=args.overwrite) as tmp:
             save_dense_delta(result, tmp / "dense_delta.safetensors")
-        print(f"{out}: {args.method} of {len(adapters)} adapters as a dense ΔW over {len(result.deltas)} modules "
-              f"(dense_delta.safetensors; apply with --merge-into-base)")
+        print(f"{out}: {args.method} of {_count(adapters)} as a dense ΔW over {len(result.deltas)} modules "
+              f"(dense_delta.safetensors: not a PEFT adapter, so lorasum eval cannot load it; to evaluate, "
+              f"compose with --merge-into-base and run lorasum eval --model on that folder)")
     write_manifest(out, config={"command": "compose", "method": args.method, "params": params,
                                 "merge_into_base": args.merge_into_base, "model": args.model},
                    inputs={f"adapter{i}": Path(a) for i, a in enumerate(args.adapters)}, outputs=[out])
@@ -109,4 +114,4 @@ def _write_merged(args, result, adapters, base, merge_into_base, atomic_dir) -> 
     with atomic_dir(args.out, overwrite=args.overwrite) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-    print(f"{args.out}: {name} with the {args.method} of {len(adapters)} adapters merged into its weights")
+    print(f"{args.out}: {name} with the {args.method} of {_count(adapters)} merged into its weights")
