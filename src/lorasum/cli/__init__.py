@@ -57,8 +57,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _setup_logging(args: argparse.Namespace) -> None:
-    if args.quiet:  # before tqdm is imported: also silences the bars of transformers' GGUF loader
-        os.environ.setdefault("TQDM_DISABLE", "1")
     level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
     if not args.debug:
@@ -79,6 +77,10 @@ def _setup_logging(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit code (0 ok, 1 internal error, 2 user error, 130 interrupted)."""
+    if {"-q", "--quiet"} & set(sys.argv[1:] if argv is None else argv):
+        # read by tqdm when it is imported (building the parser imports it): this also silences the
+        # progress bars of libraries, such as transformers' GGUF loader
+        os.environ.setdefault("TQDM_DISABLE", "1")
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args)
