@@ -117,3 +117,13 @@ def test_two_domains_version_2_has_no_hybrids_or_methods_table(tmp_path):
     tables = md_tables(md)
     assert [r[1] for r in tables["Headline: adapter sum vs merged-data fine-tuning"]] == ["singles"]
     assert "Composition methods" not in md and "hybrids" not in md.splitlines()[2]
+
+
+@pytest.mark.parametrize("per_adapter", [None, False, True])
+def test_verdict_warns_about_a_shared_lora_initialisation(per_adapter):
+    results = make_results(seeds=(0, 1, 2), version=1)
+    if per_adapter is not None:
+        results.setdefault("config", {})["lora"] = {"r": 4, "init_per_adapter": per_adapter}
+    else:
+        results.get("config", {}).pop("lora", None)  # unknown (an old results.json): no claim either way
+    assert ("same random LoRA A" in verdict(results)) is (per_adapter is False)

@@ -183,6 +183,10 @@ def verdict(results: dict) -> str:
     sizes = [d.get("train") for d in (results.get("data") or {}).values() if finite(d.get("train"))]
     if sizes and min(sizes) < 1000:
         caveats.append(f"adapters were trained on as few as {min(sizes)} examples per domain")
+    lora = (results.get("config") or {}).get("lora") or {}
+    if lora and not lora.get("init_per_adapter", False):
+        caveats.append("the adapters of a seed started from the same random LoRA A (lora.init_per_adapter: false), "
+                       "which by itself raises their cosines above the random baseline")
     if caveats:
         text += " Caveat: " + "; ".join(caveats) + "."
     return text
