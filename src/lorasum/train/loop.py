@@ -284,7 +284,7 @@ def _optimise(
             optimizer.zero_grad(set_to_none=True)
             losses.append(step_nll / n_answer)
             if progress and (step % 20 == 0 or step == total - 1):  # reading the loss waits for the GPU
-                bar.set_postfix(loss=f"{float(losses[-1]):.3f}", tok_s=f"{tokens / elapsed():.0f}")
+                bar.set_postfix(loss=f"{float(losses[-1]):.3f} (step {step + 1})", tok_s=f"{tokens / elapsed():.0f}")
             if step + 1 < total and "signum" in stop:
                 raise TrainingInterrupted(stop["signum"], step + 1, total, save(step + 1))
             if ckpt is not None and ckpt.every and (step + 1) % ckpt.every == 0 and step + 1 < total:
