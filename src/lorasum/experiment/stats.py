@@ -18,6 +18,20 @@ __all__ = ["mean_std_ci", "correlation", "fit_band"]
 _NAN = float("nan")
 
 
+
+def _finite_pairs(x, y) -> tuple[np.ndarray, np.ndarray]:
+    """x and y as float arrays, keeping the positions where both are finite.
+
+    Raises:
+        ValueError: ``x`` and ``y`` differ in length.
+    """
+    xa = np.asarray(x, dtype=float).ravel()
+    ya = np.asarray(y, dtype=float).ravel()
+    if xa.shape != ya.shape:
+        raise ValueError(f"x and y differ in length: {xa.size} != {ya.size}")
+    keep = np.isfinite(xa) & np.isfinite(ya)
+    return xa[keep], ya[keep]
+
 def _finite(values: Sequence[float] | np.ndarray) -> np.ndarray:
     arr = np.asarray(values, dtype=float).ravel()
     return arr[np.isfinite(arr)]
@@ -106,12 +120,7 @@ def correlation(
     Raises:
         ValueError: ``x`` and ``y`` differ in length.
     """
-    xa = np.asarray(x, dtype=float).ravel()
-    ya = np.asarray(y, dtype=float).ravel()
-    if xa.shape != ya.shape:
-        raise ValueError(f"x and y differ in length: {xa.size} != {ya.size}")
-    keep = np.isfinite(xa) & np.isfinite(ya)
-    xa, ya = xa[keep], ya[keep]
+    xa, ya = _finite_pairs(x, y)
     n = int(xa.size)
     keys = ("pearson_r", "pearson_p", "spearman_rho", "spearman_p", "slope", "intercept",
             "slope_ci_low", "slope_ci_high", "slope_p")
@@ -162,12 +171,7 @@ def fit_band(
     Raises:
         ValueError: ``x`` and ``y`` differ in length.
     """
-    xa = np.asarray(x, dtype=float).ravel()
-    ya = np.asarray(y, dtype=float).ravel()
-    if xa.shape != ya.shape:
-        raise ValueError(f"x and y differ in length: {xa.size} != {ya.size}")
-    keep = np.isfinite(xa) & np.isfinite(ya)
-    xa, ya = xa[keep], ya[keep]
+    xa, ya = _finite_pairs(x, y)
     x0 = np.asarray(at, dtype=float).ravel()
     nan = np.full(x0.shape, np.nan)
     n = xa.size
