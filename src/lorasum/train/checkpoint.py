@@ -271,18 +271,16 @@ def restore_checkpoint(
         if saved.shape != p.shape or not bool(torch.isfinite(saved).all()):
             raise CheckpointError(f"{where}: {name} has shape {tuple(saved.shape)} or non-finite values "
                                   f"(expected finite, {tuple(p.shape)})")
-    _check_optimizer_state(where, ckpt.optimizer, optimizer, list(trainable.values()))
-    fresh = {"base_lrs": list(scheduler.base_lrs), "groups": [
-        {k: v for k, v in g.items() if k not in ("params", "lr", "initial_lr")} for g in optimizer.param_groups]}
+    _check_optimizer_state(where, ckpt.optimizer, list(trainable.values()))
+    run_groups, run_base_lrs = _hyper_parameters(optimizer), list(scheduler.base_lrs)
     try:
         optimizer.load_state_dict(ckpt.optimizer)
         scheduler.load_state_dict(ckpt.scheduler)
     except (ValueError, KeyError, TypeError, AttributeError, RuntimeError) as e:
         raise CheckpointError(f"{where}: optimizer or scheduler state does not fit ({type(e).__name__}: {e})") from None
-    groups = [{k: v for k, v in g.items() if k not in ("params", "lr", "initial_lr")} for g in optimizer.param_groups]
     expected_lr = [base * fn(ckpt.step) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas, strict=True)]
-    if (groups != [_listify(g) for g in fresh["groups"]] and groups != fresh["groups"]) \
-            or list(scheduler.base_lrs) != fresh["base_lrs"] or scheduler.last_epoch != ckpt.step \
+    if _hyper_parameters(optimizer) != run_groups or list(scheduler.base_lrs) != run_base_lrs \
+            or scheduler.last_epoch != ckpt.step \
             or any(not math.isclose(g["lr"], lr, rel_tol=1e-9, abs_tol=1e-15)
                    for g, lr in zip(optimizer.param_groups, expected_lr, strict=True)):
         raise CheckpointError(f"{where}: optimizer or learning-rate schedule differ from this run's settings")
@@ -296,12 +294,14 @@ def restore_checkpoint(
             from None
 
 
-def _listify(group: dict) -> dict:
-    """A param group as it comes back from JSON (tuples become lists)."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in group.items()}
+def _hyper_parameters(optimizer: torch.optim.Optimizer) -> list[dict]:
+    """Each param group's settings but the parameters and the scheduled learning rate, tuples as
+    lists (as they come back from JSON)."""
+    return [{k: list(v) if isinstance(v, tuple) else v for k, v in g.items()
+             if k not in ("params", "lr", "initial_lr")} for g in optimizer.param_groups]
 
 
-def _check_optimizer_state(where: Path, saved: dict, optimizer: torch.optim.Optimizer, params: list) -> None:
+def _check_optimizer_state(where: Path, saved: dict, params: list) -> None:
     """AdamW state: per parameter a scalar ``step`` and finite moments shaped like the parameter,
     ``exp_avg_sq`` non-negative."""
     state = saved.get("state")
