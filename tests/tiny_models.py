@@ -33,15 +33,16 @@ def build_tiny_tokenizer():
     )
 
 
-def save_tiny_gpt2(path: Path, n_positions: int = 256) -> Path:
-    """Save a random 2-layer GPT-2 (Conv1D) and the tiny tokenizer as a model folder, like ``save_pretrained``."""
+def save_tiny_gpt2(path: Path, n_positions: int = 256, dropout: float = 0.1) -> Path:
+    """Save a random 2-layer GPT-2 (Conv1D) and the tiny tokenizer as a model folder, like ``save_pretrained``
+    (``dropout``: GPT-2's resid, embd and attn dropout)."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
     tok = build_tiny_tokenizer()
     torch.manual_seed(0)
     cfg = GPT2Config(n_embd=32, n_layer=2, n_head=2, n_positions=n_positions, initializer_range=0.2,
-                     vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+                     resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout, vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
     GPT2LMHeadModel(cfg).save_pretrained(path)
     tok.save_pretrained(path)
     return Path(path)

@@ -177,6 +177,9 @@ class TrainSpec(_Strict):
     compile: bool = Field(False, description="torch.compile the decoder layers (CUDA; pays off on long runs)")
     checkpoint_every: int | None = Field(
         200, gt=0, description="save a resumable checkpoint every N optimiser steps (None: only on SIGINT/SIGTERM)")
+    parallel_adapters: int = Field(
+        1, ge=0, description="experiments: train this many adapters together in one pass over the base model "
+        "(0: all of the run; 1: one after the other, with checkpoints); see lorasum.train.parallel")
 
 
 class EvalSpec(_Strict):

@@ -31,7 +31,7 @@ from lorasum.data.records import Record
 from lorasum.data.tokenize import IGNORE_INDEX, Encoded, LossOn, collate, encode_records, sliding_windows
 
 __all__ = [
-    "Perplexity", "perplexity", "score", "answer_token_nll", "autocast_for", "fast_attention", "encode_for_eval",
+    "Perplexity", "perplexity", "score", "answer_token_nll", "token_nll", "autocast_for", "fast_attention", "encode_for_eval",
 ]
 
 # config attributes of architectures whose logits are not just lm_head(hidden);
@@ -126,15 +126,29 @@ def answer_token_nll(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> 
         of the full forward pass, but the LM head is applied only at those positions.
         The positions are found on the CPU, so the call does not wait for the GPU.
     """
+    nll, flat = token_nll(model, batch)
+    return nll.sum(), int(flat.numel())
+
+
+def token_nll(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """NLL (nats) of each labelled token of a batch, and where those tokens are.
+
+    The per-token form of :func:`answer_token_nll` (same arguments, same single decoder pass,
+    LM head only at the scored positions).
+
+    Returns:
+        ``(nll, flat)``: ``nll`` (N,) float32 on the model's device (differentiable), the NLL of
+        the token at each position; ``flat`` (N,) int64 on the CPU, the positions as flat indices
+        ``b * T + t`` of the input (the token predicted is ``labels.flatten()[flat + 1]``).
+    """
     device = next(model.parameters()).device
-    flat, targets = _scored_positions(batch["labels"])
-    n_tokens = int(flat.numel())
+    flat_cpu, targets = _scored_positions(batch["labels"])
     inputs = {"input_ids": _to(batch["input_ids"], device), "use_cache": False}
     if "position_ids" in batch:
         inputs |= {"position_ids": _to(batch["position_ids"], device), "attention_mask": None}
     else:
         inputs["attention_mask"] = _to(batch["attention_mask"], device)
-    flat, targets = _to(flat, device), _to(targets, device)
+    flat, targets = _to(flat_cpu, device), _to(targets, device)
     inner = _unwrap(model)
     parts = _split_head(inner)
     with fast_attention(device):
@@ -145,8 +159,7 @@ def answer_token_nll(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> 
             decoder, head = parts
             hidden = decoder(**inputs)[0]  # (B, T, H)
             logits = head(hidden.flatten(0, 1).index_select(0, flat))  # (N, V), N = n_tokens
-    nll_sum = F.cross_entropy(logits.float(), targets, reduction="sum")
-    return nll_sum, n_tokens
+    return F.cross_entropy(logits.float(), targets, reduction="none"), flat_cpu
 
 
 @dataclass(frozen=True)

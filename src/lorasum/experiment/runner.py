@@ -56,11 +56,12 @@ class _Cache:
     """JSON records keyed by job hash under ``OUT/cache/<kind>/``."""
 
     def __init__(self, root: Path, enabled: bool):
-        self.root, self.enabled = root, enabled
+        self.root, self.enabled = root, enabled  # enabled: entries of earlier runs may be reused
+        self._fresh: set[tuple[str, str]] = set()  # entries written by this run (always readable)
 
     def get(self, kind: str, key: str) -> dict | None:
         path = self.root / kind / f"{key}.json"
-        if not self.enabled or not path.is_file():
+        if not (self.enabled or (kind, key) in self._fresh) or not path.is_file():
             return None
         try:
             return json.loads(path.read_text(encoding="utf-8"))
@@ -69,6 +70,7 @@ class _Cache:
 
     def put(self, kind: str, key: str, value: dict) -> None:
         atomic_write_json(self.root / kind / f"{key}.json", value)
+        self._fresh.add((kind, key))
 
 
 def _prepare_run_folder(out: Path, cfg: ExperimentConfig, overwrite: bool) -> bool:
@@ -119,6 +121,8 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, overwrite: bool = 
     data = _load_data(cfg, tokenizer)
     ctx = _Context(cfg, out, cache, data, model, tokenizer, info, progress)
 
+    if cfg.train.parallel_adapters != 1:
+        ctx.train_together(list(grid.adapters))
     adapters = [ctx.run_adapter(job) for job in grid.adapters]
     evaluations = ctx.run_evaluations(grid.evaluations)
     geometry, part_cosines = ctx.geometry(grid)
@@ -178,7 +182,10 @@ class _Context:
         return sha256_json({
             "v": _KEY_VERSION, "model": [self.info.name, self.info.config_hash, self.info.weights_digest], "seed": job.seed,
             "train_data": [self.hashes[dom]["train"] for dom in job.domains], "max_length": c.data.max_length,
-            "lora": c.lora.model_dump(mode="json", exclude=set() if c.lora.init_per_adapter else {"init_per_adapter"}), "train": c.train.model_dump(mode="json", exclude={"checkpoint_every"}),
+            "lora": c.lora.model_dump(mode="json", exclude=set() if c.lora.init_per_adapter else {"init_per_adapter"}),
+            # parallel training draws other dropout masks: part of the key unless off (1), so old keys stay valid
+            "train": c.train.model_dump(mode="json", exclude={"checkpoint_every"} | (
+                {"parallel_adapters"} if c.train.parallel_adapters == 1 else set())),
         })
 
     def _params(self, job: AdapterJob) -> dict:
@@ -195,10 +202,71 @@ class _Context:
 
         return not job.trained and not get_method(job.method).low_rank
 
+    def _row(self, job: AdapterJob, key: str, path: Path | None) -> dict:
+        row = {"name": job.name, "kind": job.kind, "method": job.method, "domains": list(job.domains),
+               "seed": job.seed, "path": str(path.relative_to(self.out)) if path else None, "key": key}
+        if job.trained:
+            row["train_data"] = {dom: self.hashes[dom]["train"] for dom in job.domains}
+        else:
+            row |= {"params": self._params(job), "sources": [self.keys[(s, job.seed)] for s in job.sources]}
+        return row
+
+    def _trained_path(self, job: AdapterJob) -> Path:
+        return self.out / "adapters" / f"seed{job.seed}" / job.name
+
+    def train_together(self, jobs: list[AdapterJob]) -> None:
+        """Train the trained adapters of ``jobs`` that are not cached ``train.parallel_adapters`` at a time
+        in one pass over the base model (:func:`lorasum.train.train_adapters`); each one is cached as soon
+        as it is saved, so :meth:`run_adapter` then finds it. Falls back to doing nothing (sequential
+        training in :meth:`run_adapter`) when the model does not keep packed examples apart."""
+        from lorasum.train import AdapterTask, train_adapters
+        from lorasum.train.packing import packing_is_exact
+
+        todo = []
+        for job in (j for j in jobs if j.trained):
+            key, path = self._train_key(job), self._trained_path(job)
+            if self.cache.get("adapters", key) is None or not (path / "adapter_config.json").is_file():
+                todo.append((job, key, path))
+        if not todo:
+            return
+        if not (self.cfg.train.packing and packing_is_exact(self.model)):
+            log.warning("train.parallel_adapters needs packed rows (train.packing and a model that keeps packed "
+                        "examples apart): training the adapters one after the other")
+            return
+        size = self.cfg.train.parallel_adapters or len(todo)
+        for start in range(0, len(todo), size):
+            chunk = todo[start:start + size]
+            log.info("train   %d adapters together: %s", len(chunk),
+                     ", ".join(f"{job.name} (seed {job.seed})" for job, _, _ in chunk))
+            tasks = [AdapterTask(records=self._records(job, "train"), seed=job.seed, out_dir=path,
+                                 meta=self._train_meta(job, key), validation=self._records(job, "validation") or None)
+                     for job, key, path in chunk]
+
+            def saved(i: int, res, chunk=chunk) -> None:
+                job, key, path = chunk[i]
+                self.cache.put("adapters", key, {"row": self._row(job, key, path),
+                                                 "train": self._summary(res, job)})
+
+            train_adapters(self.model, self.tokenizer, tasks, lora=self.cfg.lora, train=self.cfg.train,
+                           max_length=self.cfg.data.max_length, model_info=self.info, overwrite=True,
+                           progress=self.progress, on_saved=saved)
+
+    def _records(self, job: AdapterJob, split: str) -> list:
+        return [r for dom in job.domains for r in getattr(self.data[dom], split)]
+
+    def _train_meta(self, job: AdapterJob, key: str) -> dict:
+        return {"job_key": key, "domains": list(job.domains),
+                "data": {dom: {"content_hash": self.data[dom].content_hash, "train_hash": self.hashes[dom]["train"],
+                               "sources": self.data[dom].sources} for dom in job.domains}}
+
+    def _summary(self, res, job: AdapterJob) -> dict:
+        return {"steps": res.steps, "tokens": res.tokens, "seconds": round(res.seconds, 2),
+                "final_loss": res.final_loss, "val_loss": res.val_loss, "examples": len(self._records(job, "train"))}
+
     def run_adapter(self, job: AdapterJob) -> dict:
         """Train or compose one adapter unless its folder and cache entry exist; return its row."""
         dense = self._dense(job)
-        path = None if dense else self.out / "adapters" / f"seed{job.seed}" / job.name
+        path = None if dense else self._trained_path(job)
         if job.trained:
             key = self._train_key(job)
         else:
@@ -206,12 +274,7 @@ class _Context:
                                "sources": [self.keys[(s, job.seed)] for s in job.sources]})
         self.keys[(job.name, job.seed)], self.paths[(job.name, job.seed)] = key, path
         self.jobs[(job.name, job.seed)] = job
-        row = {"name": job.name, "kind": job.kind, "method": job.method, "domains": list(job.domains),
-               "seed": job.seed, "path": str(path.relative_to(self.out)) if path else None, "key": key}
-        if job.trained:
-            row["train_data"] = {dom: self.hashes[dom]["train"] for dom in job.domains}
-        else:
-            row |= {"params": self._params(job), "sources": [self.keys[(s, job.seed)] for s in job.sources]}
+        row = self._row(job, key, path)
         if dense:
             return row | {"train": None}  # composed in memory when evaluated
         cached = self.cache.get("adapters", key)
@@ -226,12 +289,9 @@ class _Context:
     def _train(self, job: AdapterJob, path: Path, key: str) -> dict:
         from lorasum.train import train_adapter
 
-        records = [r for dom in job.domains for r in self.data[dom].train]
-        validation = [r for dom in job.domains for r in self.data[dom].validation]
-        meta = {"job_key": key, "domains": list(job.domains),
-                "data": {dom: {"content_hash": self.data[dom].content_hash, "train_hash": self.hashes[dom]["train"],
-                               "sources": self.data[dom].sources} for dom in job.domains}}
         from lorasum.train.checkpoint import CheckpointError, checkpoint_dir
+
+        records, validation, meta = self._records(job, "train"), self._records(job, "validation"), self._train_meta(job, key)
 
         def train(resume: bool):
             return train_adapter(self.model, self.tokenizer, records, lora=self.cfg.lora, train=self.cfg.train,
@@ -245,8 +305,7 @@ class _Context:
             log.warning("%s; training %s from the start", e, job.name)
             shutil.rmtree(checkpoint_dir(path), ignore_errors=True)
             res = train(resume=False)
-        return {"steps": res.steps, "tokens": res.tokens, "seconds": round(res.seconds, 2),
-                "final_loss": res.final_loss, "val_loss": res.val_loss, "examples": len(records)}
+        return self._summary(res, job)
 
     def _composed(self, job: AdapterJob):
         """The composition result in memory: an Adapter (low-rank methods) or a DenseDelta."""

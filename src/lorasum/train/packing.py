@@ -54,7 +54,8 @@ def pack_rows(lengths: list[int], row_length: int) -> list[list[int]]:
     return rows
 
 
-def pack(examples: list[Encoded], row_length: int, pad_token_id: int) -> dict[str, torch.Tensor]:
+def pack(examples: list[Encoded], row_length: int, pad_token_id: int,
+         groups: list[int] | None = None) -> dict[str, torch.Tensor]:
     """Pack a micro-batch into rows (see the module docstring).
 
     Rows are as few as first-fit decreasing into ``row_length`` gives, and as narrow as that
@@ -64,7 +65,9 @@ def pack(examples: list[Encoded], row_length: int, pad_token_id: int) -> dict[st
         ``input_ids``, ``position_ids``, ``labels``: (R, W) int64, W the fullest row rounded
         up to a multiple of 64 (at most ``max(row_length, longest example)`` rounded so);
         no ``attention_mask`` (the model must get None, so it reads the blocks from
-        ``position_ids``). Real tokens: ``sum(len(e.input_ids))``; labelled tokens: those of
+        ``position_ids``). With ``groups`` (one int >= 0 per example, e.g. the adapter it
+        trains), also ``groups`` (R, W) int64: each token's group, -1 on padding.
+        Real tokens: ``sum(len(e.input_ids))``; labelled tokens: those of
         the examples except each example's first token.
 
     Raises:
@@ -85,19 +88,25 @@ def pack(examples: list[Encoded], row_length: int, pad_token_id: int) -> dict[st
         cap += _ROW_MULTIPLE
     fill = max(sum(lengths[i] for i in row) for row in rows)
     width = -(-fill // _ROW_MULTIPLE) * _ROW_MULTIPLE
-    ids, pos, lab = [], [], []
+    ids, pos, lab, grp = [], [], [], []
     for row in rows:
-        r_ids, r_pos, r_lab = [], [], []
+        r_ids, r_pos, r_lab, r_grp = [], [], [], []
         for i in row:
             e = examples[i]
             r_ids += e.input_ids
             r_pos += range(len(e.input_ids))
             r_lab += [IGNORE_INDEX] + e.labels[1:]
+            if groups is not None:
+                r_grp += [groups[i]] * len(e.input_ids)
         pad = width - len(r_ids)
         ids.append(r_ids + [pad_token_id] * pad)
         pos.append(r_pos + list(range(pad)))
         lab.append(r_lab + [IGNORE_INDEX] * pad)
-    return {"input_ids": torch.tensor(ids), "position_ids": torch.tensor(pos), "labels": torch.tensor(lab)}
+        grp.append(r_grp + [-1] * pad)
+    out = {"input_ids": torch.tensor(ids), "position_ids": torch.tensor(pos), "labels": torch.tensor(lab)}
+    if groups is not None:
+        out["groups"] = torch.tensor(grp)
+    return out
 
 
 @torch.no_grad()

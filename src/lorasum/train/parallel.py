@@ -1,0 +1,368 @@
+"""Train several LoRA adapters in one pass over a shared frozen base model.
+
+The adapters of an experiment (one per domain, per merged data set and per seed) all sit on the
+same frozen base model, and a LoRA step on a 135M-parameter model with batches of 8 examples is
+bound by the host: about 5,000 kernel launches for 44 ms of GPU work in a 200 ms step
+(BENCHMARKS.md). Here k adapters train together: each optimiser step packs the next
+micro-batch of *every* adapter into the same rows, runs the decoder once, and routes every
+token through its own adapter's LoRA factors. The kernel count of a step is that of one
+adapter; the GPU gets k times the work.
+
+Routing (exact, no gather): each targeted module holds the k adapters' factors and computes, for
+input x (tokens × d_in),
+
+    ΔW x = scaling · B_cat · (M ⊙ (A_cat x)),   A_cat = [A_1; …; A_k] (k·r × d_in),
+                                                B_cat = [B_1 … B_k]   (d_out × k·r),
+
+where the mask M (tokens × k·r) is 1 on the r rows of the token's own adapter and 0 elsewhere
+(0 everywhere on padding). For a token of adapter j this is scaling · B_j A_j x, LoRA's update
+(Hu et al. 2021, eq. 3), and no gradient reaches another adapter's A or B. Packed examples do
+not attend to each other (:mod:`lorasum.train.packing`), so an adapter's loss and gradients
+are those of training it alone on the same micro-batches.
+
+Each adapter keeps what :func:`lorasum.train.train_adapter` gives it: the same LoRA
+initialisation (drawn by PEFT from the adapter's seed), the same data order (its own seed's
+permutations), its own AdamW state, learning-rate schedule (warm-up and decay over its own
+number of steps) and gradient-norm clip, and its own token-weighted loss. An adapter that has
+taken all its steps is saved at once, in PEFT's format, and leaves the batch. With
+``lora_dropout`` (and the base model's dropout) the dropout masks are other draws than in
+sequential training: same distribution, different numbers; without dropout the adapters equal
+those of sequential training up to float rounding (``tests/train/test_train_parallel.py``).
+
+Not supported here (use :func:`lorasum.train.train_adapter`): periodic checkpoints and resume
+(an interrupted group loses its unfinished adapters; finished ones are saved), ``train.compile``,
+and models that do not keep packed examples apart.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from peft import get_peft_model
+from peft.tuners.lora import LoraLayer
+from tqdm.auto import tqdm
+
+from lorasum.adapters import LoraFactor, _PREFIX, _SUFFIX_A, _SUFFIX_B
+from lorasum.config import LoraSpec, TrainSpec
+from lorasum.data.records import Record
+from lorasum.data.tokenize import IGNORE_INDEX, encode_records
+from lorasum.errors import ConfigError, DataError
+from lorasum.evaluate.nll import perplexity, token_nll
+from lorasum.models import ModelInfo, check_context
+from lorasum.storage import atomic_dir, atomic_write_json, check_output
+from lorasum.train.checkpoint import TrainingDiverged
+from lorasum.train.loop import (ADAPTER_META_FILE, _LOG_TAIL, TrainResult, _init_seed, _lora_config, _metadata,
+                                _micro_batches, _seed_everything, _total_steps)
+from lorasum.train.packing import pack, packing_is_exact
+
+__all__ = ["AdapterTask", "train_adapters", "linear_schedule"]
+
+log = logging.getLogger("lorasum")
+
+
+@dataclass
+class AdapterTask:
+    """One adapter to train with :func:`train_adapters`.
+
+    Attributes:
+        records: its training records (non-empty).
+        seed: its seed (LoRA initialisation, data order), as for :func:`train_adapter`.
+        out_dir: the folder to write.
+        meta: free-form metadata for ``lorasum.json`` (``meta["domains"]`` is needed with
+            ``lora.init_per_adapter``).
+        validation: records scored with the trained adapter (``val_loss``), or None.
+    """
+
+    records: list[Record]
+    seed: int
+    out_dir: Path
+    meta: dict = field(default_factory=dict)
+    validation: list[Record] | None = None
+
+
+def linear_schedule(warmup: int, total: int) -> Callable[[int], float]:
+    """Learning-rate factor of step ``s``: ``s / warmup`` during warm-up, then linear decay to 0
+    at ``total`` (the schedule of ``transformers.get_linear_schedule_with_warmup``)."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return step / max(1, warmup)
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return factor
+
+
+class _Router:
+    """Which adapter each token of the current forward pass belongs to, as the mask M."""
+
+    def __init__(self, k: int, r: int, scaling: float):
+        self.k, self.r, self.scaling = k, r, scaling
+        self._groups: torch.Tensor | int | None = None
+        self._masks: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+
+    def route(self, groups: torch.Tensor | int) -> None:
+        """``groups``: (rows, width) adapter index of each token (-1: padding), or one index for all."""
+        self._groups, self._masks = groups, {}
+
+    def mask(self, like: torch.Tensor) -> torch.Tensor:
+        """M · scaling, broadcastable to ``like`` (…, k·r), in its dtype and device."""
+        key = (like.dtype, like.device)
+        if key not in self._masks:
+            g = self._groups
+            if g is None:
+                raise RuntimeError("parallel LoRA layers called before the tokens were routed")
+            if isinstance(g, int):
+                m = torch.zeros(self.k * self.r, device=like.device)
+                m[g * self.r:(g + 1) * self.r] = self.scaling
+            else:
+                m = F.one_hot(g.to(like.device) + 1, self.k + 1)[..., 1:].repeat_interleave(self.r, -1)
+                m = (m * self.scaling).reshape(like.shape)  # tokens in the layout the layer sees
+            self._masks[key] = m.to(like.dtype)
+        return self._masks[key]
+
+
+class _ParallelLoRA(torch.nn.Module):
+    """A frozen base layer (Linear or GPT-2's Conv1D) plus k LoRA adapters, routed per token."""
+
+    def __init__(self, base: torch.nn.Module, factors: list[tuple[torch.Tensor, torch.Tensor]], dropout: float,
+                 router: _Router):
+        super().__init__()
+        self.base = base
+        device = next(base.parameters()).device
+        self.lora_A = torch.nn.ParameterList([torch.nn.Parameter(a.detach().float().to(device).clone())
+                                              for a, _ in factors])
+        self.lora_B = torch.nn.ParameterList([torch.nn.Parameter(b.detach().float().to(device).clone())
+                                              for _, b in factors])
+        self.dropout = torch.nn.Dropout(dropout) if dropout > 0 else torch.nn.Identity()
+        self.router = router
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        out = self.base(x, *args, **kwargs)
+        A = torch.cat(tuple(self.lora_A))  # (k·r, d_in)
+        B = torch.cat(tuple(self.lora_B), dim=1)  # (d_out, k·r)
+        h = F.linear(self.dropout(x.to(A.dtype)), A)  # (…, k·r)
+        return out + F.linear(h * self.router.mask(h), B).to(out.dtype)
+
+
+def _peft_init(model: torch.nn.Module, config, seed: int, init_seed: int | None) -> dict[str, tuple]:
+    """LoRA A and B as PEFT initialises them for ``seed`` (as in :func:`train_adapter`):
+    module path → (A (r, d_in), B (d_out, r), scaling)."""
+    _seed_everything(seed)
+    if init_seed is not None:
+        torch.manual_seed(init_seed)
+    try:
+        peft_model = get_peft_model(model, config)
+    except ValueError as e:
+        raise ConfigError(f"lora.target_modules {config.target_modules}: {str(e).splitlines()[0]}") from None
+    try:
+        return {name: (m.lora_A["default"].weight.detach().cpu().clone(),
+                       m.lora_B["default"].weight.detach().cpu().clone(), float(m.scaling["default"]))
+                for name, m in peft_model.base_model.model.named_modules() if isinstance(m, LoraLayer)}
+    finally:
+        peft_model.unload()
+
+
+def _save(out_dir: Path, factors: dict[str, LoraFactor], config, model_info: ModelInfo, info: dict,
+          overwrite: bool) -> None:
+    """Write a PEFT adapter folder (the keys and ``adapter_config.json`` PEFT's ``save_pretrained``
+    writes) plus ``lorasum.json``, atomically."""
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for module, f in sorted(factors.items()):
+        tensors[f"{_PREFIX}{module}{_SUFFIX_A}"] = f.A.contiguous()
+        tensors[f"{_PREFIX}{module}{_SUFFIX_B}"] = f.B.contiguous()
+    config = type(config)(**config.to_dict())
+    config.base_model_name_or_path = model_info.name
+    config.inference_mode = True
+    with atomic_dir(out_dir, overwrite) as tmp:
+        save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
+        config.save_pretrained(str(tmp))
+        atomic_write_json(tmp / ADAPTER_META_FILE, info)
+
+
+def train_adapters(
+    model: torch.nn.Module,
+    tokenizer,
+    tasks: list[AdapterTask],
+    *,
+    lora: LoraSpec,
+    train: TrainSpec,
+    max_length: int,
+    model_info: ModelInfo,
+    overwrite: bool = False,
+    progress: bool = True,
+    on_saved: Callable[[int, TrainResult], None] | None = None,
+) -> list[TrainResult]:
+    """Train the adapters of ``tasks`` together (see the module docstring) and save each one.
+
+    Each adapter folder is what :func:`lorasum.train.train_adapter` writes (PEFT's
+    ``adapter_model.safetensors`` and ``adapter_config.json``, plus ``lorasum.json`` with
+    ``"parallel_adapters": k``); its ``seconds`` are the wall-clock seconds of the shared loop
+    until it was saved. An adapter is saved as soon as it has taken its steps, then
+    ``on_saved(index in tasks, result)`` is called. On return (or on an error) ``model`` is the
+    unchanged base model, with its ``requires_grad`` flags and train/eval mode restored.
+
+    Args:
+        model: a transformers causal LM whose attention keeps packed examples apart.
+        tokenizer: its tokenizer.
+        tasks: the adapters (at least one).
+        lora, train, max_length, model_info: as for :func:`train_adapter`, shared by all.
+        overwrite: replace existing adapter folders.
+        progress: show a progress bar.
+        on_saved: called after each adapter is saved.
+
+    Returns:
+        One :class:`TrainResult` per task, in order.
+
+    Raises:
+        OutputExistsError: an output folder exists and ``overwrite`` is False (checked first).
+        DataError: a task has no records.
+        ConfigError: no target modules, or the model does not keep packed examples apart
+            (``train.packing`` off, or the check of :func:`packing_is_exact` fails).
+        TrainingDiverged: an adapter's loss or weights became NaN or infinite.
+    """
+    if not tasks:
+        raise ConfigError("train_adapters: no adapters to train")
+    outs = [check_output(t.out_dir, overwrite) for t in tasks]
+    for t, out in zip(tasks, outs):
+        if not t.records:
+            raise DataError(f"{out}: no training records")
+    if not (train.packing and packing_is_exact(model)):
+        raise ConfigError("training adapters in parallel needs packed rows (train.packing: true, and a model "
+                          "whose attention keeps packed examples apart); set train.parallel_adapters: 1")
+    config = _lora_config(lora, model_info)
+    encoded = [encode_records(tokenizer, t.records, max_length, loss_on=train.loss_on) for t in tasks]
+    check_context(model, max(len(e.input_ids) for enc in encoded for e in enc))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
+    was_training = model.training
+    inits = [_peft_init(model, config, t.seed, _init_seed(t.seed, t.meta.get("domains"))
+                        if lora.init_per_adapter else None) for t in tasks]
+    modules = sorted(inits[0])
+    scaling = inits[0][modules[0]][2]
+    router = _Router(len(tasks), lora.r, scaling)
+    originals: dict[str, torch.nn.Module] = {}
+    try:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        layers = {}
+        for name in modules:
+            parent_name, _, attr = name.rpartition(".")
+            parent = model.get_submodule(parent_name)
+            originals[name] = getattr(parent, attr)
+            layers[name] = _ParallelLoRA(originals[name], [(init[name][0], init[name][1]) for init in inits],
+                                         lora.lora_dropout, router)
+            setattr(parent, attr, layers[name])
+        return _loop(model, tokenizer, tasks, outs, encoded, layers, router, config, lora, train, max_length,
+                     model_info, pad_id, overwrite, progress, on_saved)
+    finally:
+        for name, original in originals.items():
+            parent_name, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent_name), attr, original)
+        for name, p in model.named_parameters():
+            p.requires_grad_(requires_grad.get(name, p.requires_grad))
+        model.train(was_training)
+
+
+def _loop(model, tokenizer, tasks, outs, encoded, layers, router, config, lora, train, max_length, model_info,
+          pad_id, overwrite, progress, on_saved) -> list[TrainResult]:
+    k = len(tasks)
+    device = next(model.parameters()).device
+    groups = [[p for layer in layers.values() for p in (layer.lora_A[j], layer.lora_B[j])] for j in range(k)]
+    totals = [_total_steps(len(enc), train) for enc in encoded]
+    optimizer = torch.optim.AdamW([{"params": g} for g in groups], lr=train.learning_rate,
+                                  weight_decay=train.weight_decay, fused=device.type == "cuda")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, [linear_schedule(round(train.warmup_ratio * n), n) for n in totals])
+    streams = [_micro_batches(len(enc), train.batch_size, torch.Generator().manual_seed(t.seed))
+               for t, enc in zip(tasks, encoded)]
+    n_labelled = [[sum(1 for v in e.labels[1:] if v != IGNORE_INDEX) for e in enc] for enc in encoded]
+    _seed_everything(tasks[0].seed)  # dropout masks of the shared passes
+    losses: list[torch.Tensor] = []
+    tokens = [0] * k
+    results: list[TrainResult | None] = [None] * k
+    model.train()
+    start = time.perf_counter()
+    bar = tqdm(range(max(totals)), desc=f"train ×{k}", unit="step", disable=not progress, leave=False)
+    for step in bar:
+        active = [j for j in range(k) if step < totals[j]]
+        window = []
+        for _ in range(train.grad_accum):
+            picks = [(j, next(streams[j])) for j in active]
+            examples = [encoded[j][i] for j, idx in picks for i in idx]
+            owner = [j for j, idx in picks for _ in idx]
+            window.append((pack(examples, train.pack_length, pad_id, groups=owner), picks))
+        n_answer = torch.ones(k)
+        for _, picks in window:
+            for j, idx in picks:
+                tokens[j] += sum(len(encoded[j][i].input_ids) for i in idx)
+        for j in active:
+            n_answer[j] = max(1, sum(n_labelled[j][i] for _, picks in window for jj, idx in picks if jj == j
+                                     for i in idx))
+        n_answer_dev = n_answer.to(device, non_blocking=True)
+        step_nll = torch.zeros(k, device=device)
+        for batch, _ in window:
+            router.route(batch["groups"].to(device, non_blocking=True))
+            nll, flat = token_nll(model, batch)
+            owner = batch["groups"].flatten()[flat].to(device, non_blocking=True)
+            per_adapter = torch.zeros(k, device=device).index_add(0, owner, nll)
+            (per_adapter / n_answer_dev).sum().backward()
+            step_nll += per_adapter.detach()
+        for j in range(k):
+            if j not in active:
+                for p in groups[j]:
+                    p.grad = None  # finished adapters are left as they were saved
+            elif train.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(groups[j], train.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(step_nll / n_answer_dev)
+        for j in active:
+            if step + 1 == totals[j]:
+                results[j] = _finish(model, tokenizer, tasks[j], outs[j], j, k, layers, router, losses, tokens[j],
+                                     time.perf_counter() - start, config, lora, train, max_length, model_info,
+                                     len(encoded[j]), sum(e.truncated for e in encoded[j]), overwrite, progress)
+                if on_saved is not None:
+                    on_saved(j, results[j])
+        if progress and (step % 20 == 0 or step == max(totals) - 1):
+            bar.set_postfix(adapters=len(active), tok_s=f"{sum(tokens) / (time.perf_counter() - start):.0f}")
+    return results
+
+
+def _finish(model, tokenizer, task, out, j, k, layers, router, losses, tokens, seconds, config, lora, train,
+            max_length, model_info, n_examples, n_truncated, overwrite, progress) -> TrainResult:
+    """Check, score on validation and save adapter ``j`` (it has taken its last step)."""
+    values = torch.stack([step[j] for step in losses]).tolist()  # waits for the GPU
+    factors = {name: LoraFactor(A=layer.lora_A[j].detach().float().cpu().clone(),
+                                B=layer.lora_B[j].detach().float().cpu().clone(), scaling=router.scaling)
+               for name, layer in layers.items()}
+    bad = next((s for s, v in enumerate(values) if not math.isfinite(v)), None)
+    if bad is not None or not all(bool(torch.isfinite(f.A).all() and torch.isfinite(f.B).all())
+                                  for f in factors.values()):
+        where = f"the loss is {values[bad]} at step {bad + 1}" if bad is not None else "LoRA weights became NaN"
+        raise TrainingDiverged(f"{out}: training diverged: {where} (learning rate {train.learning_rate}); "
+                               "this adapter was not saved")
+    val_loss = None
+    if task.validation:
+        log.info("validation: scoring %d examples for %s", len(task.validation), out.name)
+        router.route(j)
+        val_loss = perplexity(model, tokenizer, task.validation, max_length=max_length, batch_size=train.batch_size,
+                              loss_on=train.loss_on, progress=progress).mean_nll
+    n_tail = max(1, round(_LOG_TAIL * len(values)))
+    summary = {"steps": len(values), "tokens": tokens, "seconds": seconds, "final_loss": sum(values[-n_tail:]) / n_tail,
+               "val_loss": val_loss, "packed": True, "parallel_adapters": k}
+    info = _metadata(model_info, config, train, task.seed, max_length, task.meta, n_examples, n_truncated, values,
+                     summary)
+    _save(out, factors, config, model_info, info, overwrite)
+    log.info("saved %s (%d steps, trained with %d adapters in parallel)", out, len(values), k)
+    return TrainResult(out_dir=out, steps=len(values), tokens=tokens, seconds=seconds, losses=values,
+                       final_loss=summary["final_loss"], val_loss=val_loss)

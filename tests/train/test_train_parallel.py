@@ -1,0 +1,161 @@
+"""lorasum.train.parallel: k adapters trained in one pass equal k adapters trained one after the other."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file
+from transformers import get_linear_schedule_with_warmup
+
+from lorasum.adapters import load_adapter
+from lorasum.config import LoraSpec, TrainSpec
+from lorasum.data.records import Record
+from lorasum.errors import ConfigError, OutputExistsError
+from lorasum.evaluate import perplexity
+from lorasum.models import describe_model
+from lorasum.train import AdapterTask, train_adapter, train_adapters
+from lorasum.train.checkpoint import TrainingDiverged
+from lorasum.train.parallel import _ParallelLoRA, _Router, linear_schedule
+
+WORDS = ["what is 2 plus 2 ?", "how many apples are left ?", "what is the dose ?", "which stock ?",
+         "what is the interest rate ?", "is the sun red ?", "what is the total ?", "the patient with heart disease",
+         "the market price of the bond", "add 2 and 10", "the cat and the dog eat 2 apples", "the rate is 6 %"]
+
+
+def records(domain: str, n: int, shift: int) -> list[Record]:
+    return [Record(id=f"{domain}{i}", domain=domain, question=WORDS[(i + shift) % len(WORDS)],
+                   answer=WORDS[(2 * i + shift + 3) % len(WORDS)], context=WORDS[(i + 5) % len(WORDS)] if i % 3 else "")
+            for i in range(n)]
+
+
+# three adapters with different data sizes (so they finish at different steps) and two seeds
+TASKS = [("math", 9, 0, 0), ("medicine", 5, 4, 0), ("finance", 13, 7, 1)]
+TRAIN = dict(learning_rate=5e-3, batch_size=3, epochs=1.0, warmup_ratio=0.2, pack_length=48)
+
+
+def info_of(model):
+    return describe_model(model, name="tiny")
+
+
+def tasks_for(tmp_path, sub: str, validation: bool = False) -> list[AdapterTask]:
+    return [AdapterTask(records=records(d, n, s), seed=seed, out_dir=tmp_path / sub / d,
+                        meta={"domains": [d]}, validation=records(d, 3, s + 1) if validation else None)
+            for d, n, s, seed in TASKS]
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("grad_accum", [1, 2])
+def test_parallel_equals_sequential_without_dropout(tmp_path, tiny_tokenizer, tiny_gpt2, tiny_llama, arch,
+                                                    grad_accum):
+    model = tiny_gpt2 if arch == "gpt2" else tiny_llama
+    if arch == "gpt2":
+        model.config.resid_pdrop = model.config.embd_pdrop = model.config.attn_pdrop = 0.0
+        for m in model.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+    lora = LoraSpec(r=4, lora_alpha=8, lora_dropout=0.0)
+    train = TrainSpec(**TRAIN, grad_accum=grad_accum)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    seq = [train_adapter(model, tiny_tokenizer, t.records, lora=lora, train=train, seed=t.seed, out_dir=t.out_dir,
+                         max_length=64, model_info=info_of(model), meta=t.meta, progress=False)
+           for t in tasks_for(tmp_path, "seq")]
+    saved = []
+    par = train_adapters(model, tiny_tokenizer, tasks_for(tmp_path, "par"), lora=lora, train=train, max_length=64,
+                         model_info=info_of(model), progress=False, on_saved=lambda j, r: saved.append(j))
+    assert sorted(saved) == [0, 1, 2] and saved[0] == 1  # the smallest data set finishes first
+    for s, p in zip(seq, par):
+        assert p.steps == s.steps and p.tokens == s.tokens
+        assert p.losses == pytest.approx(s.losses, rel=1e-5, abs=1e-6)
+        a, b = load_file(str(s.out_dir / "adapter_model.safetensors")), load_file(
+            str(p.out_dir / "adapter_model.safetensors"))
+        assert set(a) == set(b)
+        for key in a:
+            torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=2e-5)  # Adam: lr 5e-3 a step
+        ca = json.loads((s.out_dir / "adapter_config.json").read_text())
+        cb = json.loads((p.out_dir / "adapter_config.json").read_text())
+        for field in ("r", "lora_alpha", "target_modules", "fan_in_fan_out", "base_model_name_or_path", "peft_type"):
+            assert cb[field] == ca[field] if field != "target_modules" else sorted(cb[field]) == sorted(ca[field])
+        meta = json.loads((p.out_dir / "lorasum.json").read_text())
+        assert meta["parallel_adapters"] == 3 and meta["steps"] == s.steps and meta["meta"]["domains"]
+    # the trained adapters differ from each other (the test could tell a mix-up)
+    assert not torch.allclose(load_adapter(par[0].out_dir).factors[next(iter(load_adapter(par[0].out_dir).factors))].B,
+                              load_adapter(par[2].out_dir).factors[next(iter(load_adapter(par[2].out_dir).factors))].B)
+    # the base model is untouched and has no LoRA layers left
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
+    assert not any(isinstance(m, _ParallelLoRA) for m in model.modules())
+
+
+def test_parallel_adapter_loads_in_peft_with_its_validation_loss(tmp_path, tiny_tokenizer, tiny_llama):
+    lora = LoraSpec(r=2, lora_alpha=4, lora_dropout=0.1)
+    train = TrainSpec(**TRAIN)
+    tasks = tasks_for(tmp_path, "par", validation=True)
+    res = train_adapters(tiny_llama, tiny_tokenizer, tasks, lora=lora, train=train, max_length=64,
+                         model_info=info_of(tiny_llama), progress=False)
+    for t, r in zip(tasks, res):
+        peft_model = PeftModel.from_pretrained(tiny_llama, str(r.out_dir))
+        try:  # PEFT's own forward with the saved files gives the loss measured inside the parallel model
+            alone = perplexity(peft_model, tiny_tokenizer, t.validation, max_length=64, progress=False).mean_nll
+        finally:
+            peft_model.unload()
+        assert r.val_loss == pytest.approx(alone, rel=1e-5)
+    base = perplexity(tiny_llama, tiny_tokenizer, tasks[0].validation, max_length=64, progress=False).mean_nll
+    assert res[0].val_loss != pytest.approx(base, rel=1e-4)
+
+
+def test_parallel_lora_layer_matches_each_adapter_alone():
+    torch.manual_seed(0)
+    base = torch.nn.Linear(6, 5)
+    factors = [(torch.randn(2, 6), torch.randn(5, 2)) for _ in range(3)]
+    router = _Router(3, 2, scaling=1.5)
+    layer = _ParallelLoRA(base, factors, 0.0, router)
+    x = torch.randn(2, 4, 6)
+    groups = torch.tensor([[0, 1, 2, -1], [2, 2, 0, 1]])
+    router.route(groups)
+    y = layer(x)
+    for b in range(2):
+        for t in range(4):
+            g = int(groups[b, t])
+            want = base(x[b, t]) + (1.5 * factors[g][1] @ factors[g][0] @ x[b, t] if g >= 0 else 0)
+            torch.testing.assert_close(y[b, t], want, rtol=1e-5, atol=1e-6)
+    # gradients reach only the adapters whose tokens are in the batch
+    router.route(torch.tensor([[1, 1, -1, -1]]))
+    layer(x[:1]).sum().backward()
+    assert layer.lora_B[1].grad.abs().sum() > 0
+    assert float(layer.lora_B[0].grad.abs().sum()) == 0 and float(layer.lora_A[2].grad.abs().sum()) == 0
+
+
+def test_linear_schedule_equals_transformers():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = get_linear_schedule_with_warmup(opt, 3, 17)
+    ours = linear_schedule(3, 17)
+    for step in range(20):
+        assert ours(step) == pytest.approx(opt.param_groups[0]["lr"], abs=1e-12)
+        opt.step()
+        sched.step()
+
+
+def test_parallel_refuses_existing_output_and_unpacked(tmp_path, tiny_tokenizer, tiny_llama):
+    lora, train = LoraSpec(r=2, lora_alpha=4), TrainSpec(**TRAIN)
+    tasks = tasks_for(tmp_path, "x")
+    tasks[1].out_dir.mkdir(parents=True)
+    (tasks[1].out_dir / "keep.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match="medicine"):
+        train_adapters(tiny_llama, tiny_tokenizer, tasks, lora=lora, train=train, max_length=64,
+                       model_info=info_of(tiny_llama), progress=False)
+    assert (tasks[1].out_dir / "keep.txt").read_text() == "mine" and not tasks[0].out_dir.exists()
+    with pytest.raises(ConfigError, match="packed"):
+        train_adapters(tiny_llama, tiny_tokenizer, tasks_for(tmp_path, "y"), lora=lora,
+                       train=TrainSpec(**TRAIN | {"packing": False}), max_length=64, model_info=info_of(tiny_llama),
+                       progress=False)
+
+
+def test_parallel_divergence_saves_nothing(tmp_path, tiny_tokenizer, tiny_llama):
+    with pytest.raises(TrainingDiverged, match="diverged"):
+        train_adapters(tiny_llama, tiny_tokenizer, tasks_for(tmp_path, "d"), lora=LoraSpec(r=2, lora_alpha=4),
+                       train=TrainSpec(**TRAIN | {"learning_rate": 1e30, "max_grad_norm": None}), max_length=64,
+                       model_info=info_of(tiny_llama), progress=False)
+    assert not any((tmp_path / "d").glob("*/adapter_model.safetensors"))
+    assert not any(isinstance(m, _ParallelLoRA) for m in tiny_llama.modules())
