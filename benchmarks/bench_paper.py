@@ -35,12 +35,16 @@ def main() -> None:
     ap.add_argument("--seeds", help="comma-separated; default the config's")
     ap.add_argument("--compare", help="an earlier results.json of the same config")
     ap.add_argument("--compile", action="store_true", help="set train.compile (torch.compile the decoder layers)")
+    ap.add_argument("--model", help="override the config's model (e.g. smollm2-135m where GPT-2 is unavailable)")
+    ap.add_argument("--parallel", type=int, help="set train.parallel_adapters (0: all adapters in one pass)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
     cfg = load_config(args.config, seeds=seeds)
-    if args.compile:
-        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"compile": True})})
+    train = {"compile": True} if args.compile else {}
+    if args.parallel is not None:
+        train["parallel_adapters"] = args.parallel
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update=train)} | ({"model": args.model} if args.model else {}))
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     t = time.perf_counter()
@@ -48,7 +52,8 @@ def main() -> None:
     wall = time.perf_counter() - t
     trained = [a["train"] for a in results["adapters"] if a.get("train")]
     out = {
-        "benchmark": "full_experiment", "config": args.config, "seeds": cfg.seeds, "compile": cfg.train.compile,
+        "benchmark": "full_experiment", "config": args.config, "seeds": cfg.seeds, "model": cfg.model, "compile": cfg.train.compile,
+        "parallel_adapters": cfg.train.parallel_adapters,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "wall_seconds": round(wall, 1), "adapters_trained": len(trained),
         "train_seconds": round(sum(a["seconds"] for a in trained), 1),

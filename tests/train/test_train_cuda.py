@@ -80,3 +80,45 @@ def test_compiled_training_matches_eager(tmp_path, tiny_tokenizer, tiny_llama):
                              out_dir=tmp_path / "c", **kw)
     assert compiled.losses == pytest.approx(eager.losses, rel=5e-2)
     assert all(getattr(layer, "_compiled_call_impl", None) is None for layer in model.model.layers)
+
+
+@pytest.mark.parametrize("varlen", [False, True])
+def test_parallel_training_on_cuda_matches_sequential(tmp_path, tiny_tokenizer, tiny_llama, varlen):
+    """Three adapters trained together on CUDA (bf16 autocast, fused AdamW; varlen_attn or masked SDPA)
+    against each trained alone: same losses up to bfloat16 rounding."""
+    from lorasum.train import AdapterTask, train_adapters
+
+    device = torch.device("cuda")
+    model = tiny_llama.to(device=device, dtype=torch.bfloat16)
+    lora = LoraSpec(r=4, lora_alpha=16, lora_dropout=0.0)
+    train = TrainSpec(learning_rate=1e-2, max_steps=12, batch_size=3, pack_length=64)
+    recs = [RECORDS, RECORDS[::-1], RECORDS[2:] + RECORDS[:2]]
+    info = describe_model(model, name="tiny")
+    seq = [train_adapter(model, tiny_tokenizer, r, lora=lora, train=train, seed=s, out_dir=tmp_path / f"s{s}",
+                         max_length=64, model_info=info, progress=False) for s, r in enumerate(recs)]
+    par = train_adapters(model, tiny_tokenizer, [AdapterTask(records=r, seed=s, out_dir=tmp_path / f"p{s}")
+                                                 for s, r in enumerate(recs)],
+                         lora=lora, train=train, max_length=64, model_info=info, progress=False, varlen=varlen)
+    for a, b in zip(seq, par):
+        assert b.losses == pytest.approx(a.losses, rel=3e-2)
+        assert sum(b.losses[-3:]) < 0.8 * sum(b.losses[:3])
+    assert model.config._attn_implementation == "sdpa"
+
+
+def test_varlen_attention_on_cuda_equals_masked_sdpa(tiny_tokenizer, tiny_llama):
+    """torch's varlen_attn through lorasum.train.varlen gives the packed batch's per-token NLL of masked SDPA."""
+    from test_train_packing import RECORDS as LONG
+
+    from lorasum.evaluate.nll import token_nll
+    from lorasum.train.packing import pack
+    from lorasum.train.varlen import varlen_attention, varlen_kwargs, varlen_supported
+
+    model = tiny_llama.to(device="cuda", dtype=torch.bfloat16)
+    assert varlen_supported(model)
+    batch = pack([encode_record(tiny_tokenizer, r, 64) for r in LONG], 40, tiny_tokenizer.pad_token_id)
+    with torch.no_grad():
+        ref, flat = token_nll(model, batch)
+        with varlen_attention(model):
+            got, flat2 = token_nll(model, batch | varlen_kwargs(batch["position_ids"]))
+    assert torch.equal(flat, flat2)
+    torch.testing.assert_close(got, ref, rtol=2e-2, atol=2e-2)

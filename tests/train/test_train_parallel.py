@@ -18,7 +18,7 @@ from lorasum.evaluate import perplexity
 from lorasum.models import describe_model
 from lorasum.train import AdapterTask, train_adapter, train_adapters
 from lorasum.train.checkpoint import TrainingDiverged
-from lorasum.train.parallel import _ParallelLoRA, _Router, linear_schedule
+from lorasum.train.parallel import _AdamW, _ParallelLoRA, _Router, linear_schedule
 
 WORDS = ["what is 2 plus 2 ?", "how many apples are left ?", "what is the dose ?", "which stock ?",
          "what is the interest rate ?", "is the sun red ?", "what is the total ?", "the patient with heart disease",
@@ -123,8 +123,36 @@ def test_parallel_lora_layer_matches_each_adapter_alone():
     # gradients reach only the adapters whose tokens are in the batch
     router.route(torch.tensor([[1, 1, -1, -1]]))
     layer(x[:1]).sum().backward()
-    assert layer.lora_B[1].grad.abs().sum() > 0
-    assert float(layer.lora_B[0].grad.abs().sum()) == 0 and float(layer.lora_A[2].grad.abs().sum()) == 0
+    assert layer.lora_B.grad[:, 1].abs().sum() > 0 and layer.lora_A.grad[1].abs().sum() > 0
+    assert float(layer.lora_B.grad[:, 0].abs().sum()) == 0 and float(layer.lora_A.grad[2].abs().sum()) == 0
+
+
+def test_stacked_adamw_equals_torch_adamw_per_adapter():
+    """Each adapter's slice follows torch.optim.AdamW with its own learning rate, after
+    clip_grad_norm_ of its own gradients; a learning rate of 0 leaves a slice unchanged."""
+    torch.manual_seed(0)
+    k = 3
+    A, B = torch.randn(k, 2, 5), torch.randn(4, k, 2)
+    opt = _AdamW([A, B], [0, 1], k, weight_decay=0.1)
+    refs = [(A[j].clone().requires_grad_(), B[:, j].clone().requires_grad_()) for j in range(k)]
+    torch_opts = [torch.optim.AdamW(list(r), lr=1.0, weight_decay=0.1) for r in refs]
+    rates = [[1e-2, 3e-3, 0.0], [2e-2, 1e-3, 0.0], [5e-3, 0.0, 0.0]]
+    frozen = (A[2].clone(), B[:, 2].clone())
+    for lrs in rates:
+        gA, gB = torch.randn_like(A) * 3, torch.randn_like(B) * 3
+        A.grad, B.grad = gA.clone(), gB.clone()
+        opt.clip(1.0)
+        opt.step(torch.tensor(lrs))
+        opt.zero_grad()
+        for j, ((a, b), o) in enumerate(zip(refs, torch_opts)):
+            a.grad, b.grad = gA[j].clone(), gB[:, j].clone()
+            torch.nn.utils.clip_grad_norm_([a, b], 1.0)
+            o.param_groups[0]["lr"] = lrs[j]
+            o.step()
+    for j, (a, b) in enumerate(refs[:2]):
+        torch.testing.assert_close(A[j], a.detach(), rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(B[:, j], b.detach(), rtol=1e-5, atol=1e-7)
+    assert torch.equal(A[2], frozen[0]) and torch.equal(B[:, 2], frozen[1])
 
 
 def test_linear_schedule_equals_transformers():
@@ -159,3 +187,36 @@ def test_parallel_divergence_saves_nothing(tmp_path, tiny_tokenizer, tiny_llama)
                        model_info=info_of(tiny_llama), progress=False)
     assert not any((tmp_path / "d").glob("*/adapter_model.safetensors"))
     assert not any(isinstance(m, _ParallelLoRA) for m in tiny_llama.modules())
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_varlen_attention_gives_the_packed_sdpa_result(tmp_path, tiny_tokenizer, tiny_gpt2, tiny_llama, arch):
+    """Per-example attention (the CPU reference of lorasum.train.varlen) through transformers' attention
+    interface gives the same adapters as the block-diagonal SDPA mask."""
+    model = tiny_gpt2 if arch == "gpt2" else tiny_llama
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    lora, train = LoraSpec(r=4, lora_alpha=8, lora_dropout=0.0), TrainSpec(**TRAIN)
+    runs = {}
+    for varlen in (False, True):
+        runs[varlen] = train_adapters(model, tiny_tokenizer, tasks_for(tmp_path, f"v{varlen}", validation=True),
+                                      lora=lora, train=train, max_length=64, model_info=info_of(model),
+                                      progress=False, varlen=varlen)
+    assert model.config._attn_implementation == "sdpa"  # restored
+    for a, b in zip(runs[False], runs[True]):
+        assert b.losses == pytest.approx(a.losses, rel=1e-5)
+        assert b.val_loss == pytest.approx(a.val_loss, rel=1e-5)
+        assert json.loads((b.out_dir / "lorasum.json").read_text())["varlen_attention"] is True
+        x, y = load_file(str(a.out_dir / "adapter_model.safetensors")), load_file(str(b.out_dir / "adapter_model.safetensors"))
+        for key in x:
+            torch.testing.assert_close(y[key], x[key], rtol=1e-4, atol=2e-5)
+
+
+def test_varlen_kwargs_boundaries():
+    from lorasum.train.varlen import varlen_kwargs
+
+    pos = torch.tensor([[0, 1, 2, 0, 1, 0], [0, 1, 2, 3, 0, 1]])
+    kw = varlen_kwargs(pos)
+    assert kw["cu_seq_lens_q"].tolist() == [0, 3, 5, 6, 10, 12] and kw["max_length_q"] == 4
+    assert kw["cu_seq_lens_q"].dtype == torch.int32

@@ -36,6 +36,7 @@ __all__ = [
 
 # config attributes of architectures whose logits are not just lm_head(hidden);
 # for these the full forward pass is used
+_VARLEN_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
 
 
@@ -146,6 +147,8 @@ def token_nll(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[t
     inputs = {"input_ids": _to(batch["input_ids"], device), "use_cache": False}
     if "position_ids" in batch:
         inputs |= {"position_ids": _to(batch["position_ids"], device), "attention_mask": None}
+        # example boundaries for variable-length attention (lorasum.train.varlen), when the batch has them
+        inputs |= {k: _to(v, device) if torch.is_tensor(v) else v for k, v in batch.items() if k in _VARLEN_KEYS}
     else:
         inputs["attention_mask"] = _to(batch["attention_mask"], device)
     flat, targets = _to(flat_cpu, device), _to(targets, device)

@@ -30,8 +30,8 @@ sequential training: same distribution, different numbers; without dropout the a
 those of sequential training up to float rounding (``tests/train/test_train_parallel.py``).
 
 Not supported here (use :func:`lorasum.train.train_adapter`): periodic checkpoints and resume
-(an interrupted group loses its unfinished adapters; finished ones are saved), ``train.compile``,
-and models that do not keep packed examples apart.
+(an interrupted group loses its unfinished adapters; finished ones are saved), and models that
+do not keep packed examples apart.
 """
 
 from __future__ import annotations
@@ -58,9 +58,10 @@ from lorasum.evaluate.nll import perplexity, token_nll
 from lorasum.models import ModelInfo, check_context
 from lorasum.storage import atomic_dir, atomic_write_json, check_output
 from lorasum.train.checkpoint import TrainingDiverged
-from lorasum.train.loop import (ADAPTER_META_FILE, _LOG_TAIL, TrainResult, _init_seed, _lora_config, _metadata,
-                                _micro_batches, _seed_everything, _total_steps)
+from lorasum.train.loop import (ADAPTER_META_FILE, _LOG_TAIL, TrainResult, _compiled, _init_seed, _lora_config,
+                                _metadata, _micro_batches, _seed_everything, _total_steps)
 from lorasum.train.packing import pack, packing_is_exact
+from lorasum.train.varlen import attention_implementation, varlen_attention, varlen_kwargs, varlen_supported
 
 __all__ = ["AdapterTask", "train_adapters", "linear_schedule"]
 
@@ -104,6 +105,7 @@ class _Router:
 
     def __init__(self, k: int, r: int, scaling: float):
         self.k, self.r, self.scaling = k, r, scaling
+        self.varlen = False  # whether the passes use variable-length attention (recorded in lorasum.json)
         self._groups: torch.Tensor | int | None = None
         self._masks: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
 
@@ -129,26 +131,97 @@ class _Router:
 
 
 class _ParallelLoRA(torch.nn.Module):
-    """A frozen base layer (Linear or GPT-2's Conv1D) plus k LoRA adapters, routed per token."""
+    """A frozen base layer (Linear or GPT-2's Conv1D) plus k LoRA adapters, routed per token.
+
+    Parameters: ``lora_A`` (k, r, d_in) and ``lora_B`` (d_out, k, r), float32, so that A_cat and
+    B_cat of the module docstring are views (no copy in the forward pass). Adapter j's factors
+    are ``lora_A[j]`` and ``lora_B[:, j]``.
+    """
 
     def __init__(self, base: torch.nn.Module, factors: list[tuple[torch.Tensor, torch.Tensor]], dropout: float,
                  router: _Router):
         super().__init__()
         self.base = base
         device = next(base.parameters()).device
-        self.lora_A = torch.nn.ParameterList([torch.nn.Parameter(a.detach().float().to(device).clone())
-                                              for a, _ in factors])
-        self.lora_B = torch.nn.ParameterList([torch.nn.Parameter(b.detach().float().to(device).clone())
-                                              for _, b in factors])
+        self.lora_A = torch.nn.Parameter(torch.stack([a.detach().float() for a, _ in factors]).to(device))
+        self.lora_B = torch.nn.Parameter(torch.stack([b.detach().float() for _, b in factors], dim=1).to(device))
         self.dropout = torch.nn.Dropout(dropout) if dropout > 0 else torch.nn.Identity()
         self.router = router
 
+    def factors(self, j: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Adapter ``j``'s (A (r, d_in), B (d_out, r)) (views)."""
+        return self.lora_A[j], self.lora_B[:, j]
+
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         out = self.base(x, *args, **kwargs)
-        A = torch.cat(tuple(self.lora_A))  # (k·r, d_in)
-        B = torch.cat(tuple(self.lora_B), dim=1)  # (d_out, k·r)
+        A = self.lora_A.flatten(0, 1)  # (k·r, d_in)
+        B = self.lora_B.flatten(1, 2)  # (d_out, k·r)
         h = F.linear(self.dropout(x.to(A.dtype)), A)  # (…, k·r)
         return out + F.linear(h * self.router.mask(h), B).to(out.dtype)
+
+
+class _AdamW:
+    """AdamW (Loshchilov & Hutter 2019, decoupled weight decay) over stacked adapters, each with its own
+    learning rate, and the gradient-norm clip of each adapter alone.
+
+    The update of adapter j's slice is that of ``torch.optim.AdamW`` (same order of operations:
+    decay, moments, bias corrections, ``addcdiv``) on adapter j's parameters alone, with learning
+    rate ``lr[j]``; ``clip`` is ``torch.nn.utils.clip_grad_norm_`` on adapter j's gradients alone.
+    ``tests/train/test_train_parallel.py`` checks both against torch. One optimiser over k
+    adapters instead of k optimisers (or k parameter groups) keeps the step to a few hundred kernel
+    launches, whatever k.
+
+    Args:
+        params: the stacked parameters.
+        axes: each parameter's adapter dimension (0 for ``lora_A``, 1 for ``lora_B``).
+        k: number of adapters.
+    """
+
+    def __init__(self, params: list[torch.Tensor], axes: list[int], k: int, *, betas=(0.9, 0.999), eps=1e-8,
+                 weight_decay=0.01):
+        self.params, self.axes, self.k = params, axes, k
+        self.beta1, self.beta2 = betas
+        self.eps, self.weight_decay = eps, weight_decay
+        self.exp_avg = [torch.zeros_like(p) for p in params]
+        self.exp_avg_sq = [torch.zeros_like(p) for p in params]
+        self.steps = 0
+
+    def _per_adapter(self, values: torch.Tensor) -> list[torch.Tensor]:
+        """(k,) values shaped to broadcast along each parameter's adapter dimension."""
+        return [values.view([-1 if d == axis else 1 for d in range(p.dim())]) for p, axis in zip(self.params, self.axes)]
+
+    def clip(self, max_norm: float) -> torch.Tensor:
+        """Scale each adapter's gradients to a total 2-norm of at most ``max_norm``; returns the (k,) norms."""
+        grads = [p.grad for p in self.params]
+        squares = torch.stack([g.float().square().sum([d for d in range(g.dim()) if d != axis])
+                               for g, axis in zip(grads, self.axes)]).sum(0)
+        norms = squares.sqrt()
+        coef = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+        for g, c in zip(grads, self._per_adapter(coef)):
+            g.mul_(c)
+        return norms
+
+    @torch.no_grad()
+    def step(self, lr: torch.Tensor) -> None:
+        """One step with learning rates ``lr`` (k,) float32 on the parameters' device (0: frozen)."""
+        self.steps += 1
+        params, grads = self.params, [p.grad for p in self.params]
+        torch._foreach_mul_(params, self._per_adapter(1 - lr * self.weight_decay))
+        torch._foreach_lerp_(self.exp_avg, grads, 1 - self.beta1)
+        torch._foreach_mul_(self.exp_avg_sq, self.beta2)
+        torch._foreach_addcmul_(self.exp_avg_sq, grads, grads, 1 - self.beta2)
+        bias1 = 1 - self.beta1 ** self.steps
+        bias2_sqrt = math.sqrt(1 - self.beta2 ** self.steps)
+        denom = torch._foreach_sqrt(self.exp_avg_sq)
+        torch._foreach_div_(denom, bias2_sqrt)
+        torch._foreach_add_(denom, self.eps)
+        update = torch._foreach_div(self.exp_avg, denom)
+        torch._foreach_mul_(update, self._per_adapter(-lr / bias1))
+        torch._foreach_add_(params, update)
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
 
 
 def _peft_init(model: torch.nn.Module, config, seed: int, init_seed: int | None) -> dict[str, tuple]:
@@ -200,6 +273,7 @@ def train_adapters(
     overwrite: bool = False,
     progress: bool = True,
     on_saved: Callable[[int, TrainResult], None] | None = None,
+    varlen: bool | None = None,
 ) -> list[TrainResult]:
     """Train the adapters of ``tasks`` together (see the module docstring) and save each one.
 
@@ -218,6 +292,8 @@ def train_adapters(
         overwrite: replace existing adapter folders.
         progress: show a progress bar.
         on_saved: called after each adapter is saved.
+        varlen: compute attention per example (:mod:`lorasum.train.varlen`); None: where
+            :func:`~lorasum.train.varlen.varlen_supported` (CUDA, SDPA, no attention dropout).
 
     Returns:
         One :class:`TrainResult` per task, in order.
@@ -249,6 +325,7 @@ def train_adapters(
     modules = sorted(inits[0])
     scaling = inits[0][modules[0]][2]
     router = _Router(len(tasks), lora.r, scaling)
+    previous_attention = model.config._attn_implementation
     originals: dict[str, torch.nn.Module] = {}
     try:
         for p in model.parameters():
@@ -261,8 +338,10 @@ def train_adapters(
             layers[name] = _ParallelLoRA(originals[name], [(init[name][0], init[name][1]) for init in inits],
                                          lora.lora_dropout, router)
             setattr(parent, attr, layers[name])
-        return _loop(model, tokenizer, tasks, outs, encoded, layers, router, config, lora, train, max_length,
-                     model_info, pad_id, overwrite, progress, on_saved)
+        use_varlen = varlen_supported(model) if varlen is None else varlen
+        with varlen_attention(model, use_varlen), _compiled(model, train.compile and next(model.parameters()).is_cuda):
+            return _loop(model, tokenizer, tasks, outs, encoded, layers, router, config, lora, train, max_length,
+                         model_info, pad_id, overwrite, progress, on_saved, use_varlen, previous_attention)
     finally:
         for name, original in originals.items():
             parent_name, _, attr = name.rpartition(".")
@@ -273,15 +352,14 @@ def train_adapters(
 
 
 def _loop(model, tokenizer, tasks, outs, encoded, layers, router, config, lora, train, max_length, model_info,
-          pad_id, overwrite, progress, on_saved) -> list[TrainResult]:
+          pad_id, overwrite, progress, on_saved, use_varlen, previous_attention) -> list[TrainResult]:
     k = len(tasks)
+    router.varlen = use_varlen
     device = next(model.parameters()).device
-    groups = [[p for layer in layers.values() for p in (layer.lora_A[j], layer.lora_B[j])] for j in range(k)]
+    params = [p for layer in layers.values() for p in (layer.lora_A, layer.lora_B)]
     totals = [_total_steps(len(enc), train) for enc in encoded]
-    optimizer = torch.optim.AdamW([{"params": g} for g in groups], lr=train.learning_rate,
-                                  weight_decay=train.weight_decay, fused=device.type == "cuda")
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, [linear_schedule(round(train.warmup_ratio * n), n) for n in totals])
+    optimizer = _AdamW(params, [0, 1] * len(layers), k, weight_decay=train.weight_decay)
+    schedules = [linear_schedule(round(train.warmup_ratio * n), n) for n in totals]
     streams = [_micro_batches(len(enc), train.batch_size, torch.Generator().manual_seed(t.seed))
                for t, enc in zip(tasks, encoded)]
     n_labelled = [[sum(1 for v in e.labels[1:] if v != IGNORE_INDEX) for e in enc] for enc in encoded]
@@ -299,7 +377,10 @@ def _loop(model, tokenizer, tasks, outs, encoded, layers, router, config, lora, 
             picks = [(j, next(streams[j])) for j in active]
             examples = [encoded[j][i] for j, idx in picks for i in idx]
             owner = [j for j, idx in picks for _ in idx]
-            window.append((pack(examples, train.pack_length, pad_id, groups=owner), picks))
+            batch = pack(examples, train.pack_length, pad_id, groups=owner)
+            if use_varlen:
+                batch |= varlen_kwargs(batch["position_ids"])
+            window.append((batch, picks))
         n_answer = torch.ones(k)
         for _, picks in window:
             for j, idx in picks:
@@ -316,21 +397,19 @@ def _loop(model, tokenizer, tasks, outs, encoded, layers, router, config, lora, 
             per_adapter = torch.zeros(k, device=device).index_add(0, owner, nll)
             (per_adapter / n_answer_dev).sum().backward()
             step_nll += per_adapter.detach()
-        for j in range(k):
-            if j not in active:
-                for p in groups[j]:
-                    p.grad = None  # finished adapters are left as they were saved
-            elif train.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(groups[j], train.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        if train.max_grad_norm is not None:
+            optimizer.clip(train.max_grad_norm)
+        # finished adapters get learning rate 0: their slices stay as they were saved
+        lr = torch.tensor([train.learning_rate * schedules[j](step) if j in active else 0.0 for j in range(k)])
+        optimizer.step(lr.to(device, non_blocking=True))
+        optimizer.zero_grad()
         losses.append(step_nll / n_answer_dev)
         for j in active:
             if step + 1 == totals[j]:
-                results[j] = _finish(model, tokenizer, tasks[j], outs[j], j, k, layers, router, losses, tokens[j],
-                                     time.perf_counter() - start, config, lora, train, max_length, model_info,
-                                     len(encoded[j]), sum(e.truncated for e in encoded[j]), overwrite, progress)
+                with attention_implementation(model, previous_attention):  # validation: padded batches
+                    results[j] = _finish(model, tokenizer, tasks[j], outs[j], j, k, layers, router, losses, tokens[j],
+                                         time.perf_counter() - start, config, lora, train, max_length, model_info,
+                                         len(encoded[j]), sum(e.truncated for e in encoded[j]), overwrite, progress)
                 if on_saved is not None:
                     on_saved(j, results[j])
         if progress and (step % 20 == 0 or step == max(totals) - 1):
@@ -342,9 +421,12 @@ def _finish(model, tokenizer, task, out, j, k, layers, router, losses, tokens, s
             max_length, model_info, n_examples, n_truncated, overwrite, progress) -> TrainResult:
     """Check, score on validation and save adapter ``j`` (it has taken its last step)."""
     values = torch.stack([step[j] for step in losses]).tolist()  # waits for the GPU
-    factors = {name: LoraFactor(A=layer.lora_A[j].detach().float().cpu().clone(),
-                                B=layer.lora_B[j].detach().float().cpu().clone(), scaling=router.scaling)
-               for name, layer in layers.items()}
+    with torch.no_grad():  # one copy to the CPU for all modules
+        parts = [t for layer in layers.values() for t in layer.factors(j)]
+        flat = torch.cat([t.reshape(-1) for t in parts]).cpu().split([t.numel() for t in parts])
+    pieces = iter(t.view(shape) for t, shape in zip(flat, (t.shape for t in parts)))
+    factors = {name: LoraFactor(A=next(pieces).clone(), B=next(pieces).clone(), scaling=router.scaling)
+               for name in layers}
     bad = next((s for s, v in enumerate(values) if not math.isfinite(v)), None)
     if bad is not None or not all(bool(torch.isfinite(f.A).all() and torch.isfinite(f.B).all())
                                   for f in factors.values()):
@@ -359,7 +441,8 @@ def _finish(model, tokenizer, task, out, j, k, layers, router, losses, tokens, s
                               loss_on=train.loss_on, progress=progress).mean_nll
     n_tail = max(1, round(_LOG_TAIL * len(values)))
     summary = {"steps": len(values), "tokens": tokens, "seconds": seconds, "final_loss": sum(values[-n_tail:]) / n_tail,
-               "val_loss": val_loss, "packed": True, "parallel_adapters": k}
+               "val_loss": val_loss, "packed": True, "parallel_adapters": k,
+               "varlen_attention": router.varlen}
     info = _metadata(model_info, config, train, task.seed, max_length, task.meta, n_examples, n_truncated, values,
                      summary)
     _save(out, factors, config, model_info, info, overwrite)

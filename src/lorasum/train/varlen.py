@@ -1,0 +1,145 @@
+"""Variable-length (packed) attention for training: each example attends only to itself, computed per example.
+
+Packed rows (:mod:`lorasum.train.packing`) keep examples apart through restarted ``position_ids``,
+from which transformers builds a block-diagonal (rows, 1, W, W) mask for SDPA. With a mask, SDPA
+cannot use its flash kernel, and every row costs W² per head whatever the lengths of its
+examples: in a profile of a 51k-token step of SmolLM2 (rows of 1,024) attention with the mask took
+25 % of the GPU time (BENCHMARKS.md). Here the attention of a packed batch is computed on the
+flattened tokens with cumulative example boundaries (``cu_seqlens``, as in FlashAttention's
+varlen interface, Dao 2023): ``torch.nn.attention.varlen.varlen_attn`` on CUDA, the same result
+as the masked SDPA up to bfloat16 rounding, and no mask at all.
+
+The attention function is registered with transformers' ``AttentionInterface`` under
+:data:`VARLEN` and switched on for the duration of :func:`varlen_attention`; the boundaries travel
+with the batch as the keyword arguments transformers passes down to attention
+(``cu_seq_lens_q`` …, see :func:`varlen_kwargs`). On the CPU (tests) the same function runs a
+reference: SDPA example by example.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import math
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["VARLEN", "varlen_kwargs", "varlen_attention", "varlen_supported", "attention_implementation"]
+
+#: the name under which the attention function is registered with transformers.
+VARLEN = "lorasum_varlen"
+_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
+
+
+def varlen_kwargs(position_ids: torch.Tensor) -> dict:
+    """The example boundaries of a packed batch, from its restarting ``position_ids``.
+
+    Args:
+        position_ids: (R, W) int64 on the CPU (an example, or a row's padding, starts where it is 0).
+
+    Returns:
+        ``cu_seq_lens_q`` / ``cu_seq_lens_k``: (n + 1,) int32, the start of each of the n segments of
+        the flattened (R·W) tokens and the total; ``max_length_q`` / ``max_length_k``: the longest
+        segment (int).
+    """
+    flat = position_ids.reshape(-1)
+    starts = (flat == 0).nonzero().squeeze(1)
+    if starts.numel() == 0 or int(starts[0]) != 0:
+        starts = torch.cat([torch.zeros(1, dtype=starts.dtype), starts])
+    # a row starts a segment even where its first position is not 0
+    row_starts = torch.arange(0, flat.numel(), position_ids.shape[1])
+    starts = torch.unique(torch.cat([starts, row_starts]))
+    cu = torch.cat([starts, torch.tensor([flat.numel()])]).to(torch.int32)
+    longest = int((cu[1:] - cu[:-1]).max())
+    return {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": longest, "max_length_k": longest}
+
+
+def _varlen_call():
+    """``torch.nn.attention.varlen.varlen_attn`` and how it asks for causal masking, or None."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    params = inspect.signature(varlen_attn).parameters
+    if "is_causal" in params:
+        causal = {"is_causal": True}
+    elif "window_size" in params:
+        causal = {"window_size": (-1, 0)}
+    else:
+        return None
+    return varlen_attn, causal, "scale" in params
+
+
+def _attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """transformers attention function: (B, H, W, D) query, (B, H_kv, W, D) key and value → (B, W, H, D)."""
+    if "cu_seq_lens_q" not in kwargs:
+        raise RuntimeError(f"{VARLEN} attention needs the packed batch's boundaries (varlen_kwargs)")
+    if dropout:
+        raise RuntimeError(f"{VARLEN} attention has no attention dropout")
+    B, H, W, D = query.shape
+    groups = H // key.shape[1]
+    cu, longest = kwargs["cu_seq_lens_q"], int(kwargs["max_length_q"])
+    q = query.transpose(1, 2).reshape(B * W, H, D)
+    k = key.transpose(1, 2).reshape(B * W, key.shape[1], D).repeat_interleave(groups, dim=1)
+    v = value.transpose(1, 2).reshape(B * W, value.shape[1], D).repeat_interleave(groups, dim=1)
+    scale = scaling if scaling is not None else 1 / math.sqrt(D)
+    call = _varlen_call() if q.is_cuda else None
+    if call is not None and (call[2] or math.isclose(scale, 1 / math.sqrt(D))):
+        varlen_attn, causal, has_scale = call
+        dtype = q.dtype if q.dtype in (torch.float16, torch.bfloat16) else torch.bfloat16
+        extra = {"scale": scale} if has_scale else {}
+        out = varlen_attn(q.to(dtype), k.to(dtype), v.to(dtype), cu.to(q.device), cu.to(q.device), longest, longest,
+                          **causal, **extra).to(query.dtype)
+    else:  # reference: each segment on its own
+        bounds = cu.tolist()
+        out = torch.cat([
+            F.scaled_dot_product_attention(q[a:b].transpose(0, 1), k[a:b].transpose(0, 1), v[a:b].transpose(0, 1),
+                                           is_causal=True, scale=scale).transpose(0, 1)
+            for a, b in zip(bounds[:-1], bounds[1:])])
+    return out.reshape(B, W, H, D), None
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(VARLEN, _attention)
+
+
+def varlen_supported(model: torch.nn.Module) -> bool:
+    """Whether :func:`varlen_attention` applies: a CUDA model that uses transformers' SDPA attention
+    with no attention dropout, and a torch with ``varlen_attn``."""
+    config = getattr(model, "config", None)
+    if config is None or getattr(config, "_attn_implementation", None) != "sdpa":
+        return False
+    if any(float(getattr(config, key, 0) or 0) > 0 for key in ("attention_dropout", "attn_pdrop")):
+        return False
+    return next(model.parameters()).is_cuda and _varlen_call() is not None
+
+
+@contextlib.contextmanager
+def attention_implementation(model: torch.nn.Module, name: str) -> Iterator[None]:
+    """Set ``model.config._attn_implementation`` to ``name`` for the duration, then restore it."""
+    previous = model.config._attn_implementation
+    model.config._attn_implementation = name
+    try:
+        yield
+    finally:
+        model.config._attn_implementation = previous
+
+
+@contextlib.contextmanager
+def varlen_attention(model: torch.nn.Module, enabled: bool = True) -> Iterator[bool]:
+    """Use :data:`VARLEN` attention in ``model`` for the duration when ``enabled`` (yields whether it is on).
+
+    Forward passes must then pass :func:`varlen_kwargs` of their packed batch; padded batches
+    (with an attention mask) need the previous implementation back
+    (:func:`attention_implementation`).
+    """
+    if not enabled:
+        yield False
+        return
+    _register()
+    with attention_implementation(model, VARLEN):
+        yield True
