@@ -220,3 +220,34 @@ def test_varlen_kwargs_boundaries():
     kw = varlen_kwargs(pos)
     assert kw["cu_seq_lens_q"].tolist() == [0, 3, 5, 6, 10, 12] and kw["max_length_q"] == 4
     assert kw["cu_seq_lens_q"].dtype == torch.int32
+
+
+def test_steps_cut_into_several_passes_give_the_same_adapters(tmp_path, tiny_tokenizer, tiny_llama):
+    """parallel_max_tokens bounds a forward pass; a step taken in many passes equals one pass."""
+    import lorasum.train.parallel as par
+
+    lora = LoraSpec(r=4, lora_alpha=8, lora_dropout=0.0)
+    calls = []
+    real = par.token_nll
+
+    def counting(model, batch):
+        calls.append(int(batch["input_ids"].numel()))
+        return real(model, batch)
+
+    runs = {}
+    for budget in (100_000, 40):
+        calls.clear()
+        par.token_nll = counting
+        try:
+            runs[budget] = train_adapters(tiny_llama, tiny_tokenizer, tasks_for(tmp_path, f"b{budget}"), lora=lora,
+                                          train=TrainSpec(**TRAIN | {"parallel_max_tokens": budget}), max_length=64,
+                                          model_info=info_of(tiny_llama), progress=False)
+        finally:
+            par.token_nll = real
+        runs[budget, "passes"] = len(calls)
+    assert runs[40, "passes"] > 2 * runs[100_000, "passes"]
+    for a, b in zip(runs[100_000], runs[40]):
+        assert b.losses == pytest.approx(a.losses, rel=1e-5)
+        x, y = load_file(str(a.out_dir / "adapter_model.safetensors")), load_file(str(b.out_dir / "adapter_model.safetensors"))
+        for key in x:
+            torch.testing.assert_close(y[key], x[key], rtol=1e-4, atol=2e-5)

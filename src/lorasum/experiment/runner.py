@@ -183,8 +183,9 @@ class _Context:
             "v": _KEY_VERSION, "model": [self.info.name, self.info.config_hash, self.info.weights_digest], "seed": job.seed,
             "train_data": [self.hashes[dom]["train"] for dom in job.domains], "max_length": c.data.max_length,
             "lora": c.lora.model_dump(mode="json", exclude=set() if c.lora.init_per_adapter else {"init_per_adapter"}),
-            # parallel training draws other dropout masks: part of the key unless off (1), so old keys stay valid
-            "train": c.train.model_dump(mode="json", exclude={"checkpoint_every"} | (
+            # parallel training draws other dropout masks: part of the key unless off (1), so old keys stay valid;
+            # how a step is cut into forward passes changes memory, not the result
+            "train": c.train.model_dump(mode="json", exclude={"checkpoint_every", "parallel_max_tokens"} | (
                 {"parallel_adapters"} if c.train.parallel_adapters == 1 else set())),
         })
 

@@ -413,7 +413,7 @@ def train_adapter(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     run_id = fingerprint(model=[model_info.name, model_info.config_hash, weights_digest(model)], examples=_examples_hash(encoded),
                          lora=lora.model_dump(mode="json"), train=train.model_dump(mode="json",
-                         exclude={"checkpoint_every", "parallel_adapters"}), seed=seed, max_length=max_length)
+                         exclude={"checkpoint_every", "parallel_adapters", "parallel_max_tokens"}), seed=seed, max_length=max_length)
     ckpt = _Checkpointing(ckpt_path, train.checkpoint_every, run_id,
                           load_checkpoint(ckpt_path, run_id) if continuing else None)
     requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}

@@ -224,6 +224,20 @@ class _AdamW:
             p.grad = None
 
 
+def _passes(examples: list, max_tokens: int) -> list[list]:
+    """Cut (example, adapter) pairs, in order, into forward passes of at most ``max_tokens`` tokens
+    (a longer example gets a pass of its own)."""
+    out, size = [[]], 0
+    for item in examples:
+        n = len(item[0].input_ids)
+        if out[-1] and size + n > max_tokens:
+            out.append([])
+            size = 0
+        out[-1].append(item)
+        size += n
+    return out
+
+
 def _peft_init(model: torch.nn.Module, config, seed: int, init_seed: int | None) -> dict[str, tuple]:
     """LoRA A and B as PEFT initialises them for ``seed`` (as in :func:`train_adapter`):
     module path → (A (r, d_in), B (d_out, r), scaling)."""
@@ -372,25 +386,24 @@ def _loop(model, tokenizer, tasks, outs, encoded, layers, router, config, lora, 
     bar = tqdm(range(max(totals)), desc=f"train ×{k}", unit="step", disable=not progress, leave=False)
     for step in bar:
         active = [j for j in range(k) if step < totals[j]]
-        window = []
+        window, picked = [], []  # forward passes of the step; (adapter, example indices) taken
         for _ in range(train.grad_accum):
             picks = [(j, next(streams[j])) for j in active]
-            examples = [encoded[j][i] for j, idx in picks for i in idx]
-            owner = [j for j, idx in picks for _ in idx]
-            batch = pack(examples, train.pack_length, pad_id, groups=owner)
-            if use_varlen:
-                batch |= varlen_kwargs(batch["position_ids"])
-            window.append((batch, picks))
+            picked += picks
+            examples = [(encoded[j][i], j) for j, idx in picks for i in idx]
+            for part in _passes(examples, train.parallel_max_tokens):
+                batch = pack([e for e, _ in part], train.pack_length, pad_id, groups=[j for _, j in part])
+                if use_varlen:
+                    batch |= varlen_kwargs(batch["position_ids"])
+                window.append(batch)
         n_answer = torch.ones(k)
-        for _, picks in window:
-            for j, idx in picks:
-                tokens[j] += sum(len(encoded[j][i].input_ids) for i in idx)
+        for j, idx in picked:
+            tokens[j] += sum(len(encoded[j][i].input_ids) for i in idx)
         for j in active:
-            n_answer[j] = max(1, sum(n_labelled[j][i] for _, picks in window for jj, idx in picks if jj == j
-                                     for i in idx))
+            n_answer[j] = max(1, sum(n_labelled[j][i] for jj, idx in picked if jj == j for i in idx))
         n_answer_dev = n_answer.to(device, non_blocking=True)
         step_nll = torch.zeros(k, device=device)
-        for batch, _ in window:
+        for batch in window:  # token-weighted mean of each adapter over its whole step, as in train_adapter
             router.route(batch["groups"].to(device, non_blocking=True))
             nll, flat = token_nll(model, batch)
             owner = batch["groups"].flatten()[flat].to(device, non_blocking=True)
