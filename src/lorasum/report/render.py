@@ -240,6 +240,11 @@ def differences(results: dict) -> list[str]:
                                  "evaluation and removed afterwards." if dense else "."))
     seeds = seeds_of(results)
     out.append(f"Seeds: {len(seeds)} ({', '.join(map(str, seeds))}); every seed retrains all adapters.")
+    parallel = (cfg.get("train") or {}).get("parallel_adapters", 1)
+    if parallel != 1:
+        out.append(f"Training: {'all' if parallel == 0 else parallel} adapters at a time in one pass over the base "
+                   "model (lorasum.train.parallel), each with its own data order, initialisation, optimiser and "
+                   "schedule; the same function as training them one after the other, but other dropout draws.")
     return out
 
 

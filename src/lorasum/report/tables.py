@@ -247,7 +247,10 @@ def training_table(results: dict) -> Table:
                      fmt(t.get("tokens"), "int"), f"{t['seconds']:.1f}" if finite(t.get("seconds")) else MISSING,
                      fmt(t.get("final_loss"), "ppl"), fmt(t.get("val_loss"), "ppl")])
     return Table("Training", ["adapter", "kind", "seed", "steps", "tokens", "seconds", "final loss", "val loss"],
-                 rows, align=["l", "l", "r", "r", "r", "r", "r", "r"], note="Losses: mean NLL per answer token (nats).")
+                 rows, align=["l", "l", "r", "r", "r", "r", "r", "r"], note="Losses: mean NLL per answer token (nats)." + (
+                     " Adapters trained together (train.parallel_adapters) share one loop: their seconds are the "
+                     "loop's time until each was saved." if ((results.get("config") or {}).get("train") or {}).get(
+                         "parallel_adapters", 1) != 1 else ""))
 
 
 def data_table(results: dict) -> Table:
