@@ -221,6 +221,7 @@ class _Context:
         as it is saved, so :meth:`run_adapter` then finds it. Falls back to doing nothing (sequential
         training in :meth:`run_adapter`) when the model does not keep packed examples apart."""
         from lorasum.train import AdapterTask, train_adapters
+        from lorasum.train.checkpoint import checkpoint_dir
         from lorasum.train.packing import packing_is_exact
 
         todo = []
@@ -245,6 +246,7 @@ class _Context:
 
             def saved(i: int, res, chunk=chunk) -> None:
                 job, key, path = chunk[i]
+                shutil.rmtree(checkpoint_dir(path), ignore_errors=True)  # of an earlier one-at-a-time run
                 self.cache.put("adapters", key, {"row": self._row(job, key, path),
                                                  "train": self._summary(res, job)})
 
