@@ -65,3 +65,15 @@ def test_bad_method_parameter_values_fail_when_the_config_is_read(tmp_path, para
     with pytest.raises(ConfigError) as e:
         load_config(path)
     assert str(path) in str(e.value) and fragment in str(e.value)
+
+
+@pytest.mark.parametrize("key", ["parallel_adapters", "parallel_max_tokens"])
+@pytest.mark.parametrize("value", ["false", "true", '"2"', "1.5", "-1"])
+def test_parallel_keys_take_integers_only(tmp_path, key, value):
+    """YAML booleans must not pass as 0 / 1 (parallel_adapters: false would mean 'all together')."""
+    path = tmp_path / "c.yaml"
+    path.write_text(f"train: {{{key}: {value}}}\n")
+    with pytest.raises(ConfigError, match=rf"c.yaml: train.{key}"):
+        load_config(path)
+    path.write_text(f"train: {{{key}: 3}}\n")
+    assert getattr(load_config(path).train, key) == 3

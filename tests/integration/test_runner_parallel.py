@@ -73,3 +73,84 @@ def test_parallel_groups_of_five_and_the_cache(runs, caplog):
     cfg = out5.parent / "par5.yaml"
     assert main(["reproduce", "-q", "--config", str(cfg), "--out", str(out5)]) == 0
     assert before == {p: p.stat().st_mtime_ns for p in out5.glob("adapters/*/*/adapter_model.safetensors")}
+
+
+def _cfg_text(model: Path, train: str, lora: str = "{r: 4, lora_alpha: 8, lora_dropout: 0.0}") -> str:
+    d = DATA
+    return (f"name: tiny\nmodel: {model}\ndomains: [{', '.join(DOMAINS)}]\nseeds: [0]\ndevice: cpu\n"
+            f"data: {{max_length: {d['max_length']}, train_size: {d['train_size']}, "
+            f"validation_size: {d['validation_size']}, test_size: {d['test_size']}}}\n"
+            f"lora: {lora}\ntrain: {train}\neval: {{batch_size: 3}}\nhybrids: false\n")
+
+
+def test_a_folder_left_by_other_settings_is_retrained_not_reused(runs, tmp_path):
+    """Sequential (lr 1e-2) -> parallel (lr 2e-2) -> sequential (lr 1e-2) in one folder: the third run must
+    not pair the first run's cache entries with the second run's adapter folders."""
+    model = runs[1][0].parent / "m"
+    out = tmp_path / "run"
+    cfgs = []
+    for i, train in enumerate(["{learning_rate: 1.0e-2, batch_size: 3}",
+                               "{learning_rate: 2.0e-2, batch_size: 3, parallel_adapters: 0}",
+                               "{learning_rate: 1.0e-2, batch_size: 3}"]):
+        cfgs.append(tmp_path / f"c{i}.yaml")
+        cfgs[-1].write_text(_cfg_text(model, train))
+        assert main(["reproduce", "-q", "--config", str(cfgs[-1]), "--out", str(out)]) == 0
+        res = load_results(out / "results.json")
+        for a in res["adapters"]:
+            if a["path"] is None:
+                continue
+            folder = out / a["path"]
+            if a["kind"] in ("single", "merged"):
+                meta = json.loads((folder / "lorasum.json").read_text())
+                assert meta["meta"]["job_key"] == a["key"]
+                assert meta["train"]["learning_rate"] == (2e-2 if i == 1 else 1e-2)
+            else:
+                assert json.loads((folder / "lorasum_job.json").read_text())["job_key"] == a["key"]
+        if i == 0:
+            first = res
+    for a, b in zip(first["evaluations"], res["evaluations"]):
+        assert b["ppl"] == pytest.approx(a["ppl"], rel=1e-6)
+
+
+def test_parallel_falls_back_to_one_at_a_time_for_unsupported_targets(runs, tmp_path, capsys):
+    model = runs[1][0].parent / "m"
+    cfg = tmp_path / "lm.yaml"
+    cfg.write_text(_cfg_text(model, "{learning_rate: 1.0e-2, batch_size: 3, parallel_adapters: 0}",
+                             "{r: 2, lora_alpha: 4, target_modules: [c_attn, lm_head]}"))
+    assert main(["reproduce", "-q", "--config", str(cfg), "--out", str(tmp_path / "run")]) == 0
+    assert "lm_head (embeddings or the LM head): training the adapters one after the other" in capsys.readouterr().err
+    res = load_results(tmp_path / "run" / "results.json")
+    assert {a["train"]["parallel_adapters"] for a in res["adapters"] if a.get("train")} == {1}
+    assert "Training:" not in (tmp_path / "run" / "report" / "report.md").read_text()
+
+
+def test_sigterm_during_parallel_training_keeps_finished_adapters(runs, tmp_path, monkeypatch, capsys):
+    import signal
+
+    import lorasum.train.parallel as par
+    from tiny_models import signal_self
+
+    model = runs[1][0].parent / "m"
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text(_cfg_text(model, "{learning_rate: 1.0e-2, batch_size: 2, parallel_adapters: 0}"))
+    real, calls = par.token_nll, []
+
+    def counting(m, batch):
+        calls.append(1)
+        if len(calls) == 4:  # step 4 of 9: the 3 singles (3 steps each) are saved, the merged ones are not
+            signal_self(signal.SIGTERM)()
+        return real(m, batch)
+
+    monkeypatch.setattr(par, "token_nll", counting)
+    out = tmp_path / "run"
+    assert main(["reproduce", "-q", "--config", str(cfg), "--out", str(out)]) == 143
+    err = capsys.readouterr().err
+    assert "stopped by SIGTERM after step 4 of 9" in err and "3 adapter(s)" in err and "run the same command" in err
+    saved = {p.parent.name for p in out.glob("adapters/seed0/*/adapter_model.safetensors")}
+    assert saved == set(DOMAINS)
+    mtimes = {p: p.stat().st_mtime_ns for p in out.glob("adapters/seed0/*/adapter_model.safetensors")}
+    calls.clear()
+    monkeypatch.setattr(par, "token_nll", lambda m, b: calls.append(1) or real(m, b))
+    assert main(["reproduce", "-q", "--config", str(cfg), "--out", str(out)]) == 0
+    assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())  # the finished singles were kept
+    assert len(calls) == 9  # the 4 merged adapters again, together: 9 steps of the longest

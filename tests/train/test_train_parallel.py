@@ -251,3 +251,45 @@ def test_steps_cut_into_several_passes_give_the_same_adapters(tmp_path, tiny_tok
         x, y = load_file(str(a.out_dir / "adapter_model.safetensors")), load_file(str(b.out_dir / "adapter_model.safetensors"))
         for key in x:
             torch.testing.assert_close(y[key], x[key], rtol=1e-4, atol=2e-5)
+
+
+def test_a_diverging_adapter_is_named_and_does_not_reach_the_others_forward(tmp_path, tiny_tokenizer, tiny_llama,
+                                                                            monkeypatch):
+    """An adapter whose weights become inf is the one the error names; the others' losses stay finite in the
+    same pass (tokens are routed with a select, so 0 · inf never mixes into another adapter)."""
+    import lorasum.train.parallel as par
+
+    real_step, seen = par._AdamW.step, []
+
+    def poisoned(self, lr):
+        real_step(self, lr)
+        if self.steps == 1:
+            self.params[0].data[2] = float("inf")  # adapter 2's lora_A of the first module
+
+    def losses_seen(losses, outs, learning_rate):
+        seen.append(torch.stack(losses).clone())
+        return real_diverged(losses, outs, learning_rate)
+
+    real_diverged = par._diverged
+    monkeypatch.setattr(par._AdamW, "step", poisoned)
+    monkeypatch.setattr(par, "_diverged", losses_seen)
+    tasks = tasks_for(tmp_path, "nan")
+    with pytest.raises(TrainingDiverged, match="finance.*step 2"):  # finance is task 2
+        train_adapters(tiny_llama, tiny_tokenizer, tasks, lora=LoraSpec(r=2, lora_alpha=4, lora_dropout=0.0),
+                       train=TrainSpec(**TRAIN), max_length=64, model_info=info_of(tiny_llama), progress=False)
+    last = seen[-1]
+    assert bool(torch.isfinite(last[:, :2]).all()) and not bool(torch.isfinite(last[1, 2]))
+
+
+@pytest.mark.parametrize("targets", [["lm_head"], ["q_proj", "embed_tokens"]])
+def test_unsupported_target_modules_are_refused_before_training(tmp_path, tiny_tokenizer, tiny_llama, targets):
+    from lorasum.train.parallel import ParallelUnsupported
+
+    before = {n: p.detach().clone() for n, p in tiny_llama.named_parameters()}
+    with pytest.raises(ParallelUnsupported, match="linear projections"):
+        train_adapters(tiny_llama, tiny_tokenizer, tasks_for(tmp_path, "u"),
+                       lora=LoraSpec(r=2, lora_alpha=4, target_modules=targets), train=TrainSpec(**TRAIN),
+                       max_length=64, model_info=info_of(tiny_llama), progress=False)
+    assert not (tmp_path / "u").exists()
+    assert all(torch.equal(before[n], p) for n, p in tiny_llama.named_parameters())
+    assert not any("lora" in n for n, _ in tiny_llama.named_parameters())

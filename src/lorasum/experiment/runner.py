@@ -50,6 +50,7 @@ __all__ = ["run_experiment", "plan_of", "RESULTS_SCHEMA_VERSION"]
 
 log = logging.getLogger("lorasum")
 _KEY_VERSION = 3  # bump when what a key hashes changes
+_JOB_FILE = "lorasum_job.json"  # in composed adapter folders: the job key that made them
 
 
 class _Cache:
@@ -67,6 +68,10 @@ class _Cache:
             return json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
             return None  # a damaged cache entry is recomputed, never trusted
+
+    def fresh(self, kind: str, key: str) -> bool:
+        """Whether this run wrote the entry."""
+        return (kind, key) in self._fresh
 
     def put(self, kind: str, key: str, value: dict) -> None:
         atomic_write_json(self.root / kind / f"{key}.json", value)
@@ -212,6 +217,22 @@ class _Context:
             row |= {"params": self._params(job), "sources": [self.keys[(s, job.seed)] for s in job.sources]}
         return row
 
+    @staticmethod
+    def _folder_holds(path: Path, key: str) -> bool:
+        """Whether the adapter folder at ``path`` is the one of job ``key`` (its lorasum.json names the key):
+        a folder left by a run with other settings is redone, never reused under this key."""
+        from lorasum.train import ADAPTER_META_FILE
+
+        if not (path / "adapter_config.json").is_file():
+            return False
+        for name, field in ((ADAPTER_META_FILE, lambda d: (d.get("meta") or {}).get("job_key")),
+                            (_JOB_FILE, lambda d: d.get("job_key"))):
+            try:
+                return field(json.loads((path / name).read_text(encoding="utf-8"))) == key
+            except (OSError, ValueError, AttributeError):
+                continue
+        return False
+
     def _trained_path(self, job: AdapterJob) -> Path:
         return self.out / "adapters" / f"seed{job.seed}" / job.name
 
@@ -222,18 +243,14 @@ class _Context:
         training in :meth:`run_adapter`) when the model does not keep packed examples apart."""
         from lorasum.train import AdapterTask, train_adapters
         from lorasum.train.checkpoint import checkpoint_dir
-        from lorasum.train.packing import packing_is_exact
+        from lorasum.train.parallel import ParallelUnsupported
 
         todo = []
         for job in (j for j in jobs if j.trained):
             key, path = self._train_key(job), self._trained_path(job)
-            if self.cache.get("adapters", key) is None or not (path / "adapter_config.json").is_file():
+            if self.cache.get("adapters", key) is None or not self._folder_holds(path, key):
                 todo.append((job, key, path))
         if not todo:
-            return
-        if not (self.cfg.train.packing and packing_is_exact(self.model)):
-            log.warning("train.parallel_adapters needs packed rows (train.packing and a model that keeps packed "
-                        "examples apart): training the adapters one after the other")
             return
         size = self.cfg.train.parallel_adapters or len(todo)
         for start in range(0, len(todo), size):
@@ -250,9 +267,13 @@ class _Context:
                 self.cache.put("adapters", key, {"row": self._row(job, key, path),
                                                  "train": self._summary(res, job)})
 
-            train_adapters(self.model, self.tokenizer, tasks, lora=self.cfg.lora, train=self.cfg.train,
-                           max_length=self.cfg.data.max_length, model_info=self.info, overwrite=True,
-                           progress=self.progress, on_saved=saved)
+            try:
+                train_adapters(self.model, self.tokenizer, tasks, lora=self.cfg.lora, train=self.cfg.train,
+                               max_length=self.cfg.data.max_length, model_info=self.info, overwrite=True,
+                               progress=self.progress, on_saved=saved)
+            except ParallelUnsupported as e:  # found before any training: nothing is lost
+                log.warning("%s: training the adapters one after the other", e)
+                return
 
     def _records(self, job: AdapterJob, split: str) -> list:
         return [r for dom in job.domains for r in getattr(self.data[dom], split)]
@@ -264,7 +285,8 @@ class _Context:
 
     def _summary(self, res, job: AdapterJob) -> dict:
         return {"steps": res.steps, "tokens": res.tokens, "seconds": round(res.seconds, 2),
-                "final_loss": res.final_loss, "val_loss": res.val_loss, "examples": len(self._records(job, "train"))}
+                "final_loss": res.final_loss, "val_loss": res.val_loss, "examples": len(self._records(job, "train")),
+                "parallel_adapters": res.parallel_adapters}
 
     def run_adapter(self, job: AdapterJob) -> dict:
         """Train or compose one adapter unless its folder and cache entry exist; return its row."""
@@ -281,8 +303,8 @@ class _Context:
         if dense:
             return row | {"train": None}  # composed in memory when evaluated
         cached = self.cache.get("adapters", key)
-        if cached is not None and (path / "adapter_config.json").is_file():
-            log.info("cached  %-40s seed %d", job.name, job.seed)
+        if cached is not None and self._folder_holds(path, key):
+            log.info("%-7s %-40s seed %d", "done" if self.cache.fresh("adapters", key) else "cached", job.name, job.seed)
             return row | {"train": cached.get("train")}
         log.info("%-7s %-40s seed %d", "train" if job.trained else "compose", job.name, job.seed)
         summary = self._train(job, path, key) if job.trained else self._compose(job, path)
@@ -321,7 +343,9 @@ class _Context:
     def _compose(self, job: AdapterJob, path: Path) -> None:
         from lorasum.adapters import save_adapter
 
-        save_adapter(self._composed(job), path, overwrite=True, base_model=self.info.name)
+        key = self.keys[(job.name, job.seed)]
+        save_adapter(self._composed(job), path, overwrite=True, base_model=self.info.name,
+                     extra_json={_JOB_FILE: {"job_key": key, "method": job.method, "sources": list(job.sources)}})
         return None
 
     # -- evaluation ------------------------------------------------------------------------

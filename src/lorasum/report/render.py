@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 
 from lorasum.experiment.stats import mean_std_ci
-from lorasum.report.summary import combos, compositions, finite, fmt, seeds_of
+from lorasum.report.summary import combos, compositions, finite, fmt, parallel_groups, seeds_of
 from lorasum.report.tables import (
     Table,
     change_by_domain_table,
@@ -240,12 +240,13 @@ def differences(results: dict) -> list[str]:
                                  "evaluation and removed afterwards." if dense else "."))
     seeds = seeds_of(results)
     out.append(f"Seeds: {len(seeds)} ({', '.join(map(str, seeds))}); every seed retrains all adapters.")
-    parallel = (cfg.get("train") or {}).get("parallel_adapters", 1)
-    if parallel != 1:
-        out.append(f"Training: {'all' if parallel == 0 else parallel} adapters at a time in one pass over the base "
-                   "model (lorasum.train.parallel), each with its own data order, initialisation, optimiser and "
-                   "schedule; the same function as training them one after the other, but other dropout draws.")
+    groups = parallel_groups(results)
+    if groups:
+        out.append(f"Training: {groups} in one pass over the base model (lorasum.train.parallel), each with its own "
+                   "data order, initialisation, optimiser and schedule; the same function as training them one "
+                   "after the other, but other dropout draws.")
     return out
+
 
 
 def build_blocks(results: dict, images: dict[str, bytes] | None = None) -> list:

@@ -18,6 +18,7 @@ from lorasum.experiment.stats import mean_std_ci
 
 __all__ = [
     "KIND_ORDER",
+    "parallel_groups",
     "UNION",
     "ComboSummary",
     "CompositionSummary",
@@ -262,3 +263,21 @@ def points(results: dict, eval_domain: str = UNION, size: int | None = None) -> 
         for seed, x, y in zip(s.seeds, s.rms_cosine, s.per_seed("change", eval_domain), strict=True):
             out.append((s.label, seed, x, y))
     return out
+
+
+def parallel_groups(results: dict) -> str | None:
+    """How the trained adapters were trained together, in words, or None if one after the other.
+
+    From each adapter's ``train.parallel_adapters`` (what happened); results written before that
+    field existed fall back to the config's ``train.parallel_adapters``."""
+    trained = [a["train"] for a in results.get("adapters", []) if a.get("train")]
+    sizes = [t["parallel_adapters"] for t in trained if "parallel_adapters" in t]
+    if not sizes:
+        setting = ((results.get("config") or {}).get("train") or {}).get("parallel_adapters", 1)
+        return None if setting == 1 or not trained else (
+            f"{len(trained)} adapters trained {'all together' if setting == 0 else f'{setting} at a time'}")
+    together = [n for n in sizes if n > 1]
+    if not together:
+        return None
+    return (f"{len(together)} of the {len(sizes)} trained adapters trained together in groups of "
+            f"{', '.join(str(n) for n in sorted(set(together), reverse=True))}")

@@ -23,6 +23,7 @@ from lorasum.report.summary import (
     finite,
     fmt,
     models,
+    parallel_groups,
     points,
 )
 
@@ -249,8 +250,7 @@ def training_table(results: dict) -> Table:
     return Table("Training", ["adapter", "kind", "seed", "steps", "tokens", "seconds", "final loss", "val loss"],
                  rows, align=["l", "l", "r", "r", "r", "r", "r", "r"], note="Losses: mean NLL per answer token (nats)." + (
                      " Adapters trained together (train.parallel_adapters) share one loop: their seconds are the "
-                     "loop's time until each was saved." if ((results.get("config") or {}).get("train") or {}).get(
-                         "parallel_adapters", 1) != 1 else ""))
+                     "loop's time until each was saved." if parallel_groups(results) else ""))
 
 
 def data_table(results: dict) -> Table:

@@ -79,6 +79,8 @@ class TrainResult:
         losses: mean answer-token NLL (nats) of each optimiser step.
         final_loss: mean of the last 10 % of ``losses`` (at least one step).
         val_loss: mean answer-token NLL on the validation records after training, or None.
+        parallel_adapters: how many adapters were trained in the same passes (1: alone;
+            :func:`lorasum.train.train_adapters`).
     """
 
     out_dir: Path
@@ -88,6 +90,7 @@ class TrainResult:
     losses: list[float] = field(repr=False)
     final_loss: float
     val_loss: float | None
+    parallel_adapters: int = 1
 
 
 def _seed_everything(seed: int) -> None:

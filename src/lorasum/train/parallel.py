@@ -26,12 +26,23 @@ permutations), its own AdamW state, learning-rate schedule (warm-up and decay ov
 number of steps) and gradient-norm clip, and its own token-weighted loss. An adapter that has
 taken all its steps is saved at once, in PEFT's format, and leaves the batch. With
 ``lora_dropout`` (and the base model's dropout) the dropout masks are other draws than in
-sequential training: same distribution, different numbers; without dropout the adapters equal
-those of sequential training up to float rounding (``tests/train/test_train_parallel.py``).
+sequential training: same distribution, different numbers, and they depend on which adapters
+share the passes (each adapter's ``lorasum.json`` lists them under ``trained_with``), so an
+adapter retrained in another group, e.g. after an interrupted run, is another draw. Without
+dropout the adapters equal those of sequential training up to float rounding
+(``tests/train/test_train_parallel.py``).
+
+Isolation: tokens are routed with a select, not a product, so a NaN or inf in one adapter's
+factors does not reach another adapter's tokens in the forward pass (on CUDA, with
+variable-length attention, rows mix adapters; with the masked attention of packed rows, each row
+holds one adapter's examples, since a masked position still multiplies its value by 0). The
+gradients of a pass are shared, so when one adapter diverges the error names it and no adapter
+of the group that is not yet saved is saved.
 
 Not supported here (use :func:`lorasum.train.train_adapter`): periodic checkpoints and resume
-(an interrupted group loses its unfinished adapters; finished ones are saved), and models that
-do not keep packed examples apart.
+(SIGINT / SIGTERM stop after the current step with :class:`ParallelInterrupted`; the adapters
+saved before are kept, the others are lost), LoRA on embeddings or on the LM head, and models that
+do not keep packed examples apart (:class:`ParallelUnsupported`, raised before any training).
 """
 
 from __future__ import annotations
@@ -47,6 +58,7 @@ import torch
 import torch.nn.functional as F
 from peft import get_peft_model
 from peft.tuners.lora import LoraLayer
+from transformers.pytorch_utils import Conv1D
 from tqdm.auto import tqdm
 
 from lorasum.adapters import LoraFactor, _PREFIX, _SUFFIX_A, _SUFFIX_B
@@ -63,9 +75,34 @@ from lorasum.train.loop import (ADAPTER_META_FILE, _LOG_TAIL, TrainResult, _comp
 from lorasum.train.packing import pack, packing_is_exact
 from lorasum.train.varlen import attention_implementation, varlen_attention, varlen_kwargs, varlen_supported
 
-__all__ = ["AdapterTask", "train_adapters", "linear_schedule"]
+__all__ = ["AdapterTask", "train_adapters", "linear_schedule", "ParallelUnsupported", "ParallelInterrupted"]
 
 log = logging.getLogger("lorasum")
+_CHECK_EVERY = 20  # steps between checks of the losses for NaN / inf (a check waits for the GPU)
+
+
+class ParallelUnsupported(ConfigError):
+    """The model or the LoRA settings do not allow training adapters together (raised before any training)."""
+
+
+class ParallelInterrupted(KeyboardInterrupt):
+    """Parallel training stopped on SIGINT or SIGTERM after a step; adapters saved before are kept.
+
+    Attributes:
+        signum: the signal number.
+        step: optimiser steps completed.
+        total: steps of the longest adapter.
+        saved: adapter folders saved before the signal.
+    """
+
+    def __init__(self, signum: int, step: int, total: int, saved: list[Path]):
+        import signal
+
+        self.signum, self.step, self.total, self.saved = signum, step, total, saved
+        name = signal.Signals(signum).name if signum in signal.Signals._value2member_map_ else f"signal {signum}"
+        super().__init__(f"training stopped by {name} after step {step} of {total}; {len(saved)} adapter(s) trained "
+                         "in parallel had finished and are saved, the others were not (no checkpoints in parallel "
+                         "training)")
 
 
 @dataclass
@@ -107,26 +144,26 @@ class _Router:
         self.k, self.r, self.scaling = k, r, scaling
         self.varlen = False  # whether the passes use variable-length attention (recorded in lorasum.json)
         self._groups: torch.Tensor | int | None = None
-        self._masks: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+        self._masks: dict[torch.device, torch.Tensor] = {}
 
     def route(self, groups: torch.Tensor | int) -> None:
         """``groups``: (rows, width) adapter index of each token (-1: padding), or one index for all."""
         self._groups, self._masks = groups, {}
 
     def mask(self, like: torch.Tensor) -> torch.Tensor:
-        """M · scaling, broadcastable to ``like`` (…, k·r), in its dtype and device."""
-        key = (like.dtype, like.device)
+        """M as booleans, broadcastable to ``like`` (…, k·r), on its device."""
+        key = like.device
         if key not in self._masks:
             g = self._groups
             if g is None:
                 raise RuntimeError("parallel LoRA layers called before the tokens were routed")
             if isinstance(g, int):
-                m = torch.zeros(self.k * self.r, device=like.device)
-                m[g * self.r:(g + 1) * self.r] = self.scaling
+                m = torch.zeros(self.k * self.r, dtype=torch.bool, device=like.device)
+                m[g * self.r:(g + 1) * self.r] = True
             else:
-                m = F.one_hot(g.to(like.device) + 1, self.k + 1)[..., 1:].repeat_interleave(self.r, -1)
-                m = (m * self.scaling).reshape(like.shape)  # tokens in the layout the layer sees
-            self._masks[key] = m.to(like.dtype)
+                m = F.one_hot(g.to(like.device) + 1, self.k + 1)[..., 1:].bool().repeat_interleave(self.r, -1)
+                m = m.reshape(like.shape)  # tokens in the layout the layer sees
+            self._masks[key] = m
         return self._masks[key]
 
 
@@ -157,7 +194,9 @@ class _ParallelLoRA(torch.nn.Module):
         A = self.lora_A.flatten(0, 1)  # (k·r, d_in)
         B = self.lora_B.flatten(1, 2)  # (d_out, k·r)
         h = F.linear(self.dropout(x.to(A.dtype)), A)  # (…, k·r)
-        return out + F.linear(h * self.router.mask(h), B).to(out.dtype)
+        # select, not multiply: a NaN or inf in one adapter must not reach another one's tokens (0 · inf = NaN)
+        h = torch.where(self.router.mask(h), h * self.router.scaling, 0.0)
+        return out + F.linear(h, B).to(out.dtype)
 
 
 class _AdamW:
@@ -238,6 +277,25 @@ def _passes(examples: list, max_tokens: int) -> list[list]:
     return out
 
 
+def _pack_by_adapter(part: list, row_length: int, pad_id: int) -> dict[str, torch.Tensor]:
+    """Pack (example, adapter) pairs into rows that each hold one adapter's examples
+    (:func:`lorasum.train.packing.pack` per adapter, rows padded to the widest)."""
+    owners = list(dict.fromkeys(j for _, j in part))
+    packs = [pack([e for e, o in part if o == j], row_length, pad_id, groups=[j] * sum(1 for _, o in part if o == j))
+             for j in owners]
+    width = max(b["input_ids"].shape[1] for b in packs)
+
+    def widen(t: torch.Tensor, fill) -> torch.Tensor:
+        extra = width - t.shape[1]
+        if not extra:
+            return t
+        tail = torch.arange(extra).expand(t.shape[0], -1) if fill is None else torch.full((t.shape[0], extra), fill)
+        return torch.cat([t, tail], dim=1)  # padding columns: a segment of their own (positions from 0)
+
+    fills = {"input_ids": pad_id, "position_ids": None, "labels": IGNORE_INDEX, "groups": -1}
+    return {key: torch.cat([widen(b[key], fill) for b in packs]) for key, fill in fills.items()}
+
+
 def _peft_init(model: torch.nn.Module, config, seed: int, init_seed: int | None) -> dict[str, tuple]:
     """LoRA A and B as PEFT initialises them for ``seed`` (as in :func:`train_adapter`):
     module path → (A (r, d_in), B (d_out, r), scaling)."""
@@ -249,9 +307,23 @@ def _peft_init(model: torch.nn.Module, config, seed: int, init_seed: int | None)
     except ValueError as e:
         raise ConfigError(f"lora.target_modules {config.target_modules}: {str(e).splitlines()[0]}") from None
     try:
-        return {name: (m.lora_A["default"].weight.detach().cpu().clone(),
-                       m.lora_B["default"].weight.detach().cpu().clone(), float(m.scaling["default"]))
-                for name, m in peft_model.base_model.model.named_modules() if isinstance(m, LoraLayer)}
+        inner = peft_model.base_model.model
+        head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
+        out, unsupported = {}, []
+        for name, m in inner.named_modules():
+            if not isinstance(m, LoraLayer):
+                continue
+            base = m.get_base_layer()
+            if "default" not in m.lora_A or not isinstance(base, (torch.nn.Linear, Conv1D)) or head in (m, base):
+                unsupported.append(name)
+                continue
+            out[name] = (m.lora_A["default"].weight.detach().cpu().clone(),
+                         m.lora_B["default"].weight.detach().cpu().clone(), float(m.scaling["default"]))
+        if unsupported:
+            raise ParallelUnsupported(
+                f"lora.target_modules: parallel training takes linear projections inside the model only, not "
+                f"{', '.join(unsupported[:3])}{' …' if len(unsupported) > 3 else ''} (embeddings or the LM head)")
+        return out
     finally:
         peft_model.unload()
 
@@ -326,7 +398,7 @@ def train_adapters(
         if not t.records:
             raise DataError(f"{out}: no training records")
     if not (train.packing and packing_is_exact(model)):
-        raise ConfigError("training adapters in parallel needs packed rows (train.packing: true, and a model "
+        raise ParallelUnsupported("training adapters in parallel needs packed rows (train.packing: true, and a model "
                           "whose attention keeps packed examples apart); set train.parallel_adapters: 1")
     config = _lora_config(lora, model_info)
     encoded = [encode_records(tokenizer, t.records, max_length, loss_on=train.loss_on) for t in tasks]
@@ -365,8 +437,23 @@ def train_adapters(
         model.train(was_training)
 
 
+def _diverged(losses: list[torch.Tensor], outs: list[Path], learning_rate: float) -> TrainingDiverged | None:
+    """The error naming the adapter whose loss first became NaN or infinite, or None."""
+    values = torch.stack(losses)  # (steps, k); waits for the GPU
+    bad = ~torch.isfinite(values)
+    if not bool(bad.any()):
+        return None
+    step, j = (int(v) for v in bad.nonzero()[0])  # earliest step, then lowest adapter index
+    return TrainingDiverged(
+        f"{outs[j]}: training diverged: the loss is {float(values[step, j])} at step {step + 1} (learning rate "
+        f"{learning_rate}); the adapters trained in the same passes and not yet saved are not saved either "
+        "(their gradients share the passes)")
+
+
 def _loop(model, tokenizer, tasks, outs, encoded, layers, router, config, lora, train, max_length, model_info,
           pad_id, overwrite, progress, on_saved, use_varlen, previous_attention) -> list[TrainResult]:
+    from lorasum.train.loop import _stop_on_signals
+
     k = len(tasks)
     router.varlen = use_varlen
     device = next(model.parameters()).device
@@ -381,58 +468,71 @@ def _loop(model, tokenizer, tasks, outs, encoded, layers, router, config, lora, 
     losses: list[torch.Tensor] = []
     tokens = [0] * k
     results: list[TrainResult | None] = [None] * k
+    group = [t.meta.get("job_key") or str(out) for t, out in zip(tasks, outs)]  # recorded in each lorasum.json
     model.train()
     start = time.perf_counter()
     bar = tqdm(range(max(totals)), desc=f"train ×{k}", unit="step", disable=not progress, leave=False)
-    for step in bar:
-        active = [j for j in range(k) if step < totals[j]]
-        window, picked = [], []  # forward passes of the step; (adapter, example indices) taken
-        for _ in range(train.grad_accum):
-            picks = [(j, next(streams[j])) for j in active]
-            picked += picks
-            examples = [(encoded[j][i], j) for j, idx in picks for i in idx]
-            for part in _passes(examples, train.parallel_max_tokens):
-                batch = pack([e for e, _ in part], train.pack_length, pad_id, groups=[j for _, j in part])
-                if use_varlen:
-                    batch |= varlen_kwargs(batch["position_ids"])
-                window.append(batch)
-        n_answer = torch.ones(k)
-        for j, idx in picked:
-            tokens[j] += sum(len(encoded[j][i].input_ids) for i in idx)
-        for j in active:
-            n_answer[j] = max(1, sum(n_labelled[j][i] for jj, idx in picked if jj == j for i in idx))
-        n_answer_dev = n_answer.to(device, non_blocking=True)
-        step_nll = torch.zeros(k, device=device)
-        for batch in window:  # token-weighted mean of each adapter over its whole step, as in train_adapter
-            router.route(batch["groups"].to(device, non_blocking=True))
-            nll, flat = token_nll(model, batch)
-            owner = batch["groups"].flatten()[flat].to(device, non_blocking=True)
-            per_adapter = torch.zeros(k, device=device).index_add(0, owner, nll)
-            (per_adapter / n_answer_dev).sum().backward()
-            step_nll += per_adapter.detach()
-        if train.max_grad_norm is not None:
-            optimizer.clip(train.max_grad_norm)
-        # finished adapters get learning rate 0: their slices stay as they were saved
-        lr = torch.tensor([train.learning_rate * schedules[j](step) if j in active else 0.0 for j in range(k)])
-        optimizer.step(lr.to(device, non_blocking=True))
-        optimizer.zero_grad()
-        losses.append(step_nll / n_answer_dev)
-        for j in active:
-            if step + 1 == totals[j]:
+    with _stop_on_signals() as stop:
+        for step in bar:
+            active = [j for j in range(k) if step < totals[j]]
+            window, picked = [], []  # forward passes of the step; (adapter, example indices) taken
+            for _ in range(train.grad_accum):
+                picks = [(j, next(streams[j])) for j in active]
+                picked += picks
+                examples = [(encoded[j][i], j) for j, idx in picks for i in idx]
+                for part in _passes(examples, train.parallel_max_tokens):
+                    if use_varlen:  # rows may mix adapters: attention is computed example by example
+                        batch = pack([e for e, _ in part], train.pack_length, pad_id, groups=[j for _, j in part])
+                        batch |= varlen_kwargs(batch["position_ids"])
+                    else:  # a masked row would pass one adapter's NaN to another's examples (0 · NaN)
+                        batch = _pack_by_adapter(part, train.pack_length, pad_id)
+                    window.append(batch)
+            n_answer = torch.ones(k)
+            for j, idx in picked:
+                tokens[j] += sum(len(encoded[j][i].input_ids) for i in idx)
+            for j in active:
+                n_answer[j] = max(1, sum(n_labelled[j][i] for jj, idx in picked if jj == j for i in idx))
+            n_answer_dev = n_answer.to(device, non_blocking=True)
+            step_nll = torch.zeros(k, device=device)
+            for batch in window:  # token-weighted mean of each adapter over its whole step, as in train_adapter
+                router.route(batch["groups"].to(device, non_blocking=True))
+                nll, flat = token_nll(model, batch)
+                owner = batch["groups"].flatten()[flat].to(device, non_blocking=True)
+                per_adapter = torch.zeros(k, device=device).index_add(0, owner, nll)
+                (per_adapter / n_answer_dev).sum().backward()
+                step_nll += per_adapter.detach()
+            if train.max_grad_norm is not None:
+                optimizer.clip(train.max_grad_norm)
+            # finished adapters get learning rate 0: their slices stay as they were saved
+            lr = torch.tensor([train.learning_rate * schedules[j](step) if j in active else 0.0 for j in range(k)])
+            optimizer.step(lr.to(device, non_blocking=True))
+            optimizer.zero_grad()
+            losses.append(step_nll / n_answer_dev)
+            finishing = [j for j in active if step + 1 == totals[j]]
+            if finishing or step % _CHECK_EVERY == _CHECK_EVERY - 1:
+                error = _diverged(losses, outs, train.learning_rate)
+                if error is not None:
+                    raise error
+            for j in finishing:
                 with attention_implementation(model, previous_attention):  # validation: padded batches
-                    results[j] = _finish(model, tokenizer, tasks[j], outs[j], j, k, layers, router, losses, tokens[j],
-                                         time.perf_counter() - start, config, lora, train, max_length, model_info,
-                                         len(encoded[j]), sum(e.truncated for e in encoded[j]), overwrite, progress)
+                    results[j] = _finish(model, tokenizer, tasks[j], outs[j], j, group, layers, router, losses,
+                                         tokens[j], time.perf_counter() - start, config, lora, train, max_length,
+                                         model_info, len(encoded[j]), sum(e.truncated for e in encoded[j]), overwrite,
+                                         progress)
                 if on_saved is not None:
                     on_saved(j, results[j])
-        if progress and (step % 20 == 0 or step == max(totals) - 1):
-            bar.set_postfix(adapters=len(active), tok_s=f"{sum(tokens) / (time.perf_counter() - start):.0f}")
+            if progress and (step % 20 == 0 or step == max(totals) - 1):
+                bar.set_postfix(adapters=len(active), tok_s=f"{sum(tokens) / (time.perf_counter() - start):.0f}")
+            if "signum" in stop and step + 1 < max(totals):
+                raise ParallelInterrupted(stop["signum"], step + 1, max(totals),
+                                          [outs[j] for j in range(k) if results[j] is not None])
     return results
 
 
-def _finish(model, tokenizer, task, out, j, k, layers, router, losses, tokens, seconds, config, lora, train,
+def _finish(model, tokenizer, task, out, j, group, layers, router, losses, tokens, seconds, config, lora, train,
             max_length, model_info, n_examples, n_truncated, overwrite, progress) -> TrainResult:
     """Check, score on validation and save adapter ``j`` (it has taken its last step)."""
+    k = len(group)
     values = torch.stack([step[j] for step in losses]).tolist()  # waits for the GPU
     with torch.no_grad():  # one copy to the CPU for all modules
         parts = [t for layer in layers.values() for t in layer.factors(j)]
@@ -440,12 +540,9 @@ def _finish(model, tokenizer, task, out, j, k, layers, router, losses, tokens, s
     pieces = iter(t.view(shape) for t, shape in zip(flat, (t.shape for t in parts)))
     factors = {name: LoraFactor(A=next(pieces).clone(), B=next(pieces).clone(), scaling=router.scaling)
                for name in layers}
-    bad = next((s for s, v in enumerate(values) if not math.isfinite(v)), None)
-    if bad is not None or not all(bool(torch.isfinite(f.A).all() and torch.isfinite(f.B).all())
-                                  for f in factors.values()):
-        where = f"the loss is {values[bad]} at step {bad + 1}" if bad is not None else "LoRA weights became NaN"
-        raise TrainingDiverged(f"{out}: training diverged: {where} (learning rate {train.learning_rate}); "
-                               "this adapter was not saved")
+    if not all(bool(torch.isfinite(f.A).all() and torch.isfinite(f.B).all()) for f in factors.values()):
+        raise TrainingDiverged(f"{out}: training diverged: LoRA weights became NaN or infinite (learning rate "
+                               f"{train.learning_rate}); this adapter was not saved")
     val_loss = None
     if task.validation:
         log.info("validation: scoring %d examples for %s", len(task.validation), out.name)
@@ -454,11 +551,11 @@ def _finish(model, tokenizer, task, out, j, k, layers, router, losses, tokens, s
                               loss_on=train.loss_on, progress=progress).mean_nll
     n_tail = max(1, round(_LOG_TAIL * len(values)))
     summary = {"steps": len(values), "tokens": tokens, "seconds": seconds, "final_loss": sum(values[-n_tail:]) / n_tail,
-               "val_loss": val_loss, "packed": True, "parallel_adapters": k,
+               "val_loss": val_loss, "packed": True, "parallel_adapters": k, "trained_with": group,
                "varlen_attention": router.varlen}
     info = _metadata(model_info, config, train, task.seed, max_length, task.meta, n_examples, n_truncated, values,
                      summary)
     _save(out, factors, config, model_info, info, overwrite)
     log.info("saved %s (%d steps, trained with %d adapters in parallel)", out, len(values), k)
     return TrainResult(out_dir=out, steps=len(values), tokens=tokens, seconds=seconds, losses=values,
-                       final_loss=summary["final_loss"], val_loss=val_loss)
+                       final_loss=summary["final_loss"], val_loss=val_loss, parallel_adapters=k)
