@@ -3,20 +3,15 @@ folder, three domains, two seeds, hybrids and two dense composition methods (abo
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 
-from integration_run import write_config
+from integration_run import data_root_or_skip, write_config
 
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """``{"tmp", "cfg", "out", "model", "root", "results"}`` of one finished ``lorasum reproduce`` run."""
-    root = os.environ.get("LORASUM_DATA_ROOT")
-    if not root or not Path(root).is_dir():
-        pytest.skip("LORASUM_DATA_ROOT is not set to the shared data folder (e.g. ../shared/data/raw)")
+    root = data_root_or_skip()
     from tiny_models import save_tiny_gpt2
 
     from lorasum.cli import main
@@ -27,5 +22,5 @@ def tiny_run(tmp_path_factory):
     cfg = write_config(tmp, tmp / "m")
     out = tmp / "run"
     assert main(["reproduce", "-q", "--config", str(cfg), "--out", str(out)]) == 0
-    return {"tmp": tmp, "cfg": cfg, "out": out, "model": tmp / "m", "root": Path(root),
+    return {"tmp": tmp, "cfg": cfg, "out": out, "model": tmp / "m", "root": root,
             "results": load_results(out / "results.json")}

@@ -23,3 +23,15 @@ def write_config(tmp: Path, model: Path, eval: str = "{batch_size: 3}", **data) 
         "methods: [sum, ties, magnitude_prune]\nmethod_params: {ties: {density: 0.5}, magnitude_prune: {density: 1.0}}\n"
     )
     return path
+
+
+def data_root_or_skip() -> Path:
+    """``LORASUM_DATA_ROOT`` as a path; skips the calling test when it is not set to a folder."""
+    import os
+
+    import pytest
+
+    root = os.environ.get("LORASUM_DATA_ROOT")
+    if not root or not Path(root).is_dir():
+        pytest.skip("LORASUM_DATA_ROOT is not set to the shared data folder (e.g. ../shared/data/raw)")
+    return Path(root)

@@ -4,12 +4,11 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
-from integration_run import DATA, DOMAINS
+from integration_run import DATA, DOMAINS, data_root_or_skip
 
 from lorasum.cli import main
 from lorasum.report import load_results
@@ -17,24 +16,25 @@ from lorasum.report import load_results
 pytestmark = pytest.mark.integration
 
 
-def _config(tmp: Path, model: Path, parallel: int) -> Path:
+def _cfg_text(model: Path, train: str, lora: str = "{r: 4, lora_alpha: 8, lora_dropout: 0.0}", seeds: str = "[0]",
+              hybrids: bool = False) -> str:
     d = DATA
+    return (f"name: tiny\nmodel: {model}\ndomains: [{', '.join(DOMAINS)}]\nseeds: {seeds}\ndevice: cpu\n"
+            f"data: {{max_length: {d['max_length']}, train_size: {d['train_size']}, "
+            f"validation_size: {d['validation_size']}, test_size: {d['test_size']}}}\n"
+            f"lora: {lora}\ntrain: {train}\neval: {{batch_size: 3}}\nhybrids: {str(hybrids).lower()}\n")
+
+
+def _config(tmp: Path, model: Path, parallel: int) -> Path:
     path = tmp / f"par{parallel}.yaml"
-    path.write_text(
-        f"name: tiny\nmodel: {model}\ndomains: [{', '.join(DOMAINS)}]\nseeds: [0, 1]\ndevice: cpu\n"
-        f"data: {{max_length: {d['max_length']}, train_size: {d['train_size']}, "
-        f"validation_size: {d['validation_size']}, test_size: {d['test_size']}}}\n"
-        "lora: {r: 4, lora_alpha: 8, lora_dropout: 0.0}\n"
-        f"train: {{learning_rate: 1.0e-2, batch_size: 3, parallel_adapters: {parallel}}}\n"
-        "eval: {batch_size: 3}\n")
+    path.write_text(_cfg_text(model, f"{{learning_rate: 1.0e-2, batch_size: 3, parallel_adapters: {parallel}}}",
+                              seeds="[0, 1]", hybrids=True))
     return path
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    root = os.environ.get("LORASUM_DATA_ROOT")
-    if not root or not Path(root).is_dir():
-        pytest.skip("LORASUM_DATA_ROOT is not set to the shared data folder (e.g. ../shared/data/raw)")
+    data_root_or_skip()
     from tiny_models import save_tiny_gpt2
 
     tmp = tmp_path_factory.mktemp("par")
@@ -73,14 +73,6 @@ def test_parallel_groups_of_five_and_the_cache(runs, caplog):
     cfg = out5.parent / "par5.yaml"
     assert main(["reproduce", "-q", "--config", str(cfg), "--out", str(out5)]) == 0
     assert before == {p: p.stat().st_mtime_ns for p in out5.glob("adapters/*/*/adapter_model.safetensors")}
-
-
-def _cfg_text(model: Path, train: str, lora: str = "{r: 4, lora_alpha: 8, lora_dropout: 0.0}") -> str:
-    d = DATA
-    return (f"name: tiny\nmodel: {model}\ndomains: [{', '.join(DOMAINS)}]\nseeds: [0]\ndevice: cpu\n"
-            f"data: {{max_length: {d['max_length']}, train_size: {d['train_size']}, "
-            f"validation_size: {d['validation_size']}, test_size: {d['test_size']}}}\n"
-            f"lora: {lora}\ntrain: {train}\neval: {{batch_size: 3}}\nhybrids: false\n")
 
 
 def test_a_folder_left_by_other_settings_is_retrained_not_reused(runs, tmp_path):
