@@ -168,3 +168,15 @@ def test_stride_not_smaller_than_the_window_is_a_config_error(tmp_path):
     path.write_text("data: {max_length: 48}\neval: {stride: 48}\n")
     with pytest.raises(ConfigError, match=r"c\.yaml.*stride 48 must be smaller than data.max_length 48"):
         load_config(path)
+
+
+def test_train_says_that_parallel_adapters_is_for_reproduce(tiny_model_dir, tmp_path, capsys):
+    import os
+
+    if not os.environ.get("LORASUM_DATA_ROOT"):
+        pytest.skip("LORASUM_DATA_ROOT is not set")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("train: {parallel_adapters: 0, max_steps: 1}\n")
+    assert main(["train", "--config", str(cfg), "--domain", "math", "--model", str(tiny_model_dir), *SMALL,
+                 "--out", str(tmp_path / "a")]) == 0
+    assert "train.parallel_adapters applies to `lorasum reproduce`" in capsys.readouterr().err

@@ -35,6 +35,9 @@ def run(args: argparse.Namespace) -> int:
     from lorasum.train.checkpoint import checkpoint_dir, prepare_checkpoint
 
     cfg = build_config(args)
+    if cfg.train.parallel_adapters != 1:
+        logging.getLogger("lorasum").warning(
+            "train.parallel_adapters applies to `lorasum reproduce`; `lorasum train` trains one adapter")
     check_output(args.out, args.overwrite)  # fail before the slow steps
     ckpt = checkpoint_dir(args.out)
     if (ckpt.exists() or ckpt.is_symlink()) and not (args.resume or args.overwrite):
