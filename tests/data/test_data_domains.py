@@ -223,3 +223,20 @@ def test_bad_data_options(tmp_path):
     path.write_text("data:\n  skip_bad_rows: maybe\n")
     with pytest.raises(ConfigError, match="data.skip_bad_rows"):
         load_config(path)
+
+
+def test_reproduce_says_a_custom_domains_max_length_is_not_used(fake_root, tmp_path, caplog):
+    """An experiment cuts every domain at data.max_length; a custom domain's own max_length (used by
+    `lorasum train` on that domain alone) must not be dropped silently."""
+    from lorasum.errors import ModelError
+    from lorasum.experiment import run_experiment
+
+    write_jsonl(fake_root / "my/legal.jsonl", rows(30, "legal"))
+    cfg = ExperimentConfig.model_validate({
+        "model": str(tmp_path / "no-such-model"), "domains": ["math", "legal"],
+        "data": {"root": str(fake_root), "max_length": 48},
+        "custom_domains": {"legal": {"sources": [src("my/legal.jsonl")], "max_length": 20}}})
+    with caplog.at_level("WARNING", logger="lorasum"), pytest.raises(ModelError):
+        run_experiment(cfg, tmp_path / "run", progress=False)  # the warning comes before the model load
+    assert any("custom_domains.legal.max_length (20)" in r.getMessage() and "data.max_length (48)" in r.getMessage()
+               for r in caplog.records)

@@ -121,6 +121,11 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, overwrite: bool = 
     grid = plan_of(cfg)
     t0 = time.perf_counter()
     data_root(cfg.data)  # a missing data folder fails before the model is loaded
+    for name, spec in cfg.custom_domains.items():
+        if name in cfg.domains and spec.max_length not in (None, cfg.data.max_length):
+            log.warning("custom_domains.%s.max_length (%d) applies to `lorasum train` on that domain alone; an "
+                        "experiment cuts every domain at data.max_length (%d), so that single, merged and summed "
+                        "adapters see the same examples", name, spec.max_length, cfg.data.max_length)
     log.info("loading model %s", cfg.model)
     model, tokenizer, info = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
     data = _load_data(cfg, tokenizer)
