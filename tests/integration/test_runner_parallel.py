@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from integration_run import DATA, DOMAINS, data_root_or_skip
 
@@ -116,15 +117,18 @@ def test_parallel_falls_back_to_one_at_a_time_for_unsupported_targets(runs, tmp_
     assert "Training:" not in (tmp_path / "run" / "report" / "report.md").read_text()
 
 
-def test_sigterm_during_parallel_training_keeps_finished_adapters(runs, tmp_path, monkeypatch, capsys):
+def test_sigterm_during_parallel_training_continues_from_the_group_checkpoint(runs, tmp_path, monkeypatch, capsys):
     import signal
 
     import lorasum.train.parallel as par
+    from safetensors.torch import load_file
     from tiny_models import signal_self
 
     model = runs[1][0].parent / "m"
     cfg = tmp_path / "p.yaml"
-    cfg.write_text(_cfg_text(model, "{learning_rate: 1.0e-2, batch_size: 2, parallel_adapters: 0}"))
+    cfg.write_text(_cfg_text(model, "{learning_rate: 1.0e-2, batch_size: 2, parallel_adapters: 0}",
+                             "{r: 4, lora_alpha: 8, lora_dropout: 0.1}"))
+    assert main(["reproduce", "-q", "--config", str(cfg), "--out", str(tmp_path / "ref")]) == 0
     real, calls = par.token_nll, []
 
     def counting(m, batch):
@@ -137,12 +141,16 @@ def test_sigterm_during_parallel_training_keeps_finished_adapters(runs, tmp_path
     out = tmp_path / "run"
     assert main(["reproduce", "-q", "--config", str(cfg), "--out", str(out)]) == 143
     err = capsys.readouterr().err
-    assert "stopped by SIGTERM after step 4 of 9" in err and "3 adapter(s)" in err and "run the same command" in err
-    saved = {p.parent.name for p in out.glob("adapters/seed0/*/adapter_model.safetensors")}
-    assert saved == set(DOMAINS)
+    assert "stopped by SIGTERM after step 4 of 9; checkpoint saved in" in err and "3 adapter(s)" in err
+    assert "run the same command again" in err and len(list(out.glob("adapters/parallel-*.ckpt"))) == 1
+    assert {p.parent.name for p in out.glob("adapters/seed0/*/adapter_model.safetensors")} == set(DOMAINS)
     mtimes = {p: p.stat().st_mtime_ns for p in out.glob("adapters/seed0/*/adapter_model.safetensors")}
     calls.clear()
     monkeypatch.setattr(par, "token_nll", lambda m, b: calls.append(1) or real(m, b))
     assert main(["reproduce", "-q", "--config", str(cfg), "--out", str(out)]) == 0
+    assert len(calls) == 5  # steps 5-9 only
     assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())  # the finished singles were kept
-    assert len(calls) == 9  # the 4 merged adapters again, together: 9 steps of the longest
+    assert not list(out.glob("adapters/parallel-*.ckpt"))
+    for want in (tmp_path / "ref").glob("adapters/seed0/*/adapter_model.safetensors"):
+        a, b = load_file(str(want)), load_file(str(out / want.relative_to(tmp_path / "ref")))
+        assert all(torch.equal(a[k], b[k]) for k in a), want.parent.name  # as if never stopped (dropout on)

@@ -293,3 +293,134 @@ def test_unsupported_target_modules_are_refused_before_training(tmp_path, tiny_t
     assert not (tmp_path / "u").exists()
     assert all(torch.equal(before[n], p) for n, p in tiny_llama.named_parameters())
     assert not any("lora" in n for n, _ in tiny_llama.named_parameters())
+
+
+def _interrupt_at(monkeypatch, n: int, action) -> list:
+    """Run ``action()`` before the n-th forward pass of parallel training; returns the pass counter."""
+    import lorasum.train.parallel as par
+
+    real, calls = par.token_nll, []
+
+    def wrapped(model, batch):
+        calls.append(1)
+        if len(calls) == n:
+            action()
+        return real(model, batch)
+
+    monkeypatch.setattr(par, "token_nll", wrapped)
+    return calls
+
+
+def _weights(results) -> list[dict]:
+    return [load_file(str(r.out_dir / "adapter_model.safetensors")) for r in results]
+
+
+def test_group_interrupted_by_a_signal_resumes_to_the_same_adapters(tmp_path, tiny_tokenizer, tiny_gpt2, monkeypatch):
+    """SIGINT at step 4 (dropout on: GPT-2's and LoRA's), then resume: the same adapters as without the stop,
+    the adapter that had finished is not trained again, the checkpoint is gone at the end."""
+    import signal
+
+    from lorasum.train.parallel import ParallelInterrupted
+    from tiny_models import signal_self
+
+    lora, train = LoraSpec(r=4, lora_alpha=8, lora_dropout=0.2), TrainSpec(**TRAIN)
+    kw = dict(lora=lora, train=train, max_length=64, model_info=info_of(tiny_gpt2), progress=False)
+    ref = train_adapters(tiny_gpt2, tiny_tokenizer, tasks_for(tmp_path, "ref"), checkpoint=tmp_path / "ref.ckpt", **kw)
+    tasks, ck = tasks_for(tmp_path, "run"), tmp_path / "run.ckpt"
+    _interrupt_at(monkeypatch, 4, signal_self(signal.SIGINT))  # steps: medicine 2, math 3, finance 5
+    with pytest.raises(ParallelInterrupted) as stop:
+        train_adapters(tiny_gpt2, tiny_tokenizer, tasks, checkpoint=ck, **kw)
+    assert stop.value.step == 4 and stop.value.checkpoint == ck and (ck / "state.json").is_file()
+    assert {p.name for p in stop.value.saved} == {"medicine", "math"} and not tasks[2].out_dir.exists()
+    monkeypatch.undo()
+    with pytest.raises(OutputExistsError):  # never continued or discarded silently
+        train_adapters(tiny_gpt2, tiny_tokenizer, tasks, checkpoint=ck, **kw)
+    with pytest.raises(OutputExistsError, match="--resume"):
+        train_adapters(tiny_gpt2, tiny_tokenizer, tasks_for(tmp_path, "elsewhere"), checkpoint=ck, **kw)
+    kept = tasks[1].out_dir.joinpath("adapter_model.safetensors").stat().st_mtime_ns
+    calls = _interrupt_at(monkeypatch, 0, lambda: None)
+    res = train_adapters(tiny_gpt2, tiny_tokenizer, tasks, checkpoint=ck, resume=True, **kw)
+    assert len(calls) == 1  # only step 5 (finance's last) was left
+    assert res[0] is None and res[1] is None and res[2].steps == ref[2].steps and res[2].losses == ref[2].losses
+    assert tasks[1].out_dir.joinpath("adapter_model.safetensors").stat().st_mtime_ns == kept
+    for want, got in zip(_weights(ref), [load_file(str(t.out_dir / "adapter_model.safetensors")) for t in tasks]):
+        assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+    assert not ck.exists() and not (tmp_path / "ref.ckpt").exists()
+
+
+def test_group_checkpoint_after_a_crash_and_its_checks(tmp_path, tiny_tokenizer, tiny_llama, monkeypatch):
+    from lorasum.train.checkpoint import CheckpointError
+
+    lora = LoraSpec(r=2, lora_alpha=4, lora_dropout=0.1)
+    kw = dict(lora=lora, max_length=64, model_info=info_of(tiny_llama), progress=False)
+    train = TrainSpec(**TRAIN | {"checkpoint_every": 2})
+    ref = train_adapters(tiny_llama, tiny_tokenizer, tasks_for(tmp_path, "ref"), train=train, **kw)
+    tasks, ck = tasks_for(tmp_path, "run"), tmp_path / "g.ckpt"
+
+    def crash():
+        raise RuntimeError("power cut")
+
+    _interrupt_at(monkeypatch, 5, crash)
+    with pytest.raises(RuntimeError, match="power cut"):
+        train_adapters(tiny_llama, tiny_tokenizer, tasks, train=train, checkpoint=ck, **kw)
+    assert json.loads((ck / "state.json").read_text())["step"] == 4
+    monkeypatch.undo()
+    other = TrainSpec(**TRAIN | {"checkpoint_every": 2, "learning_rate": 1e-3})
+    with pytest.raises(CheckpointError, match="another group"):
+        train_adapters(tiny_llama, tiny_tokenizer, tasks, train=other, checkpoint=ck, resume=True, overwrite=True, **kw)
+    state = json.loads((ck / "state.json").read_text())
+    (ck / "state.json").write_text(json.dumps(state | {"step": 9}))
+    with pytest.raises(CheckpointError, match="not those of this group"):
+        train_adapters(tiny_llama, tiny_tokenizer, tasks, train=train, checkpoint=ck, resume=True, overwrite=True, **kw)
+    (ck / "state.json").write_text(json.dumps(state))
+    calls = _interrupt_at(monkeypatch, 0, lambda: None)
+    res = train_adapters(tiny_llama, tiny_tokenizer, tasks, train=train, checkpoint=ck, resume=True, overwrite=True,
+                         **kw)
+    assert len(calls) == 1 and res[2] is not None  # step 5 only; checkpoint_every 2 and 4 were saved
+    for t, r in zip(tasks, ref):
+        got, want = load_file(str(t.out_dir / "adapter_model.safetensors")), load_file(str(r.out_dir / "adapter_model.safetensors"))
+        assert all(torch.equal(want[key], got[key]) for key in want)
+
+
+@pytest.mark.parametrize("damage", ["bitrot", "nan", "negative_moment", "wrong_format", "missing_file"])
+def test_damaged_group_checkpoints_are_refused_with_one_line(tmp_path, tiny_tokenizer, tiny_llama, monkeypatch,
+                                                             damage):
+    from safetensors.torch import save_file
+
+    from lorasum.storage import sha256_file
+    from lorasum.train.checkpoint import CheckpointError
+
+    kw = dict(lora=LoraSpec(r=2, lora_alpha=4), train=TrainSpec(**TRAIN | {"checkpoint_every": 2}), max_length=64,
+              model_info=info_of(tiny_llama), progress=False)
+    tasks, ck = tasks_for(tmp_path, "run"), tmp_path / "g.ckpt"
+
+    def crash():
+        raise RuntimeError("stop")
+
+    _interrupt_at(monkeypatch, 5, crash)
+    with pytest.raises(RuntimeError):
+        train_adapters(tiny_llama, tiny_tokenizer, tasks, checkpoint=ck, **kw)
+    monkeypatch.undo()
+    state = json.loads((ck / "state.json").read_text())
+    tensors = load_file(str(ck / "group.safetensors"))
+    name = next(iter(tensors))
+    if damage == "bitrot":
+        data = bytearray((ck / "group.safetensors").read_bytes())
+        data[-3] ^= 0xFF
+        (ck / "group.safetensors").write_bytes(bytes(data))
+    elif damage in ("nan", "negative_moment"):
+        key = name if damage == "nan" else next(k for k in tensors if k.endswith("exp_avg_sq"))
+        tensors[key] = tensors[key].clone().fill_(float("nan") if damage == "nan" else -1.0)
+        save_file(tensors, str(ck / "group.safetensors"))
+        state["sha256"]["group.safetensors"] = sha256_file(ck / "group.safetensors")
+        (ck / "state.json").write_text(json.dumps(state))
+    elif damage == "wrong_format":
+        (ck / "state.json").write_text(json.dumps(state | {"format": "something/9"}))
+    else:
+        (ck / "rng.safetensors").unlink()
+    before = {n: p.detach().clone() for n, p in tiny_llama.named_parameters()}
+    with pytest.raises(CheckpointError) as err:
+        train_adapters(tiny_llama, tiny_tokenizer, tasks, checkpoint=ck, resume=True, **kw)
+    assert "\n" not in str(err.value) and str(ck) in str(err.value)
+    assert all(torch.equal(before[n], p) for n, p in tiny_llama.named_parameters())
+    assert not any("lora" in n for n, _ in tiny_llama.named_parameters())

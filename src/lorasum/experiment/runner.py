@@ -242,43 +242,64 @@ class _Context:
         return self.out / "adapters" / f"seed{job.seed}" / job.name
 
     def train_together(self, jobs: list[AdapterJob]) -> None:
-        """Train the trained adapters of ``jobs`` that are not cached ``train.parallel_adapters`` at a time
+        """Train the trained adapters of ``jobs`` that are not cached, ``train.parallel_adapters`` at a time,
         in one pass over the base model (:func:`lorasum.train.train_adapters`); each one is cached as soon
-        as it is saved, so :meth:`run_adapter` then finds it. Falls back to doing nothing (sequential
-        training in :meth:`run_adapter`) when the model does not keep packed examples apart."""
-        from lorasum.train import AdapterTask, train_adapters
-        from lorasum.train.checkpoint import checkpoint_dir
+        as it is saved, so :meth:`run_adapter` then finds it.
+
+        Groups are cut from all trained adapters of the run in plan order, so a rerun forms the same
+        groups; a group's checkpoint (``OUT/adapters/parallel-<hash>.ckpt``, every
+        ``train.checkpoint_every`` steps and on SIGINT / SIGTERM) is continued by the next run (a stale
+        or damaged one is discarded with a warning). Falls back to doing nothing (sequential training
+        in :meth:`run_adapter`) where parallel training does not apply."""
+        from lorasum.train.checkpoint import CheckpointError
         from lorasum.train.parallel import ParallelUnsupported
 
-        todo = []
-        for job in (j for j in jobs if j.trained):
-            key, path = self._train_key(job), self._trained_path(job)
-            if self.cache.get("adapters", key) is None or not self._folder_holds(path, key):
-                todo.append((job, key, path))
-        if not todo:
+        trained = [(job, self._train_key(job), self._trained_path(job)) for job in jobs if job.trained]
+        pending = {key for _, key, path in trained
+                   if self.cache.get("adapters", key) is None or not self._folder_holds(path, key)}
+        if not pending:
             return
-        size = self.cfg.train.parallel_adapters or len(todo)
-        for start in range(0, len(todo), size):
-            chunk = todo[start:start + size]
-            log.info("train   %d adapters together: %s", len(chunk),
-                     ", ".join(f"{job.name} (seed {job.seed})" for job, _, _ in chunk))
-            tasks = [AdapterTask(records=self._records(job, "train"), seed=job.seed, out_dir=path,
-                                 meta=self._train_meta(job, key), validation=self._records(job, "validation") or None)
-                     for job, key, path in chunk]
-
-            def saved(i: int, res, chunk=chunk) -> None:
-                job, key, path = chunk[i]
-                shutil.rmtree(checkpoint_dir(path), ignore_errors=True)  # of an earlier one-at-a-time run
-                self.cache.put("adapters", key, {"row": self._row(job, key, path),
-                                                 "train": self._summary(res, job)})
-
+        size = self.cfg.train.parallel_adapters or len(trained)
+        for start in range(0, len(trained), size):
+            group = trained[start:start + size]
+            todo = [g for g in group if g[1] in pending]
+            if not todo:
+                continue
             try:
-                train_adapters(self.model, self.tokenizer, tasks, lora=self.cfg.lora, train=self.cfg.train,
-                               max_length=self.cfg.data.max_length, model_info=self.info, overwrite=True,
-                               progress=self.progress, on_saved=saved)
+                ckpt = self._group_checkpoint(group)
+                if ckpt.exists() or ckpt.is_symlink():
+                    try:
+                        self._train_group(group, ckpt, resume=True)
+                        continue
+                    except CheckpointError as e:  # the run folder is ours: a stale checkpoint goes
+                        log.warning("%s; training the group from the start", e)
+                        shutil.rmtree(ckpt, ignore_errors=True)
+                self._train_group(todo, self._group_checkpoint(todo), resume=False)
             except ParallelUnsupported as e:  # found before any training: nothing is lost
                 log.warning("%s: training the adapters one after the other", e)
                 return
+
+    def _group_checkpoint(self, group: list) -> Path:
+        return self.out / "adapters" / f"parallel-{sha256_json([key for _, key, _ in group])[:16]}.ckpt"
+
+    def _train_group(self, group: list, ckpt: Path, resume: bool) -> None:
+        from lorasum.train import AdapterTask, train_adapters
+        from lorasum.train.checkpoint import checkpoint_dir
+
+        log.info("train   %d adapters together: %s", len(group),
+                 ", ".join(f"{job.name} (seed {job.seed})" for job, _, _ in group))
+        tasks = [AdapterTask(records=self._records(job, "train"), seed=job.seed, out_dir=path,
+                             meta=self._train_meta(job, key), validation=self._records(job, "validation") or None)
+                 for job, key, path in group]
+
+        def saved(i: int, res) -> None:
+            job, key, path = group[i]
+            shutil.rmtree(checkpoint_dir(path), ignore_errors=True)  # of an earlier one-at-a-time run
+            self.cache.put("adapters", key, {"row": self._row(job, key, path), "train": self._summary(res, job)})
+
+        train_adapters(self.model, self.tokenizer, tasks, lora=self.cfg.lora, train=self.cfg.train,
+                       max_length=self.cfg.data.max_length, model_info=self.info, overwrite=True,
+                       progress=self.progress, on_saved=saved, checkpoint=ckpt, resume=resume)
 
     def _records(self, job: AdapterJob, split: str) -> list:
         return [r for dom in job.domains for r in getattr(self.data[dom], split)]

@@ -27,8 +27,9 @@ number of steps) and gradient-norm clip, and its own token-weighted loss. An ada
 taken all its steps is saved at once, in PEFT's format, and leaves the batch. With
 ``lora_dropout`` (and the base model's dropout) the dropout masks are other draws than in
 sequential training: same distribution, different numbers, and they depend on which adapters
-share the passes (each adapter's ``lorasum.json`` lists them under ``trained_with``), so an
-adapter retrained in another group, e.g. after an interrupted run, is another draw. Without
+share the passes (each adapter's ``lorasum.json`` lists them under ``trained_with``): the same
+group gives the same adapters, also across a stop and resume, while an adapter retrained in another
+group is another draw. Without
 dropout the adapters equal those of sequential training up to float rounding
 (``tests/train/test_train_parallel.py``).
 
@@ -39,10 +40,13 @@ holds one adapter's examples, since a masked position still multiplies its value
 gradients of a pass are shared, so when one adapter diverges the error names it and no adapter
 of the group that is not yet saved is saved.
 
-Not supported here (use :func:`lorasum.train.train_adapter`): periodic checkpoints and resume
-(SIGINT / SIGTERM stop after the current step with :class:`ParallelInterrupted`; the adapters
-saved before are kept, the others are lost), LoRA on embeddings or on the LM head, and models that
-do not keep packed examples apart (:class:`ParallelUnsupported`, raised before any training).
+Checkpoints (:mod:`lorasum.train.parallel_checkpoint`): the group's stacked factors, AdamW
+moments, generator states, losses and tokens, every ``train.checkpoint_every`` steps and on SIGINT /
+SIGTERM (the step is finished, the checkpoint saved, :class:`ParallelInterrupted` raised);
+``resume`` continues it to the adapters of an uninterrupted run (tested bit for bit on the CPU,
+with dropout). Not supported here (use :func:`lorasum.train.train_adapter`): LoRA on embeddings
+or on the LM head, and models that do not keep packed examples apart
+(:class:`ParallelUnsupported`, raised before any training).
 """
 
 from __future__ import annotations
@@ -69,9 +73,11 @@ from lorasum.errors import ConfigError, DataError
 from lorasum.evaluate.nll import perplexity, token_nll
 from lorasum.models import ModelInfo, check_context
 from lorasum.storage import atomic_dir, atomic_write_json, check_output
-from lorasum.train.checkpoint import TrainingDiverged
-from lorasum.train.loop import (ADAPTER_META_FILE, _LOG_TAIL, TrainResult, _compiled, _init_seed, _lora_config,
-                                _metadata, _micro_batches, _seed_everything, _total_steps)
+from lorasum.train.checkpoint import TrainingDiverged, fingerprint, prepare_checkpoint
+from lorasum.train.parallel_checkpoint import load_group_checkpoint, restore_group_checkpoint, save_group_checkpoint
+from lorasum.models import weights_digest
+from lorasum.train.loop import (ADAPTER_META_FILE, _LOG_TAIL, TrainResult, _compiled, _examples_hash, _init_seed,
+                                _lora_config, _metadata, _micro_batches, _seed_everything, _total_steps)
 from lorasum.train.packing import pack, packing_is_exact
 from lorasum.train.varlen import attention_implementation, varlen_attention, varlen_kwargs, varlen_supported
 
@@ -86,23 +92,24 @@ class ParallelUnsupported(ConfigError):
 
 
 class ParallelInterrupted(KeyboardInterrupt):
-    """Parallel training stopped on SIGINT or SIGTERM after a step; adapters saved before are kept.
+    """Parallel training stopped on SIGINT or SIGTERM after a step.
 
     Attributes:
         signum: the signal number.
         step: optimiser steps completed.
         total: steps of the longest adapter.
         saved: adapter folders saved before the signal.
+        checkpoint: the group's checkpoint folder, or None when training ran without one.
     """
 
-    def __init__(self, signum: int, step: int, total: int, saved: list[Path]):
+    def __init__(self, signum: int, step: int, total: int, saved: list[Path], checkpoint: Path | None):
         import signal
 
-        self.signum, self.step, self.total, self.saved = signum, step, total, saved
+        self.signum, self.step, self.total, self.saved, self.checkpoint = signum, step, total, saved, checkpoint
         name = signal.Signals(signum).name if signum in signal.Signals._value2member_map_ else f"signal {signum}"
-        super().__init__(f"training stopped by {name} after step {step} of {total}; {len(saved)} adapter(s) trained "
-                         "in parallel had finished and are saved, the others were not (no checkpoints in parallel "
-                         "training)")
+        where = f"checkpoint saved in {checkpoint}" if checkpoint else "no checkpoint, the unfinished adapters are lost"
+        super().__init__(f"training stopped by {name} after step {step} of {total}; {where} ({len(saved)} adapter(s) "
+                         "of the group had finished and are saved)")
 
 
 @dataclass
@@ -227,7 +234,8 @@ class _AdamW:
 
     def _per_adapter(self, values: torch.Tensor) -> list[torch.Tensor]:
         """(k,) values shaped to broadcast along each parameter's adapter dimension."""
-        return [values.view([-1 if d == axis else 1 for d in range(p.dim())]) for p, axis in zip(self.params, self.axes)]
+        return [values.view([-1 if d == axis else 1 for d in range(p.dim())])
+                for p, axis in zip(self.params, self.axes)]
 
     def clip(self, max_norm: float) -> torch.Tensor:
         """Scale each adapter's gradients to a total 2-norm of at most ``max_norm``; returns the (k,) norms."""
@@ -360,7 +368,9 @@ def train_adapters(
     progress: bool = True,
     on_saved: Callable[[int, TrainResult], None] | None = None,
     varlen: bool | None = None,
-) -> list[TrainResult]:
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+) -> list[TrainResult | None]:
     """Train the adapters of ``tasks`` together (see the module docstring) and save each one.
 
     Each adapter folder is what :func:`lorasum.train.train_adapter` writes (PEFT's
@@ -380,9 +390,16 @@ def train_adapters(
         on_saved: called after each adapter is saved.
         varlen: compute attention per example (:mod:`lorasum.train.varlen`); None: where
             :func:`~lorasum.train.varlen.varlen_supported` (CUDA, SDPA, no attention dropout).
+        checkpoint: the group's checkpoint folder (:mod:`lorasum.train.parallel_checkpoint`),
+            written every ``train.checkpoint_every`` steps and on SIGINT / SIGTERM (then
+            :class:`ParallelInterrupted` is raised) and removed when the group is done; None: no
+            checkpoints.
+        resume: continue from ``checkpoint`` if it exists (the same adapters in the same order,
+            same settings and data: checked); the adapters equal those of an uninterrupted run.
 
     Returns:
-        One :class:`TrainResult` per task, in order.
+        One :class:`TrainResult` per task, in order; None for an adapter saved before the
+        checkpoint that was resumed.
 
     Raises:
         OutputExistsError: an output folder exists and ``overwrite`` is False (checked first).
@@ -390,10 +407,15 @@ def train_adapters(
         ConfigError: no target modules, or the model does not keep packed examples apart
             (``train.packing`` off, or the check of :func:`packing_is_exact` fails).
         TrainingDiverged: an adapter's loss or weights became NaN or infinite.
+        CheckpointError: ``resume`` and the checkpoint is unreadable or of another group.
+        OutputExistsError: a checkpoint exists and neither ``resume`` nor ``overwrite`` is set.
+        ParallelInterrupted: SIGINT / SIGTERM arrived (the checkpoint, if any, is saved).
     """
     if not tasks:
         raise ConfigError("train_adapters: no adapters to train")
-    outs = [check_output(t.out_dir, overwrite) for t in tasks]
+    # continuing a checkpoint: the adapters saved before the stop are expected to exist
+    continuing = resume and checkpoint is not None and (Path(checkpoint).exists() or Path(checkpoint).is_symlink())
+    outs = [check_output(t.out_dir, overwrite or continuing) for t in tasks]
     for t, out in zip(tasks, outs):
         if not t.records:
             raise DataError(f"{out}: no training records")
@@ -404,6 +426,16 @@ def train_adapters(
     encoded = [encode_records(tokenizer, t.records, max_length, loss_on=train.loss_on) for t in tasks]
     check_context(model, max(len(e.input_ids) for enc in encoded for e in enc))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ckpt = None
+    if checkpoint is not None:
+        ckpt_path = Path(checkpoint)
+        group_id = fingerprint(
+            model=[model_info.name, model_info.config_hash, weights_digest(model)], max_length=max_length,
+            lora=lora.model_dump(mode="json"),
+            train=train.model_dump(mode="json",
+                                   exclude={"checkpoint_every", "parallel_max_tokens", "parallel_adapters"}),
+            adapters=[[t.seed, _examples_hash(enc), (t.meta or {}).get("domains")] for t, enc in zip(tasks, encoded)])
+        ckpt = (ckpt_path, group_id, prepare_checkpoint(ckpt_path, resume=resume, overwrite=overwrite))
     requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
     was_training = model.training
     inits = [_peft_init(model, config, t.seed, _init_seed(t.seed, t.meta.get("domains"))
@@ -427,7 +459,7 @@ def train_adapters(
         use_varlen = varlen_supported(model) if varlen is None else varlen
         with varlen_attention(model, use_varlen), _compiled(model, train.compile and next(model.parameters()).is_cuda):
             return _loop(model, tokenizer, tasks, outs, encoded, layers, router, config, lora, train, max_length,
-                         model_info, pad_id, overwrite, progress, on_saved, use_varlen, previous_attention)
+                         model_info, pad_id, overwrite, progress, on_saved, use_varlen, previous_attention, ckpt)
     finally:
         for name, original in originals.items():
             parent_name, _, attr = name.rpartition(".")
@@ -451,7 +483,9 @@ def _diverged(losses: list[torch.Tensor], outs: list[Path], learning_rate: float
 
 
 def _loop(model, tokenizer, tasks, outs, encoded, layers, router, config, lora, train, max_length, model_info,
-          pad_id, overwrite, progress, on_saved, use_varlen, previous_attention) -> list[TrainResult]:
+          pad_id, overwrite, progress, on_saved, use_varlen, previous_attention, ckpt) -> list[TrainResult | None]:
+    import shutil
+
     from lorasum.train.loop import _stop_on_signals
 
     k = len(tasks)
@@ -469,9 +503,28 @@ def _loop(model, tokenizer, tasks, outs, encoded, layers, router, config, lora, 
     tokens = [0] * k
     results: list[TrainResult | None] = [None] * k
     group = [t.meta.get("job_key") or str(out) for t, out in zip(tasks, outs)]  # recorded in each lorasum.json
+    first, before = 0, 0.0
+    if ckpt is not None and ckpt[2]:  # continue: every state back, each stream past the steps it took
+        saved = load_group_checkpoint(ckpt[0], ckpt[1], layers=layers, optimizer=optimizer, totals=totals)
+        restore_group_checkpoint(saved, layers, optimizer)
+        first, tokens, before = saved.step, list(saved.tokens), saved.seconds
+        losses = [torch.tensor([saved.losses[j][t] if t < len(saved.losses[j]) else 0.0 for j in range(k)],
+                               device=device) for t in range(first)]
+        for j in range(k):
+            for _ in range(min(first, totals[j]) * train.grad_accum):
+                next(streams[j])
+        log.info("resuming %d adapters from %s at step %d of %d", k, ckpt[0], first, max(totals))
+
+    def save_checkpoint(step_done: int) -> Path:
+        history = torch.stack(losses).T.tolist()  # (k, steps); waits for the GPU
+        return save_group_checkpoint(ckpt[0], fingerprint=ckpt[1], step=step_done, layers=layers, optimizer=optimizer,
+                                     losses=[h[:min(step_done, n)] for h, n in zip(history, totals)], tokens=tokens,
+                                     seconds=before + time.perf_counter() - start)
+
     model.train()
     start = time.perf_counter()
-    bar = tqdm(range(max(totals)), desc=f"train ×{k}", unit="step", disable=not progress, leave=False)
+    bar = tqdm(range(first, max(totals)), desc=f"train ×{k}", unit="step", disable=not progress, leave=False,
+               initial=first, total=max(totals))
     with _stop_on_signals() as stop:
         for step in bar:
             active = [j for j in range(k) if step < totals[j]]
@@ -516,16 +569,23 @@ def _loop(model, tokenizer, tasks, outs, encoded, layers, router, config, lora, 
             for j in finishing:
                 with attention_implementation(model, previous_attention):  # validation: padded batches
                     results[j] = _finish(model, tokenizer, tasks[j], outs[j], j, group, layers, router, losses,
-                                         tokens[j], time.perf_counter() - start, config, lora, train, max_length,
-                                         model_info, len(encoded[j]), sum(e.truncated for e in encoded[j]), overwrite,
-                                         progress)
+                                         tokens[j], before + time.perf_counter() - start, config, lora, train,
+                                         max_length, model_info, len(encoded[j]),
+                                         sum(e.truncated for e in encoded[j]), overwrite, progress)
                 if on_saved is not None:
                     on_saved(j, results[j])
             if progress and (step % 20 == 0 or step == max(totals) - 1):
                 bar.set_postfix(adapters=len(active), tok_s=f"{sum(tokens) / (time.perf_counter() - start):.0f}")
-            if "signum" in stop and step + 1 < max(totals):
-                raise ParallelInterrupted(stop["signum"], step + 1, max(totals),
-                                          [outs[j] for j in range(k) if results[j] is not None])
+            if step + 1 < max(totals):
+                path = None
+                if ckpt is not None and ("signum" in stop or (train.checkpoint_every
+                                                              and (step + 1) % train.checkpoint_every == 0)):
+                    path = save_checkpoint(step + 1)
+                if "signum" in stop:
+                    raise ParallelInterrupted(stop["signum"], step + 1, max(totals),
+                                              [outs[j] for j in range(k) if totals[j] <= step + 1], path)
+    if ckpt is not None:
+        shutil.rmtree(ckpt[0], ignore_errors=True)  # every adapter is saved: the checkpoint has served
     return results
 
 
