@@ -48,13 +48,16 @@ def save_tiny_gpt2(path: Path, n_positions: int = 256, dropout: float = 0.1) -> 
     return Path(path)
 
 
-def at_forward_pass(monkeypatch, n: int, action) -> list:
+def at_forward_pass(monkeypatch, n: int, action, parallel: bool = False) -> list:
     """Make the n-th forward pass of training (micro-batch n, 1-based) call ``action()`` first, e.g.
     ``lambda: os.kill(os.getpid(), signal.SIGTERM)`` for a real signal mid-run. Returns the list that
-    gets one entry per forward pass (its length counts them)."""
+    gets one entry per forward pass (its length counts them). ``parallel``: the passes of
+    ``lorasum.train.parallel`` (one per step of the whole group) instead of ``train_adapter``'s."""
     import lorasum.train.loop as loop
+    import lorasum.train.parallel as par
 
-    real, calls = loop.answer_token_nll, []
+    module, name = (par, "token_nll") if parallel else (loop, "answer_token_nll")
+    real, calls = getattr(module, name), []
 
     def wrapped(model, batch):
         calls.append(1)
@@ -62,7 +65,7 @@ def at_forward_pass(monkeypatch, n: int, action) -> list:
             action()
         return real(model, batch)
 
-    monkeypatch.setattr(loop, "answer_token_nll", wrapped)
+    monkeypatch.setattr(module, name, wrapped)
     return calls
 
 

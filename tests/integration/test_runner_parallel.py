@@ -120,24 +120,16 @@ def test_parallel_falls_back_to_one_at_a_time_for_unsupported_targets(runs, tmp_
 def test_sigterm_during_parallel_training_continues_from_the_group_checkpoint(runs, tmp_path, monkeypatch, capsys):
     import signal
 
-    import lorasum.train.parallel as par
     from safetensors.torch import load_file
-    from tiny_models import signal_self
+    from tiny_models import at_forward_pass, signal_self
 
     model = runs[1][0].parent / "m"
     cfg = tmp_path / "p.yaml"
     cfg.write_text(_cfg_text(model, "{learning_rate: 1.0e-2, batch_size: 2, parallel_adapters: 0}",
                              "{r: 4, lora_alpha: 8, lora_dropout: 0.1}"))
     assert main(["reproduce", "-q", "--config", str(cfg), "--out", str(tmp_path / "ref")]) == 0
-    real, calls = par.token_nll, []
-
-    def counting(m, batch):
-        calls.append(1)
-        if len(calls) == 4:  # step 4 of 9: the 3 singles (3 steps each) are saved, the merged ones are not
-            signal_self(signal.SIGTERM)()
-        return real(m, batch)
-
-    monkeypatch.setattr(par, "token_nll", counting)
+    # step 4 of 9: the 3 singles (3 steps each) are saved, the merged ones are not
+    at_forward_pass(monkeypatch, 4, signal_self(signal.SIGTERM), parallel=True)
     out = tmp_path / "run"
     assert main(["reproduce", "-q", "--config", str(cfg), "--out", str(out)]) == 143
     err = capsys.readouterr().err
@@ -145,8 +137,8 @@ def test_sigterm_during_parallel_training_continues_from_the_group_checkpoint(ru
     assert "run the same command again" in err and len(list(out.glob("adapters/parallel-*.ckpt"))) == 1
     assert {p.parent.name for p in out.glob("adapters/seed0/*/adapter_model.safetensors")} == set(DOMAINS)
     mtimes = {p: p.stat().st_mtime_ns for p in out.glob("adapters/seed0/*/adapter_model.safetensors")}
-    calls.clear()
-    monkeypatch.setattr(par, "token_nll", lambda m, b: calls.append(1) or real(m, b))
+    monkeypatch.undo()
+    calls = at_forward_pass(monkeypatch, 0, lambda: None, parallel=True)
     assert main(["reproduce", "-q", "--config", str(cfg), "--out", str(out)]) == 0
     assert len(calls) == 5  # steps 5-9 only
     assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())  # the finished singles were kept

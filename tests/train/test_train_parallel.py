@@ -297,18 +297,9 @@ def test_unsupported_target_modules_are_refused_before_training(tmp_path, tiny_t
 
 def _interrupt_at(monkeypatch, n: int, action) -> list:
     """Run ``action()`` before the n-th forward pass of parallel training; returns the pass counter."""
-    import lorasum.train.parallel as par
+    from tiny_models import at_forward_pass
 
-    real, calls = par.token_nll, []
-
-    def wrapped(model, batch):
-        calls.append(1)
-        if len(calls) == n:
-            action()
-        return real(model, batch)
-
-    monkeypatch.setattr(par, "token_nll", wrapped)
-    return calls
+    return at_forward_pass(monkeypatch, n, action, parallel=True)
 
 
 def _weights(results) -> list[dict]:
