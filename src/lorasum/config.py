@@ -179,7 +179,7 @@ class TrainSpec(_Strict):
         200, gt=0, description="save a resumable checkpoint every N optimiser steps (None: only on SIGINT/SIGTERM)")
     parallel_adapters: StrictInt = Field(
         1, ge=0, description="experiments: train this many adapters together in one pass over the base model "
-        "(0: all of the run; 1: one after the other, with checkpoints); see lorasum.train.parallel")
+        "(0: all of the run; 1: one after the other); see lorasum.train.parallel")
     parallel_max_tokens: StrictInt = Field(
         32768, gt=0, description="parallel training: tokens in one forward pass at most (bounds GPU memory: about "
         "40 GiB for SmolLM2-135M at 32k); a step with more takes several passes, with the same result")
