@@ -146,3 +146,53 @@ def test_sigterm_during_parallel_training_continues_from_the_group_checkpoint(ru
     for want in (tmp_path / "ref").glob("adapters/seed0/*/adapter_model.safetensors"):
         a, b = load_file(str(want)), load_file(str(out / want.relative_to(tmp_path / "ref")))
         assert all(torch.equal(a[k], b[k]) for k in a), want.parent.name  # as if never stopped (dropout on)
+
+
+def test_group_checkpoints_overwrite_stale_and_damaged(runs, tmp_path, monkeypatch, capsys):
+    """After a stop: --overwrite starts the group over; a damaged checkpoint, or a file in its place, is
+    replaced and the whole group retrained (the same adapters as an uninterrupted run, dropout on); a
+    checkpoint of other settings is removed."""
+    import shutil
+    import signal
+
+    from safetensors.torch import load_file
+    from tiny_models import at_forward_pass, signal_self
+
+    model = runs[1][0].parent / "m"
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text(_cfg_text(model, "{learning_rate: 1.0e-2, batch_size: 2, parallel_adapters: 0}",
+                             "{r: 4, lora_alpha: 8, lora_dropout: 0.1}"))
+    ref = tmp_path / "ref"
+    assert main(["reproduce", "-q", "--config", str(cfg), "--out", str(ref)]) == 0
+    stopped = tmp_path / "stopped"
+    at_forward_pass(monkeypatch, 5, signal_self(signal.SIGINT), parallel=True)
+    assert main(["reproduce", "-q", "--config", str(cfg), "--out", str(stopped)]) == 130
+    monkeypatch.undo()
+    (ckpt,) = stopped.glob("adapters/parallel-*.ckpt")
+
+    def same_as_ref(out):
+        for want in ref.glob("adapters/seed0/*/adapter_model.safetensors"):
+            a, b = load_file(str(want)), load_file(str(out / want.relative_to(ref)))
+            assert all(torch.equal(a[k], b[k]) for k in a), want.parent.name
+        assert not list(out.glob("adapters/parallel-*"))
+
+    cases = {
+        "overwrite": (lambda out: None, ["--overwrite"], 9, "earlier run (--overwrite)"),
+        "damaged": (lambda out: (out / ckpt.relative_to(stopped) / "group.safetensors").write_bytes(b"x"), [], 9,
+                    "training the group from the start"),
+        "file": (lambda out: (shutil.rmtree(out / ckpt.relative_to(stopped)),
+                              (out / ckpt.relative_to(stopped)).write_text("hi")), [], 9, "from the start"),
+        "other": (lambda out: shutil.copytree(out / ckpt.relative_to(stopped), out / "adapters/parallel-0.ckpt"), [], 4,
+                  "other settings"),
+    }
+    for name, (damage, flags, steps, message) in cases.items():
+        out = tmp_path / name
+        shutil.copytree(stopped, out)
+        damage(out)
+        calls = at_forward_pass(monkeypatch, 0, lambda: None, parallel=True)
+        capsys.readouterr()
+        assert main(["reproduce", "-q", "--config", str(cfg), "--out", str(out), *flags]) == 0, name
+        monkeypatch.undo()
+        assert message in capsys.readouterr().err, name
+        assert len(calls) == steps, name  # 9: the whole group again; 4: steps 6-9 from the checkpoint
+        same_as_ref(out)

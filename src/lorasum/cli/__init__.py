@@ -108,8 +108,8 @@ def main(argv: list[str] | None = None) -> int:
             again = "run the same command with --resume" if args.command == "train" else "run the same command again"
             print(f"lorasum: {e}; {again} to continue", file=sys.stderr)
             return 128 + e.signum
-        if getattr(e, "signum", None) is not None:  # ParallelInterrupted: finished adapters were saved
-            print(f"lorasum: {e}; run the same command again to train the others", file=sys.stderr)
+        if getattr(e, "signum", None) is not None:  # a signal: what was saved is said in the message
+            print(f"lorasum: {e}; run the same command again to continue", file=sys.stderr)
             return 128 + e.signum
         print("lorasum: interrupted", file=sys.stderr)
         return 130

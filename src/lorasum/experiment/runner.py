@@ -242,39 +242,44 @@ class _Context:
         return self.out / "adapters" / f"seed{job.seed}" / job.name
 
     def train_together(self, jobs: list[AdapterJob]) -> None:
-        """Train the trained adapters of ``jobs`` that are not cached, ``train.parallel_adapters`` at a time,
-        in one pass over the base model (:func:`lorasum.train.train_adapters`); each one is cached as soon
-        as it is saved, so :meth:`run_adapter` then finds it.
+        """Train the trained adapters of ``jobs`` ``train.parallel_adapters`` at a time in one pass over the
+        base model (:func:`lorasum.train.train_adapters`); each one is cached as soon as it is saved, so
+        :meth:`run_adapter` then finds it.
 
-        Groups are cut from all trained adapters of the run in plan order, so a rerun forms the same
-        groups; a group's checkpoint (``OUT/adapters/parallel-<hash>.ckpt``, every
-        ``train.checkpoint_every`` steps and on SIGINT / SIGTERM) is continued by the next run (a stale
-        or damaged one is discarded with a warning). Falls back to doing nothing (sequential training
-        in :meth:`run_adapter`) where parallel training does not apply."""
-        from lorasum.train.checkpoint import CheckpointError
+        Groups are cut from all trained adapters of the run in plan order and always trained whole, so
+        an adapter's dropout draws (which depend on the adapters sharing its passes) are those of an
+        uninterrupted run. A group's checkpoint (``OUT/adapters/parallel-<hash>.ckpt``, every
+        ``train.checkpoint_every`` steps and on SIGINT / SIGTERM) is continued by the next run; a
+        damaged one, or one of other settings, is discarded with a warning and the group retrained
+        from the start (its finished adapters again, to the same values); ``overwrite`` starts every
+        group over. Groups whose adapters are all cached are skipped. Falls back to doing nothing
+        (sequential training in :meth:`run_adapter`) where parallel training does not apply."""
+        from lorasum.train.checkpoint import CheckpointError, prepare_checkpoint
         from lorasum.train.parallel import ParallelUnsupported
 
         trained = [(job, self._train_key(job), self._trained_path(job)) for job in jobs if job.trained]
-        pending = {key for _, key, path in trained
-                   if self.cache.get("adapters", key) is None or not self._folder_holds(path, key)}
-        if not pending:
-            return
         size = self.cfg.train.parallel_adapters or len(trained)
-        for start in range(0, len(trained), size):
-            group = trained[start:start + size]
-            todo = [g for g in group if g[1] in pending]
-            if not todo:
+        groups = [trained[i:i + size] for i in range(0, len(trained), size)]
+        current = {self._group_checkpoint(g) for g in groups}
+        for old in sorted((self.out / "adapters").glob("parallel-*.ckpt")):
+            if old not in current or not self.cache.enabled:  # other settings, or --overwrite
+                log.warning("%s: removing the checkpoint of %s", old,
+                            "an earlier run (--overwrite)" if old in current else "other settings")
+                prepare_checkpoint(old, resume=False, overwrite=True)  # a folder, file or link: removed
+        for group in groups:
+            if all(self.cache.get("adapters", key) is not None and self._folder_holds(path, key)
+                   for _, key, path in group):
                 continue
+            ckpt = self._group_checkpoint(group)
             try:
-                ckpt = self._group_checkpoint(group)
                 if ckpt.exists() or ckpt.is_symlink():
                     try:
                         self._train_group(group, ckpt, resume=True)
                         continue
                     except CheckpointError as e:  # the run folder is ours: a stale checkpoint goes
                         log.warning("%s; training the group from the start", e)
-                        shutil.rmtree(ckpt, ignore_errors=True)
-                self._train_group(todo, self._group_checkpoint(todo), resume=False)
+                        prepare_checkpoint(ckpt, resume=False, overwrite=True)
+                self._train_group(group, ckpt, resume=False)
             except ParallelUnsupported as e:  # found before any training: nothing is lost
                 log.warning("%s: training the adapters one after the other", e)
                 return

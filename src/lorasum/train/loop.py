@@ -184,6 +184,17 @@ class _Checkpointing:
     resume_from: Checkpoint | None = None
 
 
+class _StoppedAtOnce(KeyboardInterrupt):
+    """A second SIGINT / SIGTERM: training stopped at once (``signum``: the signal, for the exit code)."""
+
+    def __init__(self, signum: int):
+        import signal
+
+        self.signum = signum
+        super().__init__(f"stopped at once by a second {signal.Signals(signum).name}; the last checkpoint saved "
+                         "(if any) is kept")
+
+
 @contextlib.contextmanager
 def _stop_on_signals() -> Iterator[dict[str, int]]:
     """Turn the first SIGINT / SIGTERM into a request to stop after the current step.
@@ -205,7 +216,7 @@ def _stop_on_signals() -> Iterator[dict[str, int]]:
             prev = previous[signum]
             if callable(prev):
                 prev(signum, frame)
-            raise KeyboardInterrupt
+            raise _StoppedAtOnce(signum)
         request["signum"] = signum
         log.warning("%s received: stopping after this step and saving a checkpoint (again: stop at once)",
                     signal.Signals(signum).name)

@@ -107,7 +107,8 @@ class ParallelInterrupted(KeyboardInterrupt):
 
         self.signum, self.step, self.total, self.saved, self.checkpoint = signum, step, total, saved, checkpoint
         name = signal.Signals(signum).name if signum in signal.Signals._value2member_map_ else f"signal {signum}"
-        where = f"checkpoint saved in {checkpoint}" if checkpoint else "no checkpoint, the unfinished adapters are lost"
+        where = (f"checkpoint saved in {checkpoint}" if checkpoint else "every adapter is saved" if step == total
+                 else "no checkpoint, the unfinished adapters are lost")
         super().__init__(f"training stopped by {name} after step {step} of {total}; {where} ({len(saved)} adapter(s) "
                          "of the group had finished and are saved)")
 
@@ -584,8 +585,10 @@ def _loop(model, tokenizer, tasks, outs, encoded, layers, router, config, lora, 
                 if "signum" in stop:
                     raise ParallelInterrupted(stop["signum"], step + 1, max(totals),
                                               [outs[j] for j in range(k) if totals[j] <= step + 1], path)
-    if ckpt is not None:
-        shutil.rmtree(ckpt[0], ignore_errors=True)  # every adapter is saved: the checkpoint has served
+        if ckpt is not None:
+            shutil.rmtree(ckpt[0], ignore_errors=True)  # every adapter is saved: the checkpoint has served
+        if "signum" in stop:  # asked to stop while the last adapters were validated and saved: they are
+            raise ParallelInterrupted(stop["signum"], max(totals), max(totals), list(outs), None)
     return results
 
 
