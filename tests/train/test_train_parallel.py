@@ -286,12 +286,14 @@ def test_unsupported_target_modules_are_refused_before_training(tmp_path, tiny_t
     from lorasum.train.parallel import ParallelUnsupported
 
     before = {n: p.detach().clone() for n, p in tiny_llama.named_parameters()}
+    flags = {n: p.requires_grad for n, p in tiny_llama.named_parameters()}
     with pytest.raises(ParallelUnsupported, match="linear projections"):
         train_adapters(tiny_llama, tiny_tokenizer, tasks_for(tmp_path, "u"),
                        lora=LoraSpec(r=2, lora_alpha=4, target_modules=targets), train=TrainSpec(**TRAIN),
                        max_length=64, model_info=info_of(tiny_llama), progress=False)
     assert not (tmp_path / "u").exists()
     assert all(torch.equal(before[n], p) for n, p in tiny_llama.named_parameters())
+    assert flags == {n: p.requires_grad for n, p in tiny_llama.named_parameters()} and any(flags.values())
     assert not any("lora" in n for n, _ in tiny_llama.named_parameters())
 
 

@@ -439,14 +439,13 @@ def train_adapters(
         ckpt = (ckpt_path, group_id, prepare_checkpoint(ckpt_path, resume=resume, overwrite=overwrite))
     requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
     was_training = model.training
-    inits = [_peft_init(model, config, t.seed, _init_seed(t.seed, t.meta.get("domains"))
-                        if lora.init_per_adapter else None) for t in tasks]
-    modules = sorted(inits[0])
-    scaling = inits[0][modules[0]][2]
-    router = _Router(len(tasks), lora.r, scaling)
     previous_attention = model.config._attn_implementation
     originals: dict[str, torch.nn.Module] = {}
-    try:
+    try:  # PEFT's initialisation changes requires_grad flags: restored in `finally`, also on a refusal
+        inits = [_peft_init(model, config, t.seed, _init_seed(t.seed, t.meta.get("domains"))
+                            if lora.init_per_adapter else None) for t in tasks]
+        modules = sorted(inits[0])
+        router = _Router(len(tasks), lora.r, inits[0][modules[0]][2])
         for p in model.parameters():
             p.requires_grad_(False)
         layers = {}
@@ -458,7 +457,8 @@ def train_adapters(
                                          lora.lora_dropout, router)
             setattr(parent, attr, layers[name])
         use_varlen = varlen_supported(model) if varlen is None else varlen
-        with varlen_attention(model, use_varlen), _compiled(model, train.compile and next(model.parameters()).is_cuda):
+        compile_layers = train.compile and next(model.parameters()).is_cuda
+        with varlen_attention(model, use_varlen), _compiled(model, compile_layers):
             return _loop(model, tokenizer, tasks, outs, encoded, layers, router, config, lora, train, max_length,
                          model_info, pad_id, overwrite, progress, on_saved, use_varlen, previous_attention, ckpt)
     finally:
