@@ -190,7 +190,8 @@ class _Context:
     def _train_key(self, job: AdapterJob) -> str:
         c = self.cfg
         return sha256_json({
-            "v": _KEY_VERSION, "model": [self.info.name, self.info.config_hash, self.info.weights_digest], "seed": job.seed,
+            "v": _KEY_VERSION, "model": [self.info.name, self.info.config_hash, self.info.weights_digest],
+            "seed": job.seed,
             "train_data": [self.hashes[dom]["train"] for dom in job.domains], "max_length": c.data.max_length,
             "lora": c.lora.model_dump(mode="json", exclude=set() if c.lora.init_per_adapter else {"init_per_adapter"}),
             # parallel training draws other dropout masks: part of the key unless off (1), so old keys stay valid;
@@ -238,6 +239,10 @@ class _Context:
                 continue
         return False
 
+    def _adapter_done(self, key: str, path: Path) -> bool:
+        """Whether adapter job ``key`` is finished: a usable cache entry and its own folder at ``path``."""
+        return self.cache.get("adapters", key) is not None and self._folder_holds(path, key)
+
     def _trained_path(self, job: AdapterJob) -> Path:
         return self.out / "adapters" / f"seed{job.seed}" / job.name
 
@@ -267,8 +272,7 @@ class _Context:
                             "an earlier run (--overwrite)" if old in current else "other settings")
                 prepare_checkpoint(old, resume=False, overwrite=True)  # a folder, file or link: removed
         for group in groups:
-            if all(self.cache.get("adapters", key) is not None and self._folder_holds(path, key)
-                   for _, key, path in group):
+            if all(self._adapter_done(key, path) for _, key, path in group):
                 continue
             ckpt = self._group_checkpoint(group)
             try:
@@ -334,7 +338,7 @@ class _Context:
         if dense:
             return row | {"train": None}  # composed in memory when evaluated
         cached = self.cache.get("adapters", key)
-        if cached is not None and self._folder_holds(path, key):
+        if self._adapter_done(key, path):
             log.info("%-7s %-40s seed %d", "done" if self.cache.fresh("adapters", key) else "cached", job.name, job.seed)
             return row | {"train": cached.get("train")}
         log.info("%-7s %-40s seed %d", "train" if job.trained else "compose", job.name, job.seed)

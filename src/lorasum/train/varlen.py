@@ -45,12 +45,9 @@ def varlen_kwargs(position_ids: torch.Tensor) -> dict:
         segment (int).
     """
     flat = position_ids.reshape(-1)
-    starts = (flat == 0).nonzero().squeeze(1)
-    if starts.numel() == 0 or int(starts[0]) != 0:
-        starts = torch.cat([torch.zeros(1, dtype=starts.dtype), starts])
-    # a row starts a segment even where its first position is not 0
+    # a segment starts at every position 0, and at every row start even where its position is not 0
     row_starts = torch.arange(0, flat.numel(), position_ids.shape[1])
-    starts = torch.unique(torch.cat([starts, row_starts]))
+    starts = torch.unique(torch.cat([(flat == 0).nonzero().squeeze(1), row_starts]))
     cu = torch.cat([starts, torch.tensor([flat.numel()])]).to(torch.int32)
     longest = int((cu[1:] - cu[:-1]).max())
     return {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": longest, "max_length_k": longest}
