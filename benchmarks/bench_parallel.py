@@ -44,6 +44,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--variants", default="sequential,parallel_sdpa_mask,parallel_varlen,parallel_varlen_graphs",
+                    help="comma-separated, of: sequential, parallel_sdpa_mask, parallel_varlen (eager passes), "
+                    "parallel_varlen_graphs (CUDA graphs); with --compile also the compiled graphs variant")
+    ap.add_argument("--tail", action="store_true",
+                    help="also time the parallel variants on the adapters with the most steps only (the end of a "
+                    "run, when the others have finished: each seed's merged math+medicine and triple)")
     args = ap.parse_args()
     cfg = load_config(args.config)
     if args.model:
@@ -79,21 +85,29 @@ def main() -> None:
                           max_length=cfg.data.max_length, model_info=info, progress=False)
         return r.tokens, r.seconds
 
-    def parallel(varlen):
+    def parallel(varlen, graphs, subset):
         def run(train, out):
             tasks = [AdapterTask(records=r, seed=j.seed, out_dir=out / f"{j.name}-{j.seed}", meta={"domains": list(j.domains)})
-                     for j, r in zip(jobs, records)]
-            res = train_adapters(model, tok, tasks, lora=cfg.lora, train=train, max_length=cfg.data.max_length,
-                                 model_info=info, progress=False, varlen=varlen)
+                     for i, (j, r) in enumerate(zip(jobs, records)) if i in subset]
+            res = train_adapters(model, tok, tasks, lora=cfg.lora, train=train.model_copy(update={"cuda_graphs": graphs}),
+                                 max_length=cfg.data.max_length, model_info=info, progress=False, varlen=varlen)
             return sum(r.tokens for r in res), max(r.seconds for r in res)
         return run
 
-    measure("sequential", sequential, 1)
-    measure("parallel_sdpa_mask", parallel(False), len(jobs))
-    measure("parallel_varlen", parallel(None), len(jobs))
+    every = set(range(len(jobs)))
+    longest = max(sum(len(data[d].train) for d in j.domains) for j in jobs)
+    tail = {i for i, j in enumerate(jobs) if sum(len(data[d].train) for d in j.domains) >= 0.75 * longest}
+    variants = {"sequential": lambda: measure("sequential", sequential, 1)}
+    for name, varlen, graphs in (("parallel_sdpa_mask", False, False), ("parallel_varlen", None, False),
+                                 ("parallel_varlen_graphs", None, True)):
+        variants[name] = (lambda name=name, varlen=varlen, graphs=graphs: [
+            measure(name + suffix, parallel(varlen, graphs, subset), len(subset))
+            for suffix, subset in [("", every)] + ([("_tail", tail)] if args.tail else [])])
+    for name in args.variants.split(","):
+        variants[name.strip()]()
     if args.compile:
         cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"compile": True})})
-        measure("parallel_varlen_compiled", parallel(None), len(jobs))
+        measure("parallel_varlen_graphs_compiled", parallel(None, True, every), len(every))
 
 
 if __name__ == "__main__":

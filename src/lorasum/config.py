@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, StrictInt, StringConstraints, ValidationError, ValidationInfo,
+from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictInt, StringConstraints, ValidationError, ValidationInfo,
                       field_validator, model_validator)
 
 from lorasum.errors import ConfigError
@@ -180,6 +180,10 @@ class TrainSpec(_Strict):
     parallel_adapters: StrictInt = Field(
         1, ge=0, description="experiments: train this many adapters together in one pass over the base model "
         "(0: all of the run; 1: one after the other); see lorasum.train.parallel")
+    cuda_graphs: StrictBool = Field(
+        True, description="parallel training on CUDA: replay each forward/backward pass and the optimiser step as "
+        "CUDA graphs (passes padded to multiples of 2,048 tokens; falls back to eager with a warning); see "
+        "lorasum.train.parallel_graphs")
     parallel_max_tokens: StrictInt = Field(
         32768, gt=0, description="parallel training: tokens in one forward pass at most (bounds GPU memory: about "
         "40 GiB for SmolLM2-135M at 32k); a step with more takes several passes, with the same result")

@@ -14,7 +14,11 @@ says what to install or pass.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import importlib.util
+import json
+import logging
 import os
 import socket
 from dataclasses import dataclass
@@ -28,6 +32,8 @@ from packaging.version import Version
 
 from lorasum.errors import ConfigError, ModelError
 from lorasum.storage import PICKLE_SUFFIXES, pickle_allowed, sha256_json
+
+log = logging.getLogger("lorasum")
 
 __all__ = [
     "check_context",
@@ -288,6 +294,83 @@ def _from_pretrained(loader: Any, source: str, extra: dict[str, Any], hub: bool,
         raise ModelError(f"{name}: not found on the Hugging Face hub ({str(e).splitlines()[0]})") from None
 
 
+_CACHE_DONE = "lorasum_converted.json"
+
+
+def model_cache_root() -> Path | None:
+    """Where converted GGUF models are kept: ``$LORASUM_MODEL_CACHE``, else
+    ``$XDG_CACHE_HOME/lorasum/models`` (default ``~/.cache/lorasum/models``); None when
+    ``LORASUM_MODEL_CACHE`` is ``off`` (or ``0``, ``false``, ``none``, empty)."""
+    value = os.environ.get("LORASUM_MODEL_CACHE")
+    if value is not None:
+        if value.strip().lower() in ("", "0", "off", "false", "none"):
+            return None
+        return Path(value).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "lorasum" / "models"
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _gguf_cache_dir(gguf: Path) -> Path | None:
+    """The cache folder of a GGUF file's conversion (keyed by its SHA-256 and the transformers
+    version that converted it), or None when the cache is off or the file unreadable."""
+    root = model_cache_root()
+    if root is None:
+        return None
+    try:
+        digest = _file_sha256(gguf)
+    except OSError:
+        return None
+    return root / f"{gguf.stem}-{digest[:16]}-transformers{transformers.__version__}"
+
+
+def _save_converted(folder: Path, gguf: Path, model: transformers.PreTrainedModel, tokenizer) -> None:
+    """Write the float32 model and the tokenizer converted from ``gguf`` to ``folder`` (atomically);
+    a failure (read-only or full disk) is logged and ignored: the cache only saves time."""
+    from safetensors.torch import save_model
+
+    from lorasum.storage import atomic_dir
+
+    try:
+        with atomic_dir(folder, overwrite=True) as tmp:
+            # transformers' save_pretrained refuses a model loaded from GGUF (it counts as quantised): the
+            # dequantised weights are written as safetensors (tied embeddings once) and the config as JSON
+            save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+            config = model.config.to_dict()
+            config.pop("quantization_config", None)
+            plain = type(model.config).from_dict(config)
+            plain.save_pretrained(str(tmp))
+            tokenizer.save_pretrained(str(tmp))
+            # ModelInfo.config_hash stays that of the GGUF load (whose config names the GGUF quantisation)
+            (tmp / _CACHE_DONE).write_text(json.dumps({
+                "gguf": str(gguf), "transformers": transformers.__version__,
+                "config_hash": _config_hash(model.config), "converted_config_hash": _config_hash(plain)}))
+        log.info("converted %s once; kept in %s (LORASUM_MODEL_CACHE=off to turn off)", gguf.name, folder)
+    except Exception as e:  # noqa: BLE001 - never fail a load because of the cache
+        log.warning("could not keep the converted model in %s (%s); the next load converts it again", folder,
+                    _first_line(e))
+
+
+def _cached_source(name: str, source: str, extra: dict[str, Any]) -> tuple[str, dict[str, Any], Path | None]:
+    """For a GGUF model: (the converted folder, {}, None) when the cache holds it, else
+    (``source``, ``extra``, the folder to write the conversion to, or None). Other models: unchanged."""
+    if "gguf_file" not in extra:
+        return source, extra, None
+    folder = _gguf_cache_dir(Path(source) / extra["gguf_file"])
+    if folder is None:
+        return source, extra, None
+    if (folder / _CACHE_DONE).is_file():
+        return str(folder), {}, None
+    return source, extra, folder
+
+
 def _dtype_kwarg() -> str:
     return "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
 
@@ -309,6 +392,11 @@ def load_model(
     unless ``allow_pickle`` (None: as set by :func:`lorasum.storage.allow_pickle`, the
     CLI's ``--allow-pickle``).
 
+    A GGUF model (such as ``smollm2-135m``) is converted by transformers at its first load (about
+    25 s on a CPU: the file is parsed and dequantised) and the float32 result kept in
+    :func:`model_cache_root`; later loads read it from there (safetensors, about 1 s) and give
+    the same weights, tokenizer and :class:`ModelInfo`.
+
     Raises:
         ModelError: the model cannot be found or loaded, or has only pickle weights (one
             line: what to install or pass).
@@ -318,12 +406,28 @@ def load_model(
     torch_dtype = resolve_dtype(dtype, dev)
     source, extra, hub = _resolve(name)
     display_source = str(Path(source) / extra["gguf_file"]) if "gguf_file" in extra else source
+    gguf_source, gguf_extra = source, extra
+    source, extra, convert_to = _cached_source(name, source, extra)
+    try:
+        return _load(name, source, extra, hub, dev, torch_dtype, allow_pickle, display_source, convert_to)
+    except ModelError as e:
+        if source == gguf_source:
+            raise
+        log.warning("%s: the converted copy in %s is unreadable (%s); converting the GGUF file again", name,
+                    source, e)
+        return _load(name, gguf_source, gguf_extra, hub, dev, torch_dtype, allow_pickle, display_source,
+                     Path(source))
+
+
+def _load(name, source, extra, hub, dev, torch_dtype, allow_pickle, display_source, convert_to):
+    """:func:`load_model` from ``source``; a GGUF conversion is written to ``convert_to`` when set."""
     auto_model, auto_tok = transformers.AutoModelForCausalLM, transformers.AutoTokenizer
     pickle_ok = pickle_allowed(allow_pickle)
     if not pickle_ok:
         _check_no_pickle_only(name, source, extra)
     tokenizer = _from_pretrained(auto_tok, source, extra, hub, name)
-    kw = {_dtype_kwarg(): torch_dtype}
+    # a GGUF file is dequantised to float32 anyway: kept at that precision for the cache, cast below
+    kw = {_dtype_kwarg(): torch.float32 if convert_to is not None else torch_dtype}
     if not pickle_ok and "gguf_file" not in extra:
         kw["use_safetensors"] = True
     try:
@@ -332,6 +436,8 @@ def load_model(
         if "sdpa" not in str(e).lower():
             raise ModelError(f"{name}: cannot load: {str(e).splitlines()[0]}") from None
         model = _from_pretrained(auto_model, source, extra, hub, name, **kw)
+    if convert_to is not None:
+        _save_converted(convert_to, Path(display_source), model, tokenizer)
     model = model.to(device=dev, dtype=torch_dtype)
     model.eval()
     if tokenizer.pad_token is None:
@@ -339,6 +445,15 @@ def load_model(
             raise ModelError(f"{name}: tokenizer has neither a pad nor an eos token")
         tokenizer.pad_token = tokenizer.eos_token
     info = describe_model(model, name=name, source=display_source)
+    done = Path(source) / _CACHE_DONE
+    if convert_to is None and done.is_file():  # loaded from the cache: the GGUF load's ModelInfo
+        try:
+            meta = json.loads(done.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise ModelError(f"{name}: {done}: unreadable ({_first_line(e)})") from None
+        if not isinstance(meta, dict) or meta.get("converted_config_hash") != info.config_hash:
+            raise ModelError(f"{name}: {done}: does not describe the converted model next to it")
+        info = dataclasses.replace(info, config_hash=str(meta["config_hash"]))
     return model, tokenizer, info
 
 
@@ -352,7 +467,13 @@ def load_tokenizer(name: str = "gpt2") -> transformers.PreTrainedTokenizerBase:
         ModelError: the model cannot be found, or its tokenizer has neither a pad nor an eos token.
     """
     source, extra, hub = _resolve(name)
-    tokenizer = _from_pretrained(transformers.AutoTokenizer, source, extra, hub, name)
+    cached, cached_extra, _ = _cached_source(name, source, extra)
+    try:
+        tokenizer = _from_pretrained(transformers.AutoTokenizer, cached, cached_extra, hub, name)
+    except ModelError:
+        if cached == source:
+            raise
+        tokenizer = _from_pretrained(transformers.AutoTokenizer, source, extra, hub, name)
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise ModelError(f"{name}: tokenizer has neither a pad nor an eos token")

@@ -417,3 +417,84 @@ def test_damaged_group_checkpoints_are_refused_with_one_line(tmp_path, tiny_toke
     assert "\n" not in str(err.value) and str(ck) in str(err.value)
     assert all(torch.equal(before[n], p) for n, p in tiny_llama.named_parameters())
     assert not any("lora" in n for n, _ in tiny_llama.named_parameters())
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_static_passes_give_the_adapters_of_the_packed_passes(tmp_path, tiny_tokenizer, tiny_gpt2, tiny_llama, arch):
+    """The static layout of the CUDA-graph path (one padded row, padding in segments of its own, zero-length
+    segments, padded scored positions with weight 0, per-token loss weights 1/n_j, the optimiser with its
+    bias corrections in tensors), run eagerly on the CPU, trains the adapters of the ordinary passes."""
+    import lorasum.train.parallel_graphs as pg
+
+    model = tiny_gpt2 if arch == "gpt2" else tiny_llama
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    lora = LoraSpec(r=4, lora_alpha=8, lora_dropout=0.0)
+    # several passes a step; on llama no gradient clip, so that the per-token loss weights are seen by Adam
+    train = TrainSpec(**TRAIN | {"parallel_max_tokens": 70, "max_grad_norm": 1.0 if arch == "gpt2" else None})
+    layouts = []
+    real = pg.static_layout
+
+    def small_granule(*args, **kw):
+        out = real(*args, **kw, granule=32)  # padding tokens and padded scored positions in every pass
+        layouts.append(out)
+        return out
+
+    runs = {}
+    for graphs in (False, True):
+        pg.static_layout = small_granule
+        try:
+            runs[graphs] = train_adapters(model, tiny_tokenizer, tasks_for(tmp_path, f"g{graphs}", validation=True),
+                                          lora=lora, train=train, max_length=64, model_info=info_of(model),
+                                          progress=False, varlen=True, graphs=graphs)
+        finally:
+            pg.static_layout = real
+    assert layouts and all(lay["input_ids"].shape[1] % 32 == 0 for lay in layouts)
+    assert any((lay["groups"] == -1).any() for lay in layouts) and any((lay["weight"] == 0).any() for lay in layouts)
+    assert any((lay["cu_seqlens"][1:] == lay["cu_seqlens"][:-1]).any() for lay in layouts)  # zero-length segments
+    for a, b in zip(runs[False], runs[True]):
+        assert b.steps == a.steps and b.tokens == a.tokens
+        assert b.losses == pytest.approx(a.losses, rel=1e-5)
+        assert b.val_loss == pytest.approx(a.val_loss, rel=1e-5)
+        x, y = load_file(str(a.out_dir / "adapter_model.safetensors")), load_file(str(b.out_dir / "adapter_model.safetensors"))
+        for key in x:
+            torch.testing.assert_close(y[key], x[key], rtol=1e-4, atol=2e-5)
+        assert json.loads((b.out_dir / "lorasum.json").read_text())["cuda_graphs"] is False  # nothing captured on CPU
+
+
+def test_static_layout_fields():
+    from lorasum.data.tokenize import Encoded
+    from lorasum.train.parallel_graphs import static_layout
+
+    ex = [(Encoded(input_ids=[5, 6, 7, 8], labels=[-100, -100, 7, 8]), 1),
+          (Encoded(input_ids=[9, 10, 11], labels=[-100, 10, 11]), 0)]
+    lay = static_layout(ex, pad_id=0, n_answer=torch.tensor([2.0, 2.0]), k=2, max_seqlen=5, granule=8)
+    assert lay["input_ids"].tolist() == [[5, 6, 7, 8, 9, 10, 11, 0]]
+    assert lay["position_ids"].tolist() == [[0, 1, 2, 3, 0, 1, 2, 0]]
+    assert lay["groups"].tolist() == [[1, 1, 1, 1, 0, 0, 0, -1]]
+    assert lay["cu_seqlens"][:4].tolist() == [0, 4, 7, 8] and set(lay["cu_seqlens"][4:].tolist()) == {8}
+    assert lay["cu_seqlens"].shape[0] % 64 == 0
+    # position t predicts token t + 1: 1 -> 7, 2 -> 8, 4 -> 10, 5 -> 11; then 4 padded slots
+    assert lay["flat"].tolist() == [1, 2, 4, 5, 0, 0, 0, 0]
+    assert lay["targets"].tolist() == [7, 8, 10, 11, 0, 0, 0, 0]
+    assert lay["owner"].tolist() == [1, 1, 0, 0, 2, 2, 2, 2]
+    assert lay["weight"].tolist() == [0.5, 0.5, 0.5, 0.5, 0.0, 0.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="longer than max_seqlen"):
+        static_layout(ex, pad_id=0, n_answer=torch.ones(2), k=2, max_seqlen=3)
+
+
+def test_passes_are_cut_evenly_and_within_the_budget():
+    from lorasum.data.tokenize import Encoded
+    from lorasum.train.parallel import _passes
+
+    items = [(Encoded(input_ids=[1] * n, labels=[1] * n), i % 3) for i, n in enumerate([30, 50, 20, 40, 60, 10, 45, 35])]
+    for budget in (500, 290, 200, 120, 60, 55):
+        parts = _passes(items, budget)
+        sizes = [sum(len(e.input_ids) for e, _ in p) for p in parts]
+        assert [x for p in parts for x in p] == items  # a partition, in order
+        assert all(s <= budget or len(p) == 1 for s, p in zip(sizes, parts))  # a longer example: alone
+        assert len(parts) <= -(-290 // budget) + 1 or budget < 60  # (about) the fewest passes
+        if len(parts) == 2:
+            assert abs(sizes[0] - sizes[1]) <= 60  # even, not one full and one small
+    assert [len(p) for p in _passes(items, 40)] == [1, 1, 1, 1, 1, 1, 1, 1]  # longer examples: a pass each

@@ -151,12 +151,17 @@ class _Router:
     def __init__(self, k: int, r: int, scaling: float):
         self.k, self.r, self.scaling = k, r, scaling
         self.varlen = False  # whether the passes use variable-length attention (recorded in lorasum.json)
+        self.cuda_graphs = False  # whether the passes were replayed as CUDA graphs (recorded in lorasum.json)
         self._groups: torch.Tensor | int | None = None
         self._masks: dict[torch.device, torch.Tensor] = {}
 
     def route(self, groups: torch.Tensor | int) -> None:
         """``groups``: (rows, width) adapter index of each token (-1: padding), or one index for all."""
         self._groups, self._masks = groups, {}
+
+    def clear(self) -> None:
+        """Forget the routing (and the masks built from it)."""
+        self._groups, self._masks = None, {}
 
     def mask(self, like: torch.Tensor) -> torch.Tensor:
         """M as booleans, broadcastable to ``like`` (…, k·r), on its device."""
@@ -199,9 +204,12 @@ class _ParallelLoRA(torch.nn.Module):
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         out = self.base(x, *args, **kwargs)
-        A = self.lora_A.flatten(0, 1)  # (k·r, d_in)
-        B = self.lora_B.flatten(1, 2)  # (d_out, k·r)
-        h = F.linear(self.dropout(x.to(A.dtype)), A)  # (…, k·r)
+        # in the activations' dtype when they are bf16/fp16 (as PEFT's LoRA layers under the bf16 autocast of
+        # train_adapter), else in the factors' float32
+        dtype = x.dtype if x.dtype in (torch.bfloat16, torch.float16) else self.lora_A.dtype
+        A = self.lora_A.flatten(0, 1).to(dtype)  # (k·r, d_in)
+        B = self.lora_B.flatten(1, 2).to(dtype)  # (d_out, k·r)
+        h = F.linear(self.dropout(x.to(dtype)), A)  # (…, k·r)
         # select, not multiply: a NaN or inf in one adapter must not reach another one's tokens (0 · inf = NaN)
         h = torch.where(self.router.mask(h), h * self.router.scaling, 0.0)
         return out + F.linear(h, B).to(out.dtype)
@@ -250,18 +258,28 @@ class _AdamW:
         return norms
 
     @torch.no_grad()
-    def step(self, lr: torch.Tensor) -> None:
-        """One step with learning rates ``lr`` (k,) float32 on the parameters' device (0: frozen)."""
-        self.steps += 1
+    def step(self, lr: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+        """One step with learning rates ``lr`` (k,) float32 on the parameters' device (0: frozen).
+
+        ``bias``: None (the step count is advanced here), or the caller's (2,) device tensor
+        ``(1 - beta1^t, sqrt(1 - beta2^t))`` for step t (the caller advances ``steps``; no host
+        value enters the computation, so the step can be captured in a CUDA graph)."""
+        if bias is None:
+            self.steps += 1
         params, grads = self.params, [p.grad for p in self.params]
         torch._foreach_mul_(params, self._per_adapter(1 - lr * self.weight_decay))
         torch._foreach_lerp_(self.exp_avg, grads, 1 - self.beta1)
         torch._foreach_mul_(self.exp_avg_sq, self.beta2)
         torch._foreach_addcmul_(self.exp_avg_sq, grads, grads, 1 - self.beta2)
-        bias1 = 1 - self.beta1 ** self.steps
-        bias2_sqrt = math.sqrt(1 - self.beta2 ** self.steps)
+        if bias is None:
+            bias1, bias2_sqrt = 1 - self.beta1 ** self.steps, math.sqrt(1 - self.beta2 ** self.steps)
+        else:
+            bias1, bias2_sqrt = bias[0], bias[1]
         denom = torch._foreach_sqrt(self.exp_avg_sq)
-        torch._foreach_div_(denom, bias2_sqrt)
+        if bias is None:
+            torch._foreach_div_(denom, bias2_sqrt)
+        else:
+            torch._foreach_div_(denom, [bias2_sqrt] * len(denom))
         torch._foreach_add_(denom, self.eps)
         update = torch._foreach_div(self.exp_avg, denom)
         torch._foreach_mul_(update, self._per_adapter(-lr / bias1))
@@ -273,12 +291,15 @@ class _AdamW:
 
 
 def _passes(examples: list, max_tokens: int) -> list[list]:
-    """Cut (example, adapter) pairs, in order, into forward passes of at most ``max_tokens`` tokens
-    (a longer example gets a pass of its own)."""
+    """Cut (example, adapter) pairs, in order, into forward passes of at most ``max_tokens`` tokens and
+    about equal size (a longer example gets a pass of its own): a step of 1.2 × ``max_tokens`` takes
+    two passes of 0.6, not one full and one small (fewer distinct shapes for the CUDA graphs)."""
+    total = sum(len(item[0].input_ids) for item in examples)
+    target = min(max_tokens, -(-total // max(1, -(-total // max_tokens))))
     out, size = [[]], 0
     for item in examples:
         n = len(item[0].input_ids)
-        if out[-1] and size + n > max_tokens:
+        if out[-1] and (size + n > max_tokens or size + n / 2 > target):
             out.append([])
             size = 0
         out[-1].append(item)
@@ -371,6 +392,7 @@ def train_adapters(
     varlen: bool | None = None,
     checkpoint: str | Path | None = None,
     resume: bool = False,
+    graphs: bool | None = None,
 ) -> list[TrainResult | None]:
     """Train the adapters of ``tasks`` together (see the module docstring) and save each one.
 
@@ -397,6 +419,9 @@ def train_adapters(
             checkpoints.
         resume: continue from ``checkpoint`` if it exists (the same adapters in the same order,
             same settings and data: checked); the adapters equal those of an uninterrupted run.
+        graphs: lay each pass out in static buffers and replay it as a CUDA graph
+            (:mod:`lorasum.train.parallel_graphs`); None: ``train.cuda_graphs`` on a CUDA model
+            with variable-length attention. True on the CPU runs the same static layout eagerly.
 
     Returns:
         One :class:`TrainResult` per task, in order; None for an adapter saved before the
@@ -457,10 +482,17 @@ def train_adapters(
                                          lora.lora_dropout, router)
             setattr(parent, attr, layers[name])
         use_varlen = varlen_supported(model) if varlen is None else varlen
-        compile_layers = train.compile and next(model.parameters()).is_cuda
+        is_cuda = next(model.parameters()).is_cuda
+        use_graphs = (train.cuda_graphs and is_cuda) if graphs is None else graphs
+        if use_graphs and not use_varlen:
+            if graphs:
+                raise ConfigError("train_adapters: graphs=True needs variable-length attention (varlen)")
+            use_graphs = False
+        compile_layers = train.compile and is_cuda
         with varlen_attention(model, use_varlen), _compiled(model, compile_layers):
             return _loop(model, tokenizer, tasks, outs, encoded, layers, router, config, lora, train, max_length,
-                         model_info, pad_id, overwrite, progress, on_saved, use_varlen, previous_attention, ckpt)
+                         model_info, pad_id, overwrite, progress, on_saved, use_varlen, previous_attention, ckpt,
+                         use_graphs)
     finally:
         for name, original in originals.items():
             parent_name, _, attr = name.rpartition(".")
@@ -468,6 +500,14 @@ def train_adapters(
         for name, p in model.named_parameters():
             p.requires_grad_(requires_grad.get(name, p.requires_grad))
         model.train(was_training)
+
+
+def _eager():
+    """Compiled code off for the duration (``torch.compiler.set_stance("force_eager")``; a no-op on an older torch)."""
+    import contextlib
+
+    set_stance = getattr(torch.compiler, "set_stance", None)
+    return set_stance("force_eager") if set_stance is not None else contextlib.nullcontext()
 
 
 def _diverged(losses: list[torch.Tensor], outs: list[Path], learning_rate: float) -> TrainingDiverged | None:
@@ -484,8 +524,11 @@ def _diverged(losses: list[torch.Tensor], outs: list[Path], learning_rate: float
 
 
 def _loop(model, tokenizer, tasks, outs, encoded, layers, router, config, lora, train, max_length, model_info,
-          pad_id, overwrite, progress, on_saved, use_varlen, previous_attention, ckpt) -> list[TrainResult | None]:
+          pad_id, overwrite, progress, on_saved, use_varlen, previous_attention, ckpt,
+          use_graphs=False) -> list[TrainResult | None]:
     import shutil
+
+    from lorasum.train.parallel_graphs import GraphedPasses, static_layout
 
     from lorasum.train.loop import _stop_on_signals
 
@@ -522,6 +565,11 @@ def _loop(model, tokenizer, tasks, outs, encoded, layers, router, config, lora, 
                                      losses=[h[:min(step_done, n)] for h, n in zip(history, totals)], tokens=tokens,
                                      seconds=before + time.perf_counter() - start)
 
+    static = None
+    if use_graphs:
+        longest = max(len(e.input_ids) for enc in encoded for e in enc)
+        static = GraphedPasses(model, router, optimizer, k, longest, train.max_grad_norm,
+                               capture=device.type == "cuda")
     model.train()
     start = time.perf_counter()
     bar = tqdm(range(first, max(totals)), desc=f"train ×{k}", unit="step", disable=not progress, leave=False,
@@ -535,6 +583,9 @@ def _loop(model, tokenizer, tasks, outs, encoded, layers, router, config, lora, 
                 picked += picks
                 examples = [(encoded[j][i], j) for j, idx in picks for i in idx]
                 for part in _passes(examples, train.parallel_max_tokens):
+                    if static is not None:  # laid out below, once the step's loss weights are known
+                        window.append(part)
+                        continue
                     if use_varlen:  # rows may mix adapters: attention is computed example by example
                         batch = pack([e for e, _ in part], train.pack_length, pad_id, groups=[j for _, j in part])
                         batch |= varlen_kwargs(batch["position_ids"])
@@ -547,6 +598,13 @@ def _loop(model, tokenizer, tasks, outs, encoded, layers, router, config, lora, 
             for j in active:
                 n_answer[j] = max(1, sum(n_labelled[j][i] for jj, idx in picked if jj == j for i in idx))
             n_answer_dev = n_answer.to(device, non_blocking=True)
+            if static is not None:
+                for part in window:
+                    static.run_pass(static_layout(part, pad_id, n_answer, k, static.max_seqlen))
+                lr = torch.tensor([train.learning_rate * schedules[j](step) if j in active else 0.0 for j in range(k)])
+                static.optimizer_step(lr)
+                losses.append(static.take_losses(n_answer_dev))
+                window = []
             step_nll = torch.zeros(k, device=device)
             for batch in window:  # token-weighted mean of each adapter over its whole step, as in train_adapter
                 router.route(batch["groups"].to(device, non_blocking=True))
@@ -555,20 +613,23 @@ def _loop(model, tokenizer, tasks, outs, encoded, layers, router, config, lora, 
                 per_adapter = torch.zeros(k, device=device).index_add(0, owner, nll)
                 (per_adapter / n_answer_dev).sum().backward()
                 step_nll += per_adapter.detach()
-            if train.max_grad_norm is not None:
-                optimizer.clip(train.max_grad_norm)
-            # finished adapters get learning rate 0: their slices stay as they were saved
-            lr = torch.tensor([train.learning_rate * schedules[j](step) if j in active else 0.0 for j in range(k)])
-            optimizer.step(lr.to(device, non_blocking=True))
-            optimizer.zero_grad()
-            losses.append(step_nll / n_answer_dev)
+            if static is None:
+                if train.max_grad_norm is not None:
+                    optimizer.clip(train.max_grad_norm)
+                # finished adapters get learning rate 0: their slices stay as they were saved
+                lr = torch.tensor([train.learning_rate * schedules[j](step) if j in active else 0.0 for j in range(k)])
+                optimizer.step(lr.to(device, non_blocking=True))
+                optimizer.zero_grad()
+                losses.append(step_nll / n_answer_dev)
             finishing = [j for j in active if step + 1 == totals[j]]
             if finishing or step % _CHECK_EVERY == _CHECK_EVERY - 1:
                 error = _diverged(losses, outs, train.learning_rate)
                 if error is not None:
                     raise error
+            router.cuda_graphs = static is not None and static.capture and static.captured > 0
             for j in finishing:
-                with attention_implementation(model, previous_attention):  # validation: padded batches
+                # validation: padded batches, not compiled (inference shapes would recompile the training layers)
+                with attention_implementation(model, previous_attention), _eager():
                     results[j] = _finish(model, tokenizer, tasks[j], outs[j], j, group, layers, router, losses,
                                          tokens[j], before + time.perf_counter() - start, config, lora, train,
                                          max_length, model_info, len(encoded[j]),
@@ -615,7 +676,7 @@ def _finish(model, tokenizer, task, out, j, group, layers, router, losses, token
     n_tail = max(1, round(_LOG_TAIL * len(values)))
     summary = {"steps": len(values), "tokens": tokens, "seconds": seconds, "final_loss": sum(values[-n_tail:]) / n_tail,
                "val_loss": val_loss, "packed": True, "parallel_adapters": k, "trained_with": group,
-               "varlen_attention": router.varlen}
+               "varlen_attention": router.varlen, "cuda_graphs": router.cuda_graphs}
     info = _metadata(model_info, config, train, task.seed, max_length, task.meta, n_examples, n_truncated, values,
                      summary)
     _save(out, factors, config, model_info, info, overwrite)

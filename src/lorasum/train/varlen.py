@@ -94,7 +94,7 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
         out = torch.cat([
             F.scaled_dot_product_attention(q[a:b].transpose(0, 1), k[a:b].transpose(0, 1), v[a:b].transpose(0, 1),
                                            is_causal=True, scale=scale).transpose(0, 1)
-            for a, b in zip(bounds[:-1], bounds[1:])])
+            for a, b in zip(bounds[:-1], bounds[1:]) if b > a])  # zero-length segments: static padding
     return out.reshape(B, W, H, D), None
 
 

@@ -1,0 +1,280 @@
+"""CUDA graphs for parallel training: each forward/backward pass and the optimiser step replayed, not relaunched.
+
+With all adapters of an experiment in one pass (:mod:`lorasum.train.parallel`), a step of the
+paper's setting still launches about 5,000 kernels from Python, and as adapters finish and the
+passes shrink the step becomes bound by the host (about 210 ms a step for SmolLM2 whatever the
+number of tokens; BENCHMARKS.md). A CUDA graph records the kernels of a pass once and replays
+them with one launch (PyTorch's "whole-network capture", torch.cuda.graph). Replays need static
+shapes and addresses, so each pass is laid out in static buffers:
+
+* the pass's examples are concatenated in one row of ``T`` tokens, ``T`` rounded up to a multiple
+  of :data:`GRANULE`; the padding is cut into segments of at most ``max_seqlen`` tokens of its
+  own (routed to no adapter, no loss), so it attends only to itself;
+* variable-length attention (:mod:`lorasum.train.varlen`) gets the segment starts ``cu_seqlens``
+  padded with zero-length segments to a static count, and ``max_seqlen`` fixed to the longest
+  example the run allows;
+* the scored positions (the LM head runs only there) are padded to a multiple of
+  :data:`GRANULE` with weight 0; each scored token carries the weight ``1 / n_j`` of its
+  adapter j (n_j: labelled tokens of adapter j in the step), so the summed loss of a pass is
+  the same token-weighted mean per adapter as the eager path's.
+
+One graph is captured per shape (tokens, scored positions, segments), lazily, after one eager
+warm-up pass whose gradients, loss sums and random-number state are then put back, so a capture
+changes nothing; all graphs share one memory pool (a pass leaves no tensor alive in it). The
+optimiser step (per-adapter gradient clip and AdamW, :class:`lorasum.train.parallel._AdamW`, with
+the learning rates and bias corrections in device tensors) is one more graph. A capture that
+fails (an older PyTorch, a model that synchronises with the host) turns the graphs off with one
+warning and the step runs eagerly from then on.
+
+The result is that of the eager passes (same routing, same per-adapter loss weights, padding
+isolated), up to float summation order; dropout masks are other draws.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+import torch.nn.functional as F
+
+from lorasum.data.tokenize import IGNORE_INDEX
+from lorasum.evaluate.nll import _split_head, _unwrap, fast_attention
+
+__all__ = ["GRANULE", "GraphedPasses", "static_layout"]
+
+log = logging.getLogger("lorasum")
+
+#: passes are padded to a multiple of this many tokens (and scored positions to a multiple of it).
+GRANULE = 2048
+_MAX_GRAPHS = 64  # shapes captured at most; later shapes run eagerly
+
+
+def _round_up(n: int, granule: int) -> int:
+    return max(granule, -(-n // granule) * granule)
+
+
+def static_layout(part: list, pad_id: int, n_answer: torch.Tensor, k: int, max_seqlen: int,
+                  granule: int = GRANULE) -> dict[str, torch.Tensor]:
+    """The static-shape layout of one forward pass (CPU tensors).
+
+    Args:
+        part: (example, adapter index) pairs (:class:`lorasum.data.tokenize.Encoded` examples,
+            each at most ``max_seqlen`` tokens).
+        pad_id: token id written in padding.
+        n_answer: (k,) labelled tokens of each adapter in the whole step (the loss weight is 1/n).
+        k: number of adapters.
+        max_seqlen: the longest segment allowed (padding is cut into segments of at most this).
+        granule: tokens and scored positions are rounded up to multiples of it.
+
+    Returns:
+        ``input_ids``, ``position_ids``, ``groups`` (1, T) int64 (groups: adapter of each token,
+        -1 on padding); ``cu_seqlens`` (S,) int32, segment starts then the total, padded with T;
+        ``flat`` (N,) int64 scored positions (the token at ``flat + 1`` is predicted), ``targets``
+        (N,) int64, ``weight`` (N,) float32 and ``owner`` (N,) int64 (k on padding). T and N are
+        multiples of ``granule``; S is a multiple of 64 and at least T / 32 + 1.
+
+    Raises:
+        ValueError: an example is longer than ``max_seqlen``.
+    """
+    ids, labels, groups, pos, starts = [], [], [], [], []
+    t = 0
+    for e, j in part:
+        n = len(e.input_ids)
+        if n > max_seqlen:
+            raise ValueError(f"static_layout: an example of {n} tokens is longer than max_seqlen {max_seqlen}")
+        ids.append(torch.as_tensor(e.input_ids, dtype=torch.long))
+        labels.append(torch.as_tensor(e.labels, dtype=torch.long))
+        groups.append(torch.full((n,), j, dtype=torch.long))
+        pos.append(torch.arange(n))
+        starts.append(t)
+        t += n
+    total = _round_up(t, granule)
+    while t < total:  # padding: segments of its own, at most max_seqlen long
+        n = min(max_seqlen, total - t)
+        ids.append(torch.full((n,), pad_id, dtype=torch.long))
+        labels.append(torch.full((n,), IGNORE_INDEX, dtype=torch.long))
+        groups.append(torch.full((n,), -1, dtype=torch.long))
+        pos.append(torch.arange(n))
+        starts.append(t)
+        t += n
+    input_ids, labels_flat, groups_flat = torch.cat(ids), torch.cat(labels), torch.cat(groups)
+    n_seg = _round_up(max(len(starts) + 1, total // 32 + 1), 64)
+    cu = torch.full((n_seg,), total, dtype=torch.int32)
+    cu[:len(starts)] = torch.as_tensor(starts, dtype=torch.int32)
+    keep = torch.zeros(total, dtype=torch.bool)
+    keep[:-1] = labels_flat[1:] != IGNORE_INDEX
+    flat = keep.nonzero().squeeze(1)
+    owner = groups_flat[flat]
+    n_scored = _round_up(flat.numel(), granule)
+    pad = n_scored - flat.numel()
+    weight = torch.cat([1.0 / n_answer.float()[owner], torch.zeros(pad)])
+    return {
+        "input_ids": input_ids[None], "position_ids": torch.cat(pos)[None], "groups": groups_flat[None],
+        "cu_seqlens": cu, "flat": torch.cat([flat, torch.zeros(pad, dtype=torch.long)]),
+        "targets": torch.cat([labels_flat[flat + 1], torch.zeros(pad, dtype=torch.long)]),
+        "weight": weight.float(), "owner": torch.cat([owner, torch.full((pad,), k, dtype=torch.long)]),
+    }
+
+
+class GraphedPasses:
+    """Runs the passes and the optimiser step of :func:`lorasum.train.parallel.train_adapters` from
+    static buffers: replayed CUDA graphs on CUDA, or the same computation eagerly (``capture=False``:
+    the CPU, and the reference the tests compare with).
+
+    Args:
+        model: the causal LM with :class:`~lorasum.train.parallel._ParallelLoRA` layers in place.
+        router: their router.
+        optimizer: the :class:`~lorasum.train.parallel._AdamW` of their factors.
+        k: number of adapters.
+        max_seqlen: the longest example of the run (tokens).
+        max_grad_norm: per-adapter gradient clip, or None.
+        capture: record CUDA graphs (needs a CUDA model).
+
+    Raises:
+        ValueError: the model's logits are not ``lm_head(hidden)`` (no decoder/head split).
+    """
+
+    def __init__(self, model, router, optimizer, k: int, max_seqlen: int, max_grad_norm: float | None,
+                 capture: bool):
+        parts = _split_head(_unwrap(model))
+        if parts is None:
+            raise ValueError("static passes need a model whose logits are lm_head(hidden)")
+        self.decoder, self.head = parts
+        self.router, self.optimizer, self.k = router, optimizer, k
+        self.max_seqlen, self.max_grad_norm = max_seqlen, max_grad_norm
+        self.device = next(model.parameters()).device
+        self.capture = capture and self.device.type == "cuda"
+        self.step_nll = torch.zeros(k + 1, device=self.device)  # per-adapter NLL sums of the step (k: padding)
+        for p in optimizer.params:  # static gradients, accumulated in place by every pass
+            p.grad = torch.zeros_like(p)
+        self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, dict]] = {}
+        self._opt: tuple[torch.cuda.CUDAGraph, torch.Tensor] | None = None
+        self._pool = torch.cuda.graph_pool_handle() if self.capture else None
+        self.captured = 0
+
+    # -- one pass -------------------------------------------------------------------------
+    def _body(self, s: dict[str, torch.Tensor]) -> None:
+        """Forward, backward (gradients accumulate) and the per-adapter NLL sums of one pass."""
+        self.router.route(s["groups"])
+        with fast_attention(self.device):
+            hidden = self.decoder(input_ids=s["input_ids"], position_ids=s["position_ids"], attention_mask=None,
+                                  use_cache=False, cu_seq_lens_q=s["cu_seqlens"], cu_seq_lens_k=s["cu_seqlens"],
+                                  max_length_q=self.max_seqlen, max_length_k=self.max_seqlen)[0]
+            logits = self.head(hidden.flatten(0, 1).index_select(0, s["flat"]))
+        nll = F.cross_entropy(logits.float(), s["targets"], reduction="none")
+        (nll * s["weight"]).sum().backward()
+        self.step_nll.index_add_(0, s["owner"], nll.detach())
+
+    def run_pass(self, host: dict[str, torch.Tensor]) -> None:
+        """Run one pass laid out by :func:`static_layout`: gradients and ``step_nll`` accumulate."""
+        key = tuple((name, tuple(t.shape)) for name, t in host.items())
+        if not self.capture or (key not in self._graphs and len(self._graphs) >= _MAX_GRAPHS):
+            self._body({n: _to(t, self.device) for n, t in host.items()})
+            self.router.clear()
+            return
+        if key not in self._graphs:
+            static = {n: torch.empty(t.shape, dtype=t.dtype, device=self.device) for n, t in host.items()}
+            for n, t in host.items():
+                static[n].copy_(_pinned(t), non_blocking=True)
+            graph = self._capture_pass(static)
+            if graph is None:  # capture failed: eager from now on
+                self._body(static)
+                self.router.clear()
+                return
+            self._graphs[key] = (graph, static)
+        graph, static = self._graphs[key]
+        for n, t in host.items():
+            static[n].copy_(_pinned(t), non_blocking=True)
+        graph.replay()
+
+    def _capture_pass(self, static: dict[str, torch.Tensor]) -> torch.cuda.CUDAGraph | None:
+        """Warm up once eagerly (then put gradients, loss sums and the random state back) and capture."""
+        grads = [p.grad for p in self.optimizer.params]
+        saved_grads = [g.clone() for g in grads]
+        saved_nll = self.step_nll.clone()
+        rng = torch.cuda.get_rng_state(self.device)
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        try:
+            with torch.cuda.stream(side):
+                self._body(static)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            self.router.clear()
+            torch._foreach_copy_(grads, saved_grads)
+            self.step_nll.copy_(saved_nll)
+            torch.cuda.set_rng_state(rng, self.device)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self._pool):
+                self._body(static)
+        except Exception as e:  # noqa: BLE001 - any capture failure: fall back to eager passes
+            return self._give_up(e, grads, saved_grads, saved_nll, rng)
+        finally:
+            self.router.clear()  # the mask of the capture lives in the pool: no reference may outlive it
+        self.captured += 1
+        return graph
+
+    def _give_up(self, error, grads, saved_grads, saved_nll, rng):
+        torch.cuda.synchronize(self.device)
+        torch._foreach_copy_(grads, saved_grads)
+        self.step_nll.copy_(saved_nll)
+        torch.cuda.set_rng_state(rng, self.device)
+        log.warning("CUDA graphs off for this training (%s: %s); the passes run eagerly", type(error).__name__,
+                    str(error).splitlines()[0] if str(error) else "")
+        self.capture = False
+        self._graphs.clear()
+        return None
+
+    # -- the optimiser step ---------------------------------------------------------------------
+    def _opt_body(self, scalars: torch.Tensor) -> None:
+        """Clip, AdamW step and zeroed gradients; ``scalars``: (k + 2,) learning rates, bias corrections."""
+        if self.max_grad_norm is not None:
+            self.optimizer.clip(self.max_grad_norm)
+        self.optimizer.step(scalars[:self.k], bias=scalars[self.k:])
+        torch._foreach_zero_([p.grad for p in self.optimizer.params])
+
+    def optimizer_step(self, lr: torch.Tensor) -> None:
+        """One optimiser step with learning rates ``lr`` (k,) float32 on the CPU; gradients are zeroed."""
+        opt = self.optimizer
+        opt.steps += 1
+        bias = torch.tensor([1 - opt.beta1 ** opt.steps, math.sqrt(1 - opt.beta2 ** opt.steps)], dtype=torch.float64)
+        host = torch.cat([lr.float(), bias.float()])
+        if not self.capture:
+            self._opt_body(_to(host, self.device))
+            return
+        if self._opt is None:
+            scalars = torch.empty(self.k + 2, device=self.device)
+            scalars.copy_(_pinned(host), non_blocking=True)
+            graph = torch.cuda.CUDAGraph()
+            try:  # no warm-up: it would take a step; the step's kernels need no lazy initialisation
+                with torch.cuda.graph(graph, pool=self._pool):
+                    self._opt_body(scalars)
+            except Exception as e:  # noqa: BLE001
+                log.warning("CUDA graph of the optimiser step off (%s); it runs eagerly", type(e).__name__)
+                torch.cuda.synchronize(self.device)
+                self._opt_body(scalars)
+                self._opt = False
+                return
+            self._opt = (graph, scalars)
+        elif self._opt is False:
+            self._opt_body(_to(host, self.device))
+            return
+        graph, scalars = self._opt
+        scalars.copy_(_pinned(host), non_blocking=True)
+        graph.replay()
+
+    def take_losses(self, n_answer: torch.Tensor) -> torch.Tensor:
+        """The step's mean NLL per adapter (k,) on the device; resets the sums."""
+        losses = self.step_nll[:self.k] / n_answer
+        self.step_nll.zero_()
+        return losses
+
+
+def _pinned(t: torch.Tensor) -> torch.Tensor:
+    return t.pin_memory() if torch.cuda.is_available() else t
+
+
+def _to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
