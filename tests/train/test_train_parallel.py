@@ -498,3 +498,19 @@ def test_passes_are_cut_evenly_and_within_the_budget():
         if len(parts) == 2:
             assert abs(sizes[0] - sizes[1]) <= 60  # even, not one full and one small
     assert [len(p) for p in _passes(items, 40)] == [1, 1, 1, 1, 1, 1, 1, 1]  # longer examples: a pass each
+
+
+def test_static_passes_fall_back_when_logits_are_more_than_the_head(tmp_path, tiny_tokenizer, tiny_llama, caplog):
+    """A model whose logits are transformed after the LM head (here a logit scale in its config) gets the
+    ordinary passes, with one warning, and the same adapters."""
+    tiny_llama.config.logit_scale = 0.5
+    lora, train = LoraSpec(r=4, lora_alpha=8, lora_dropout=0.0), TrainSpec(**TRAIN)
+    runs = {}
+    for graphs in (False, True):
+        with caplog.at_level("WARNING", logger="lorasum"):
+            runs[graphs] = train_adapters(tiny_llama, tiny_tokenizer, tasks_for(tmp_path, f"s{graphs}"), lora=lora,
+                                          train=train, max_length=64, model_info=info_of(tiny_llama), progress=False,
+                                          varlen=True, graphs=graphs)
+    assert caplog.text.count("CUDA graphs off") == 1
+    for a, b in zip(runs[False], runs[True]):
+        assert b.losses == a.losses

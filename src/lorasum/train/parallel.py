@@ -568,8 +568,11 @@ def _loop(model, tokenizer, tasks, outs, encoded, layers, router, config, lora, 
     static = None
     if use_graphs:
         longest = max(len(e.input_ids) for enc in encoded for e in enc)
-        static = GraphedPasses(model, router, optimizer, k, longest, train.max_grad_norm,
-                               capture=device.type == "cuda")
+        try:
+            static = GraphedPasses(model, router, optimizer, k, longest, train.max_grad_norm,
+                                   capture=device.type == "cuda")
+        except ValueError as e:  # logits are more than lm_head(hidden): the ordinary passes
+            log.warning("CUDA graphs off for this training (%s)", e)
     model.train()
     start = time.perf_counter()
     bar = tqdm(range(first, max(totals)), desc=f"train ×{k}", unit="step", disable=not progress, leave=False,
