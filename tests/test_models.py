@@ -121,17 +121,19 @@ def test_smollm2_alias_loads_and_fast_nll_matches():
 def test_gguf_conversion_is_kept_and_gives_the_same_model(tmp_path, monkeypatch, caplog):
     """The first load of a GGUF model converts it and keeps the float32 result; the next loads read it
     (the GGUF file is not parsed again) and give the same weights, tokenizer and ModelInfo (so run caches
-    keyed by it stay valid); a damaged copy is converted again; a cache that cannot be written is skipped."""
+    keyed by it stay valid); a damaged copy is converted again; a model too large for the cache is not kept."""
     import transformers.modeling_gguf_pytorch_utils as gguf_utils
 
     from lorasum.models import model_cache_root
 
-    blocked = tmp_path / "file"
-    blocked.write_text("not a folder")
-    monkeypatch.setenv("LORASUM_MODEL_CACHE", str(blocked / "cache"))  # cannot be created: warned, skipped
-    with caplog.at_level("WARNING", logger="lorasum"):
+    import lorasum.models as models
+
+    monkeypatch.setenv("LORASUM_MODEL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(models, "CACHE_MAX_BYTES", 100e6)  # larger than that: converted, not kept
+    with caplog.at_level("INFO", logger="lorasum"):
         ref, ref_tok, ref_info = load_model("smollm2-135m", device="cpu")
-    assert "could not keep the converted model" in caplog.text
+    assert "not keeping its float32 conversion" in caplog.text and not (tmp_path / "cache").exists()
+    monkeypatch.undo()
 
     monkeypatch.setenv("LORASUM_MODEL_CACHE", str(tmp_path / "cache"))
     assert model_cache_root() == tmp_path / "cache"
@@ -164,3 +166,16 @@ def test_gguf_conversion_is_kept_and_gives_the_same_model(tmp_path, monkeypatch,
 
     monkeypatch.setenv("LORASUM_MODEL_CACHE", "off")
     assert model_cache_root() is None
+
+
+def test_a_cache_folder_that_cannot_be_written_is_skipped_with_a_warning(tmp_path, tiny_llama, tiny_tokenizer, caplog):
+    from lorasum.models import _save_converted
+
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    with caplog.at_level("WARNING", logger="lorasum"):
+        _save_converted(blocked / "cache" / "m", tmp_path / "m.gguf", tiny_llama, tiny_tokenizer)
+    assert "could not keep the converted model" in caplog.text and blocked.read_text() == "not a folder"
+    _save_converted(tmp_path / "ok", tmp_path / "m.gguf", tiny_llama, tiny_tokenizer)  # the same model: kept
+    model, _, info = load_model(str(tmp_path / "ok"), device="cpu")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), tiny_llama.state_dict().values()))

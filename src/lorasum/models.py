@@ -295,6 +295,8 @@ def _from_pretrained(loader: Any, source: str, extra: dict[str, Any], hub: bool,
 
 
 _CACHE_DONE = "lorasum_converted.json"
+#: GGUF models whose float32 weights are larger than this are converted at every load, not kept
+CACHE_MAX_BYTES = 4 * 2**30
 
 
 def model_cache_root() -> Path | None:
@@ -338,6 +340,11 @@ def _save_converted(folder: Path, gguf: Path, model: transformers.PreTrainedMode
 
     from lorasum.storage import atomic_dir
 
+    size = sum(p.numel() * 4 for p in model.parameters())
+    if size > CACHE_MAX_BYTES:
+        log.info("%s: not keeping its float32 conversion (%.1f GiB, more than %.1f GiB)", gguf.name, size / 2**30,
+                 CACHE_MAX_BYTES / 2**30)
+        return
     try:
         with atomic_dir(folder, overwrite=True) as tmp:
             # transformers' save_pretrained refuses a model loaded from GGUF (it counts as quantised): the
