@@ -51,6 +51,10 @@ def main() -> None:
                     help="also time the parallel variants on the adapters with the most steps only (the end of a "
                     "run, when the others have finished: each seed's merged math+medicine and triple)")
     args = ap.parse_args()
+    known = {"sequential", "parallel_sdpa_mask", "parallel_varlen", "parallel_varlen_graphs"}
+    wanted = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if not wanted or set(wanted) - known:
+        ap.error(f"--variants: choose from {', '.join(sorted(known))} (got {args.variants!r})")
     cfg = load_config(args.config)
     if args.model:
         cfg = cfg.model_copy(update={"model": args.model})
@@ -66,6 +70,10 @@ def main() -> None:
             "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
             "torch": torch.__version__}
     tmp = Path(tempfile.mkdtemp(prefix="bench-parallel-"))
+    import atexit
+    import shutil
+
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)  # the adapters trained here are not kept
 
     def measure(name, fn, n_adapters):
         for steps in (args.warmup, args.steps):
@@ -103,8 +111,8 @@ def main() -> None:
         variants[name] = (lambda name=name, varlen=varlen, graphs=graphs: [
             measure(name + suffix, parallel(varlen, graphs, subset), len(subset))
             for suffix, subset in [("", every)] + ([("_tail", tail)] if args.tail else [])])
-    for name in args.variants.split(","):
-        variants[name.strip()]()
+    for name in wanted:
+        variants[name]()
     if args.compile:
         cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"compile": True})})
         measure("parallel_varlen_graphs_compiled", parallel(None, True, every), len(every))

@@ -124,7 +124,7 @@ def test_gguf_conversion_is_kept_and_gives_the_same_model(tmp_path, monkeypatch,
     keyed by it stay valid); a damaged copy is converted again; a model too large for the cache is not kept."""
     import transformers.modeling_gguf_pytorch_utils as gguf_utils
 
-    from lorasum.models import model_cache_root
+    from lorasum.models import load_tokenizer, model_cache_root
 
     import lorasum.models as models
 
@@ -156,13 +156,42 @@ def test_gguf_conversion_is_kept_and_gives_the_same_model(tmp_path, monkeypatch,
     assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
     assert all(tok(t)["input_ids"] == ref_tok(t)["input_ids"] for t in texts) and tok.pad_token == ref_tok.pad_token
 
-    with open(kept / "model.safetensors", "r+b") as f:  # damaged: converted again, and kept again
-        f.truncate(1000)
+    # every file is checked against the SHA-256 recorded when it was written
+    from lorasum.models import _check_converted
+
+    record = (kept / "lorasum_converted.json").read_text()
+    tok_config = (kept / "tokenizer_config.json").read_text()
+    for damage, message in [
+        (lambda: (kept / "lorasum_converted.json").write_text(record.replace('"config_hash"', '"other"')),
+         "not a record"),
+        (lambda: (kept / "lorasum_converted.json").write_text("[1]"), "not a record"),
+        (lambda: (kept / "tokenizer_config.json").write_text("[1]"), "changed since it was written"),
+        (lambda: (kept / "notes.txt").write_text("x"), "differ from those recorded"),
+    ]:
+        damage()
+        with pytest.raises(ModelError, match=message):
+            _check_converted("smollm2-135m", kept)
+        (kept / "lorasum_converted.json").write_text(record)
+        (kept / "tokenizer_config.json").write_text(tok_config)
+        (kept / "notes.txt").unlink(missing_ok=True)
+    _check_converted("smollm2-135m", kept)
+    assert oct((kept / "model.safetensors").stat().st_mode & 0o044) == oct(0o044)  # readable as the others
+
+    (kept / "tokenizer_config.json").write_text("[1]")  # the tokenizer alone: read from the GGUF file instead
+    with caplog.at_level("WARNING", logger="lorasum"):
+        assert load_tokenizer("smollm2-135m")(texts[1])["input_ids"] == ref_tok(texts[1])["input_ids"]
+    assert "reading the GGUF file" in caplog.text
+    (kept / "tokenizer_config.json").write_text(tok_config)
+
+    with open(kept / "model.safetensors", "r+b") as f:  # 4 KB changed inside: converted again, and kept again
+        f.seek(300_000_000)
+        f.write(b"\x7f" * 4096)
     caplog.clear()
     with caplog.at_level("WARNING", logger="lorasum"):
-        _, _, again = load_model("smollm2-135m", device="cpu")
-    assert again == ref_info and "converting the GGUF file again" in caplog.text
-    assert (kept / "model.safetensors").stat().st_size > 100e6
+        again, _, again_info = load_model("smollm2-135m", device="cpu")
+    assert again_info == ref_info and "converting the GGUF file again" in caplog.text
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), ref.state_dict().values()))
+    _check_converted("smollm2-135m", kept)  # repaired
 
     monkeypatch.setenv("LORASUM_MODEL_CACHE", "off")
     assert model_cache_root() is None

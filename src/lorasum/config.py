@@ -45,7 +45,7 @@ class DataSpec(_Strict):
     split_seed: int = Field(0, description="seed of the train/validation/test split")
     validation_fraction: float = Field(0.05, ge=0, lt=0.5)
     test_fraction: float = Field(0.1, gt=0, lt=0.5, description="for sources without an official test split")
-    skip_bad_rows: bool = Field(False, description="skip and count malformed rows instead of failing")
+    skip_bad_rows: StrictBool = Field(False, description="skip and count malformed rows instead of failing")
     long_rows: Literal["truncate", "drop"] = Field(
         "truncate", description="examples over max_length tokens: truncate them, or drop them (counted)")
 
@@ -154,7 +154,7 @@ class LoraSpec(_Strict):
     target_modules: list[str] | None = Field(
         None, description="module name suffixes; None: c_attn, c_proj on GPT-2 and q/k/v/o/down_proj on Llama"
     )
-    init_per_adapter: bool = Field(
+    init_per_adapter: StrictBool = Field(
         False, description="False: every adapter of a seed starts from the same random LoRA A (PEFT's init drawn "
         "from the run seed); True: each adapter draws its A from its own seed, derived from the run seed and its "
         "domains, so adapters start independent")
@@ -172,9 +172,9 @@ class TrainSpec(_Strict):
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
     max_grad_norm: float | None = Field(1.0, gt=0)
     loss_on: Literal["answer", "all"] = Field("answer", description="tokens that carry the loss: answer or all")
-    packing: bool = Field(True, description="pack examples into rows (exact: no attention or loss across examples)")
+    packing: StrictBool = Field(True, description="pack examples into rows (exact: no attention or loss across examples)")
     pack_length: int = Field(1024, gt=8, description="tokens per packed row (at least the longest example)")
-    compile: bool = Field(False, description="torch.compile the decoder layers (CUDA; pays off on long runs)")
+    compile: StrictBool = Field(False, description="torch.compile the decoder layers (CUDA; pays off on long runs)")
     checkpoint_every: int | None = Field(
         200, gt=0, description="save a resumable checkpoint every N optimiser steps (None: only on SIGINT/SIGTERM)")
     parallel_adapters: StrictInt = Field(
@@ -215,7 +215,7 @@ class ExperimentConfig(_Strict):
     lora: LoraSpec = LoraSpec()
     train: TrainSpec = TrainSpec()
     eval: EvalSpec = EvalSpec()
-    hybrids: bool = Field(True, description="also evaluate merged(S∖{d}) + single(d) for each subset S of >= 3 "
+    hybrids: StrictBool = Field(True, description="also evaluate merged(S∖{d}) + single(d) for each subset S of >= 3 "
                           "domains and each d in S (exact sum; arXiv 2508.11985's hybrids)")
     methods: list[str] = Field(default_factory=lambda: ["sum"], min_length=1,
                                description="composition methods from lorasum.compose.METHODS, each applied to the "

@@ -355,14 +355,53 @@ def _save_converted(folder: Path, gguf: Path, model: transformers.PreTrainedMode
             plain = type(model.config).from_dict(config)
             plain.save_pretrained(str(tmp))
             tokenizer.save_pretrained(str(tmp))
-            # ModelInfo.config_hash stays that of the GGUF load (whose config names the GGUF quantisation)
+            mode = 0o666 & ~_umask()
+            for f in tmp.iterdir():  # safetensors writes 0600: readable as the other files, for a shared cache
+                os.chmod(f, mode)
+            # ModelInfo.config_hash stays that of the GGUF load (whose config names the GGUF quantisation);
+            # every file's SHA-256 is checked at each load
             (tmp / _CACHE_DONE).write_text(json.dumps({
                 "gguf": str(gguf), "transformers": transformers.__version__,
-                "config_hash": _config_hash(model.config), "converted_config_hash": _config_hash(plain)}))
+                "config_hash": _config_hash(model.config), "converted_config_hash": _config_hash(plain),
+                "files": {f.name: _file_sha256(f) for f in sorted(tmp.iterdir())}}))
         log.info("converted %s once; kept in %s (LORASUM_MODEL_CACHE=off to turn off)", gguf.name, folder)
     except Exception as e:  # noqa: BLE001 - never fail a load because of the cache
         log.warning("could not keep the converted model in %s (%s); the next load converts it again", folder,
                     _first_line(e))
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _check_converted(name: str, folder: Path) -> str:
+    """Check a converted folder against its ``lorasum_converted.json`` (every file's SHA-256); return the
+    config hash of the GGUF load it came from.
+
+    Raises:
+        ModelError: the record is unreadable or malformed, or a file is missing, extra or changed.
+    """
+    done = folder / _CACHE_DONE
+    try:
+        meta = json.loads(done.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{name}: {done}: unreadable ({_first_line(e)})") from None
+    files = meta.get("files") if isinstance(meta, dict) else None
+    if not (isinstance(files, dict) and files and all(isinstance(v, str) for v in files.values())
+            and isinstance(meta.get("config_hash"), str) and isinstance(meta.get("converted_config_hash"), str)):
+        raise ModelError(f"{name}: {done}: not a record of a converted model")
+    present = {f.name for f in folder.iterdir()} - {_CACHE_DONE}
+    if present != set(files) - {_CACHE_DONE}:
+        raise ModelError(f"{name}: {folder}: its files differ from those recorded in {_CACHE_DONE}")
+    for fname, digest in files.items():
+        try:
+            if _file_sha256(folder / fname) != digest:
+                raise ModelError(f"{name}: {folder / fname}: changed since it was written (SHA-256 differs)")
+        except OSError as e:
+            raise ModelError(f"{name}: {folder / fname}: unreadable ({_first_line(e)})") from None
+    return meta["config_hash"]
 
 
 def _cached_source(name: str, source: str, extra: dict[str, Any]) -> tuple[str, dict[str, Any], Path | None]:
@@ -415,15 +454,18 @@ def load_model(
     display_source = str(Path(source) / extra["gguf_file"]) if "gguf_file" in extra else source
     gguf_source, gguf_extra = source, extra
     source, extra, convert_to = _cached_source(name, source, extra)
-    try:
+    if source == gguf_source:
         return _load(name, source, extra, hub, dev, torch_dtype, allow_pickle, display_source, convert_to)
-    except ModelError as e:
-        if source == gguf_source:
-            raise
-        log.warning("%s: the converted copy in %s is unreadable (%s); converting the GGUF file again", name,
-                    source, e)
-        return _load(name, gguf_source, gguf_extra, hub, dev, torch_dtype, allow_pickle, display_source,
-                     Path(source))
+    try:  # the converted copy: checked file by file, and any failure to load it means converting again
+        config_hash = _check_converted(name, Path(source))
+        model, tokenizer, info = _load(name, source, extra, hub, dev, torch_dtype, allow_pickle, display_source, None)
+        if info.config_hash != json.loads((Path(source) / _CACHE_DONE).read_text())["converted_config_hash"]:
+            raise ModelError(f"{name}: {source}: config.json does not match {_CACHE_DONE}")
+        return model, tokenizer, dataclasses.replace(info, config_hash=config_hash)
+    except Exception as e:  # noqa: BLE001 - the cache only saves time: never fail a load because of it
+        log.warning("%s: the converted copy in %s is unusable (%s); converting the GGUF file again", name,
+                    source, _first_line(e))
+    return _load(name, gguf_source, gguf_extra, hub, dev, torch_dtype, allow_pickle, display_source, Path(source))
 
 
 def _load(name, source, extra, hub, dev, torch_dtype, allow_pickle, display_source, convert_to):
@@ -452,15 +494,6 @@ def _load(name, source, extra, hub, dev, torch_dtype, allow_pickle, display_sour
             raise ModelError(f"{name}: tokenizer has neither a pad nor an eos token")
         tokenizer.pad_token = tokenizer.eos_token
     info = describe_model(model, name=name, source=display_source)
-    done = Path(source) / _CACHE_DONE
-    if convert_to is None and done.is_file():  # loaded from the cache: the GGUF load's ModelInfo
-        try:
-            meta = json.loads(done.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise ModelError(f"{name}: {done}: unreadable ({_first_line(e)})") from None
-        if not isinstance(meta, dict) or meta.get("converted_config_hash") != info.config_hash:
-            raise ModelError(f"{name}: {done}: does not describe the converted model next to it")
-        info = dataclasses.replace(info, config_hash=str(meta["config_hash"]))
     return model, tokenizer, info
 
 
@@ -475,11 +508,15 @@ def load_tokenizer(name: str = "gpt2") -> transformers.PreTrainedTokenizerBase:
     """
     source, extra, hub = _resolve(name)
     cached, cached_extra, _ = _cached_source(name, source, extra)
-    try:
-        tokenizer = _from_pretrained(transformers.AutoTokenizer, cached, cached_extra, hub, name)
-    except ModelError:
-        if cached == source:
-            raise
+    tokenizer = None
+    if cached != source:
+        try:
+            _check_converted(name, Path(cached))
+            tokenizer = _from_pretrained(transformers.AutoTokenizer, cached, cached_extra, hub, name)
+        except Exception as e:  # noqa: BLE001 - the GGUF file itself, as without the cache
+            log.warning("%s: the converted copy in %s is unusable (%s); reading the GGUF file", name, cached,
+                        _first_line(e))
+    if tokenizer is None:
         tokenizer = _from_pretrained(transformers.AutoTokenizer, source, extra, hub, name)
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
