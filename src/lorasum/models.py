@@ -15,7 +15,6 @@ says what to install or pass.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib.util
 import json
 import logging
@@ -31,7 +30,7 @@ import transformers
 from packaging.version import Version
 
 from lorasum.errors import ConfigError, ModelError
-from lorasum.storage import PICKLE_SUFFIXES, pickle_allowed, sha256_json
+from lorasum.storage import PICKLE_SUFFIXES, _umask, pickle_allowed, sha256_file, sha256_json
 
 log = logging.getLogger("lorasum")
 
@@ -312,14 +311,6 @@ def model_cache_root() -> Path | None:
     return Path(base) / "lorasum" / "models"
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _gguf_cache_dir(gguf: Path) -> Path | None:
     """The cache folder of a GGUF file's conversion (keyed by its SHA-256 and the transformers
     version that converted it), or None when the cache is off or the file unreadable."""
@@ -327,7 +318,7 @@ def _gguf_cache_dir(gguf: Path) -> Path | None:
     if root is None:
         return None
     try:
-        digest = _file_sha256(gguf)
+        digest = sha256_file(gguf)
     except OSError:
         return None
     return root / f"{gguf.stem}-{digest[:16]}-transformers{transformers.__version__}"
@@ -363,22 +354,16 @@ def _save_converted(folder: Path, gguf: Path, model: transformers.PreTrainedMode
             (tmp / _CACHE_DONE).write_text(json.dumps({
                 "gguf": str(gguf), "transformers": transformers.__version__,
                 "config_hash": _config_hash(model.config), "converted_config_hash": _config_hash(plain),
-                "files": {f.name: _file_sha256(f) for f in sorted(tmp.iterdir())}}))
+                "files": {f.name: sha256_file(f) for f in sorted(tmp.iterdir())}}))
         log.info("converted %s once; kept in %s (LORASUM_MODEL_CACHE=off to turn off)", gguf.name, folder)
     except Exception as e:  # noqa: BLE001 - never fail a load because of the cache
         log.warning("could not keep the converted model in %s (%s); the next load converts it again", folder,
                     _first_line(e))
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _check_converted(name: str, folder: Path) -> str:
+def _check_converted(name: str, folder: Path) -> tuple[str, str]:
     """Check a converted folder against its ``lorasum_converted.json`` (every file's SHA-256); return the
-    config hash of the GGUF load it came from.
+    config hash of the GGUF load it came from and that of the converted config.
 
     Raises:
         ModelError: the record is unreadable or malformed, or a file is missing, extra or changed.
@@ -397,11 +382,11 @@ def _check_converted(name: str, folder: Path) -> str:
         raise ModelError(f"{name}: {folder}: its files differ from those recorded in {_CACHE_DONE}")
     for fname, digest in files.items():
         try:
-            if _file_sha256(folder / fname) != digest:
+            if sha256_file(folder / fname) != digest:
                 raise ModelError(f"{name}: {folder / fname}: changed since it was written (SHA-256 differs)")
         except OSError as e:
             raise ModelError(f"{name}: {folder / fname}: unreadable ({_first_line(e)})") from None
-    return meta["config_hash"]
+    return meta["config_hash"], meta["converted_config_hash"]
 
 
 def _cached_source(name: str, source: str, extra: dict[str, Any]) -> tuple[str, dict[str, Any], Path | None]:
@@ -439,9 +424,11 @@ def load_model(
     CLI's ``--allow-pickle``).
 
     A GGUF model (such as ``smollm2-135m``) is converted by transformers at its first load (about
-    25 s on a CPU: the file is parsed and dequantised) and the float32 result kept in
-    :func:`model_cache_root`; later loads read it from there (safetensors, about 1 s) and give
-    the same weights, tokenizer and :class:`ModelInfo`.
+    17 s on a CPU: the file is parsed and dequantised) and the float32 result kept in
+    :func:`model_cache_root` (files checked by SHA-256 at each load; a model over
+    :data:`CACHE_MAX_BYTES` is not kept); later loads read it from there (safetensors, under a
+    second) and give the same weights, tokenizer and :class:`ModelInfo`. A kept copy that cannot
+    be used is converted again, with a warning.
 
     Raises:
         ModelError: the model cannot be found or loaded, or has only pickle weights (one
@@ -457,9 +444,9 @@ def load_model(
     if source == gguf_source:
         return _load(name, source, extra, hub, dev, torch_dtype, allow_pickle, display_source, convert_to)
     try:  # the converted copy: checked file by file, and any failure to load it means converting again
-        config_hash = _check_converted(name, Path(source))
+        config_hash, converted_hash = _check_converted(name, Path(source))
         model, tokenizer, info = _load(name, source, extra, hub, dev, torch_dtype, allow_pickle, display_source, None)
-        if info.config_hash != json.loads((Path(source) / _CACHE_DONE).read_text())["converted_config_hash"]:
+        if info.config_hash != converted_hash:
             raise ModelError(f"{name}: {source}: config.json does not match {_CACHE_DONE}")
         return model, tokenizer, dataclasses.replace(info, config_hash=config_hash)
     except Exception as e:  # noqa: BLE001 - the cache only saves time: never fail a load because of it

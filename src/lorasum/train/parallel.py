@@ -266,20 +266,16 @@ class _AdamW:
         value enters the computation, so the step can be captured in a CUDA graph)."""
         if bias is None:
             self.steps += 1
+            bias1, bias2_sqrt = 1 - self.beta1 ** self.steps, math.sqrt(1 - self.beta2 ** self.steps)
+        else:
+            bias1, bias2_sqrt = bias[0], bias[1]
         params, grads = self.params, [p.grad for p in self.params]
         torch._foreach_mul_(params, self._per_adapter(1 - lr * self.weight_decay))
         torch._foreach_lerp_(self.exp_avg, grads, 1 - self.beta1)
         torch._foreach_mul_(self.exp_avg_sq, self.beta2)
         torch._foreach_addcmul_(self.exp_avg_sq, grads, grads, 1 - self.beta2)
-        if bias is None:
-            bias1, bias2_sqrt = 1 - self.beta1 ** self.steps, math.sqrt(1 - self.beta2 ** self.steps)
-        else:
-            bias1, bias2_sqrt = bias[0], bias[1]
         denom = torch._foreach_sqrt(self.exp_avg_sq)
-        if bias is None:
-            torch._foreach_div_(denom, bias2_sqrt)
-        else:
-            torch._foreach_div_(denom, [bias2_sqrt] * len(denom))
+        torch._foreach_div_(denom, bias2_sqrt if bias is None else [bias2_sqrt] * len(denom))
         torch._foreach_add_(denom, self.eps)
         update = torch._foreach_div(self.exp_avg, denom)
         torch._foreach_mul_(update, self._per_adapter(-lr / bias1))
@@ -601,26 +597,24 @@ def _loop(model, tokenizer, tasks, outs, encoded, layers, router, config, lora, 
             for j in active:
                 n_answer[j] = max(1, sum(n_labelled[j][i] for jj, idx in picked if jj == j for i in idx))
             n_answer_dev = n_answer.to(device, non_blocking=True)
-            if static is not None:
+            # finished adapters get learning rate 0: their slices stay as they were saved
+            lr = torch.tensor([train.learning_rate * schedules[j](step) if j in active else 0.0 for j in range(k)])
+            if static is not None:  # static buffers, replayed as CUDA graphs (lorasum.train.parallel_graphs)
                 for part in window:
                     static.run_pass(static_layout(part, pad_id, n_answer, k, static.max_seqlen))
-                lr = torch.tensor([train.learning_rate * schedules[j](step) if j in active else 0.0 for j in range(k)])
                 static.optimizer_step(lr)
                 losses.append(static.take_losses(n_answer_dev))
-                window = []
-            step_nll = torch.zeros(k, device=device)
-            for batch in window:  # token-weighted mean of each adapter over its whole step, as in train_adapter
-                router.route(batch["groups"].to(device, non_blocking=True))
-                nll, flat = token_nll(model, batch)
-                owner = batch["groups"].flatten()[flat].to(device, non_blocking=True)
-                per_adapter = torch.zeros(k, device=device).index_add(0, owner, nll)
-                (per_adapter / n_answer_dev).sum().backward()
-                step_nll += per_adapter.detach()
-            if static is None:
+            else:
+                step_nll = torch.zeros(k, device=device)
+                for batch in window:  # token-weighted mean of each adapter over its whole step, as in train_adapter
+                    router.route(batch["groups"].to(device, non_blocking=True))
+                    nll, flat = token_nll(model, batch)
+                    owner = batch["groups"].flatten()[flat].to(device, non_blocking=True)
+                    per_adapter = torch.zeros(k, device=device).index_add(0, owner, nll)
+                    (per_adapter / n_answer_dev).sum().backward()
+                    step_nll += per_adapter.detach()
                 if train.max_grad_norm is not None:
                     optimizer.clip(train.max_grad_norm)
-                # finished adapters get learning rate 0: their slices stay as they were saved
-                lr = torch.tensor([train.learning_rate * schedules[j](step) if j in active else 0.0 for j in range(k)])
                 optimizer.step(lr.to(device, non_blocking=True))
                 optimizer.zero_grad()
                 losses.append(step_nll / n_answer_dev)

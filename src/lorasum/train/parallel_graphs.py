@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from lorasum.data.tokenize import IGNORE_INDEX
-from lorasum.evaluate.nll import _split_head, _unwrap, fast_attention
+from lorasum.evaluate.nll import _split_head, _to, _unwrap, fast_attention
 
 __all__ = ["GRANULE", "GraphedPasses", "static_layout"]
 
@@ -272,9 +272,3 @@ class GraphedPasses:
 
 def _pinned(t: torch.Tensor) -> torch.Tensor:
     return t.pin_memory() if torch.cuda.is_available() else t
-
-
-def _to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    if device.type == "cuda":
-        return t.pin_memory().to(device, non_blocking=True)
-    return t.to(device)
