@@ -105,15 +105,17 @@ def test_parallel_training_on_cuda_matches_sequential(tmp_path, tiny_tokenizer, 
     assert model.config._attn_implementation == "sdpa"
 
 
-def test_varlen_attention_on_cuda_equals_masked_sdpa(tiny_tokenizer, tiny_llama):
-    """torch's varlen_attn through lorasum.train.varlen gives the packed batch's per-token NLL of masked SDPA."""
+@pytest.mark.parametrize("model_fixture", ["tiny_gpt2", "tiny_llama"])
+def test_varlen_attention_on_cuda_equals_masked_sdpa(request, tiny_tokenizer, model_fixture):
+    """torch's varlen_attn through lorasum.train.varlen gives the packed batch's per-token NLL of masked SDPA
+    (GPT-2: learned absolute positions and Conv1D; Llama: rotary positions)."""
     from test_train_packing import RECORDS as LONG
 
     from lorasum.evaluate.nll import token_nll
     from lorasum.train.packing import pack
     from lorasum.train.varlen import varlen_attention, varlen_kwargs, varlen_supported
 
-    model = tiny_llama.to(device="cuda", dtype=torch.bfloat16)
+    model = request.getfixturevalue(model_fixture).to(device="cuda", dtype=torch.bfloat16)
     assert varlen_supported(model)
     batch = pack([encode_record(tiny_tokenizer, r, 64) for r in LONG], 40, tiny_tokenizer.pad_token_id)
     with torch.no_grad():
@@ -124,18 +126,19 @@ def test_varlen_attention_on_cuda_equals_masked_sdpa(tiny_tokenizer, tiny_llama)
     torch.testing.assert_close(got, ref, rtol=2e-2, atol=2e-2)
 
 
-@pytest.mark.parametrize("compile", [False, True])
-def test_parallel_cuda_graphs_match_eager_passes(tmp_path, tiny_tokenizer, tiny_llama, compile):
+@pytest.mark.parametrize(("model_fixture", "compile"), [("tiny_llama", False), ("tiny_llama", True),
+                                                         ("tiny_gpt2", False), ("tiny_gpt2", True)])
+def test_parallel_cuda_graphs_match_eager_passes(request, tmp_path, tiny_tokenizer, model_fixture, compile):
     """Passes replayed as CUDA graphs (lorasum.train.parallel_graphs; several passes a step, so several
     graph shapes) give the losses and adapters of the eager passes, up to bfloat16 rounding; with dropout
-    they train too. Also with the decoder layers compiled."""
+    they train too. Also with the decoder layers compiled; GPT-2 (Conv1D, learned positions) and Llama."""
     import json
 
     from safetensors.torch import load_file
 
     from lorasum.train import AdapterTask, train_adapters
 
-    model = tiny_llama.to(device="cuda", dtype=torch.bfloat16)
+    model = request.getfixturevalue(model_fixture).to(device="cuda", dtype=torch.bfloat16)
     info = describe_model(model, name="tiny")
     recs = [RECORDS, RECORDS[::-1], RECORDS[2:] + RECORDS[:2]]
     train = TrainSpec(learning_rate=1e-2, max_steps=12, batch_size=3, pack_length=64, parallel_max_tokens=40,
