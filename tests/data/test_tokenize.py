@@ -213,6 +213,25 @@ def test_batched_encoding_equals_one_record_at_a_time(tiny_tokenizer, loss_on, m
     assert encode_records(tiny_tokenizer, [], 64) == []
 
 
+def test_record_lists_encode_each_shared_record_once(tiny_tokenizer, monkeypatch):
+    """encode_record_lists equals encode_records of each list; a record held by several lists (the same
+    object, as the merged-data adapters hold the single-domain records) is tokenised once and shared;
+    an equal but distinct record is encoded on its own."""
+    from lorasum.data import tokenize
+
+    recs = [Record(id=f"r{i}", domain="d", question=f"question {i} ?", answer=f"answer {i}" * (i + 1))
+            for i in range(5)]
+    twin = Record(id="r0", domain="d", question="question 0 ?", answer="answer 0")
+    lists = [recs[:2], recs[2:], recs[:2] + recs[3:], [], [recs[4], twin]]
+    calls = []
+    real = tokenize.encode_records
+    monkeypatch.setattr(tokenize, "encode_records", lambda tok, r, *a, **k: calls.append(len(r)) or real(tok, r, *a, **k))
+    got = tokenize.encode_record_lists(tiny_tokenizer, lists, 12)
+    assert calls == [6]  # five distinct records and the twin, in one call
+    assert got == [real(tiny_tokenizer, rs, 12) for rs in lists]
+    assert got[2][0] is got[0][0] and got[4][0] is got[1][2] and got[4][1] is not got[0][0]
+
+
 @pytest.mark.parametrize("template,context,want", [
     ("{context}\n\nQ: {question}\nA:", "the cat", "the cat\n\nQ: is the sun red ?\nA:"),
     ("Q: {question} A:", "the cat", "Q: is the sun red ? A:"),  # no {context}: the context is not shown

@@ -261,3 +261,19 @@ def test_checkpoint_of_other_base_weights_is_refused(tiny_gpt2, tiny_tokenizer, 
     with pytest.raises(CheckpointError, match="other settings, data, model"):
         _train(other, tiny_tokenizer, out, resume=True)
     _train(tiny_gpt2, tiny_tokenizer, out, resume=True)  # the original model continues it
+
+
+def test_examples_hash_memo_gives_the_same_digest_and_sees_every_change():
+    """The training-data fingerprint of a checkpoint: the memo (tasks sharing examples) changes nothing,
+    and a changed token, label or order changes the digest."""
+    from lorasum.data.tokenize import Encoded
+    from lorasum.train.loop import _examples_hash
+
+    a, b = Encoded([1, 2, 3], [-100, 2, 3]), Encoded([4, 5], [-100, 5])
+    memo: dict[int, bytes] = {}
+    plain = _examples_hash([a, b])
+    assert _examples_hash([a, b], memo) == plain and len(memo) == 2
+    assert _examples_hash([a, b], memo) == plain  # from the memo
+    changed = {_examples_hash(x) for x in ([b, a], [a], [Encoded([1, 2, 3], [-100, -100, 3]), b],
+                                           [Encoded([1, 2, 4], [-100, 2, 3]), b], [Encoded([1, 2], [3, -100, 2]), b])}
+    assert plain not in changed and len(changed) == 5

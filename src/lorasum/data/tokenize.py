@@ -39,8 +39,8 @@ import torch
 from lorasum.data.records import Record
 
 __all__ = [
-    "format_prompt", "Encoded", "encode_record", "encode_records", "collate", "sliding_windows", "IGNORE_INDEX",
-    "LossOn",
+    "format_prompt", "Encoded", "encode_record", "encode_records", "encode_record_lists", "collate", "sliding_windows",
+    "IGNORE_INDEX", "LossOn",
 ]
 
 #: Which tokens carry the loss: the answer (and eos) only, or every token of the example.
@@ -160,6 +160,31 @@ def encode_records(
     answers = ids([" " + r.answer for r in records])
     return [_assemble(prefix, suffix, c, q, a + eos, max_length, loss_on)
             for c, q, a in zip(contexts, questions, answers)]
+
+
+def encode_record_lists(
+    tokenizer, record_lists: list[list[Record]], max_length: int | None, add_eos: bool = True,
+    loss_on: LossOn = "answer",
+) -> list[list[Encoded]]:
+    """:func:`encode_records` of each list, each distinct record tokenised once however many lists hold it.
+
+    Records are matched by identity (the same :class:`Record` object), as when the merged-data
+    adapters of an experiment take the records of the single-domain ones: the 21 adapters of
+    ``configs/paper.yaml`` hold each training record 12 times. Lists of the result share the
+    :class:`Encoded` objects of a shared record (they are frozen).
+
+    Raises:
+        ValueError: as :func:`encode_records`.
+    """
+    index: dict[int, int] = {}
+    unique: list[Record] = []
+    for records in record_lists:
+        for r in records:
+            if id(r) not in index:
+                index[id(r)] = len(unique)
+                unique.append(r)
+    encoded = encode_records(tokenizer, unique, max_length, add_eos=add_eos, loss_on=loss_on)
+    return [[encoded[index[id(r)]] for r in records] for records in record_lists]
 
 
 def _assemble(prefix: list[int], suffix: list[int], context: list[int], question: list[int], answer: list[int],

@@ -68,7 +68,7 @@ from tqdm.auto import tqdm
 from lorasum.adapters import LoraFactor, _PREFIX, _SUFFIX_A, _SUFFIX_B
 from lorasum.config import LoraSpec, TrainSpec
 from lorasum.data.records import Record
-from lorasum.data.tokenize import IGNORE_INDEX, encode_records
+from lorasum.data.tokenize import IGNORE_INDEX, encode_record_lists
 from lorasum.errors import ConfigError, DataError
 from lorasum.evaluate.nll import perplexity, token_nll
 from lorasum.models import ModelInfo, check_context
@@ -76,8 +76,8 @@ from lorasum.storage import atomic_dir, atomic_write_json, check_output
 from lorasum.train.checkpoint import TrainingDiverged, fingerprint, prepare_checkpoint
 from lorasum.train.parallel_checkpoint import load_group_checkpoint, restore_group_checkpoint, save_group_checkpoint
 from lorasum.models import weights_digest
-from lorasum.train.loop import (ADAPTER_META_FILE, _LOG_TAIL, TrainResult, _compiled, _examples_hash, _init_seed,
-                                _lora_config, _metadata, _micro_batches, _seed_everything, _total_steps)
+from lorasum.train.loop import (ADAPTER_META_FILE, _LOG_TAIL, _VAL_BATCH, _VAL_MAX_TOKENS, TrainResult, _compiled,
+                                _examples_hash, _init_seed, _lora_config, _metadata, _micro_batches, _seed_everything, _total_steps)
 from lorasum.train.packing import pack, packing_is_exact
 from lorasum.train.varlen import attention_implementation, varlen_attention, varlen_kwargs, varlen_supported
 
@@ -445,18 +445,20 @@ def train_adapters(
         raise ParallelUnsupported("training adapters in parallel needs packed rows (train.packing: true, and a model "
                           "whose attention keeps packed examples apart); set train.parallel_adapters: 1")
     config = _lora_config(lora, model_info)
-    encoded = [encode_records(tokenizer, t.records, max_length, loss_on=train.loss_on) for t in tasks]
+    # each record once: the merged-data adapters hold the single-domain adapters' records
+    encoded = encode_record_lists(tokenizer, [t.records for t in tasks], max_length, loss_on=train.loss_on)
     check_context(model, max(len(e.input_ids) for enc in encoded for e in enc))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     ckpt = None
     if checkpoint is not None:
         ckpt_path = Path(checkpoint)
+        memo: dict[int, bytes] = {}
         group_id = fingerprint(
             model=[model_info.name, model_info.config_hash, weights_digest(model)], max_length=max_length,
             lora=lora.model_dump(mode="json"),
             train=train.model_dump(mode="json",
                                    exclude={"checkpoint_every", "parallel_max_tokens", "parallel_adapters"}),
-            adapters=[[t.seed, _examples_hash(enc), (t.meta or {}).get("domains")] for t, enc in zip(tasks, encoded)])
+            adapters=[[t.seed, _examples_hash(enc, memo), (t.meta or {}).get("domains")] for t, enc in zip(tasks, encoded)])
         ckpt = (ckpt_path, group_id, prepare_checkpoint(ckpt_path, resume=resume, overwrite=overwrite))
     requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
     was_training = model.training
@@ -537,7 +539,12 @@ def _loop(model, tokenizer, tasks, outs, encoded, layers, router, config, lora, 
     schedules = [linear_schedule(round(train.warmup_ratio * n), n) for n in totals]
     streams = [_micro_batches(len(enc), train.batch_size, torch.Generator().manual_seed(t.seed))
                for t, enc in zip(tasks, encoded)]
-    n_labelled = [[sum(1 for v in e.labels[1:] if v != IGNORE_INDEX) for e in enc] for enc in encoded]
+    labelled: dict[int, int] = {}  # per Encoded object: tasks share them
+    for enc in encoded:
+        for e in enc:
+            if id(e) not in labelled:
+                labelled[id(e)] = sum(1 for v in e.labels[1:] if v != IGNORE_INDEX)
+    n_labelled = [[labelled[id(e)] for e in enc] for enc in encoded]
     _seed_everything(tasks[0].seed)  # dropout masks of the shared passes
     losses: list[torch.Tensor] = []
     tokens = [0] * k
@@ -668,8 +675,8 @@ def _finish(model, tokenizer, task, out, j, group, layers, router, losses, token
     if task.validation:
         log.info("validation: scoring %d examples for %s", len(task.validation), out.name)
         router.route(j)
-        val_loss = perplexity(model, tokenizer, task.validation, max_length=max_length, batch_size=train.batch_size,
-                              loss_on=train.loss_on, progress=progress).mean_nll
+        val_loss = perplexity(model, tokenizer, task.validation, max_length=max_length, batch_size=_VAL_BATCH,
+                              max_tokens=_VAL_MAX_TOKENS, loss_on=train.loss_on, progress=progress).mean_nll
     n_tail = max(1, round(_LOG_TAIL * len(values)))
     summary = {"steps": len(values), "tokens": tokens, "seconds": seconds, "final_loss": sum(values[-n_tail:]) / n_tail,
                "val_loss": val_loss, "packed": True, "parallel_adapters": k, "trained_with": group,
