@@ -8,7 +8,7 @@ of each (model, seed, domain) perplexity from an earlier results.json (training 
 dropout masks when examples are packed, so the numbers agree closely but not exactly).
 
 Run: LORASUM_DATA_ROOT=... python benchmarks/bench_paper.py --config configs/gpu-smollm2.yaml
-         --out runs/bench-paper [--compare results/gpu-smollm2/results.json] [--compile]
+         --out runs/bench-paper [--compare results/gpu-smollm2/results.json] [--compile] [--resume]
 """
 
 from __future__ import annotations
@@ -37,6 +37,9 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="set train.compile (torch.compile the decoder layers)")
     ap.add_argument("--model", help="override the config's model (e.g. smollm2-135m where GPT-2 is unavailable)")
     ap.add_argument("--parallel", type=int, help="set train.parallel_adapters (0: all adapters in one pass)")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue the run in --out (e.g. one stopped by SIGTERM at a call's time limit) instead of "
+                         "starting it over; wall_seconds and timings are then this process's part")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
@@ -48,14 +51,15 @@ def main() -> None:
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     t = time.perf_counter()
-    results = run_experiment(cfg, args.out, overwrite=True, progress=False)
+    results = run_experiment(cfg, args.out, overwrite=not args.resume, progress=False)
     wall = time.perf_counter() - t
     trained = [a["train"] for a in results["adapters"] if a.get("train")]
     out = {
         "benchmark": "full_experiment", "config": args.config, "seeds": cfg.seeds, "model": cfg.model, "compile": cfg.train.compile,
         "parallel_adapters": cfg.train.parallel_adapters,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-        "wall_seconds": round(wall, 1), "adapters_trained": len(trained),
+        "wall_seconds": round(wall, 1), "resumed": args.resume, "timings": results.get("timings"),
+        "adapters_trained": len(trained),
         # adapters trained together share one loop: its time is the longest of theirs, not the sum
         "train_seconds": round(max(a["seconds"] for a in trained) if cfg.train.parallel_adapters != 1
                                else sum(a["seconds"] for a in trained), 1),

@@ -87,7 +87,7 @@ def test_report_command_reads_version_1_results(tmp_path):
     assert "math+medicine+finance" in md and "Δ %" in md
 
 
-@pytest.mark.parametrize("name", ["gpu-smollm2", "gpu-methods", "four-domain", "init-per-adapter"])
+@pytest.mark.parametrize("name", ["gpu-smollm2", "gpu-methods", "four-domain", "init-per-adapter", "paper-smollm2"])
 def test_report_command_rebuilds_the_committed_reports(tmp_path, name):
     committed = Path(__file__).parents[2] / "results" / name
     (tmp_path / "results.json").write_bytes((committed / "results.json").read_bytes())

@@ -145,6 +145,22 @@ def test_every_number_carries_provenance(run):
     assert manifest["config"]["seeds"] == [0, 1] and manifest["packages"]["torch"]
 
 
+def test_results_record_where_the_time_went(run):
+    """results.json: seconds per phase (all of them, none negative, together within the wall time), the
+    device and no GPU peak on the CPU; the report's header line shows them."""
+    import json
+
+    res = run["results"]  # the first run, which trained and evaluated everything
+    t = res["timings"]
+    assert set(t) == {"load_model", "data", "train_and_compose", "evaluate", "geometry"}
+    assert all(v >= 0 for v in t.values()) and sum(t.values()) <= res["wall_seconds"] + 0.5
+    assert t["train_and_compose"] > 0 and t["evaluate"] > 0
+    assert res["device"] == "cpu" and res["peak_gpu_memory_gib"] is None
+    last = json.loads((run["out"] / "results.json").read_text(encoding="utf-8"))  # the module's reruns rewrite both
+    md = (run["out"] / "report" / "report.md").read_text(encoding="utf-8")
+    assert f"Wall time {last['wall_seconds']:.0f} s in this process (model load" in md and " on cpu." in md
+
+
 def _adapter_files(out: Path) -> dict[Path, int]:
     return {p.relative_to(out): p.stat().st_mtime_ns for p in (out / "adapters").rglob("adapter_model.safetensors")}
 

@@ -127,3 +127,20 @@ def test_verdict_warns_about_a_shared_lora_initialisation(per_adapter):
     else:
         results.get("config", {}).pop("lora", None)  # unknown (an old results.json): no claim either way
     assert ("same random LoRA A" in verdict(results)) is (per_adapter is False)
+
+
+def test_header_shows_the_runs_timings_only_where_recorded(tmp_path):
+    """Results with timings (schema 2 runs since they were added) get one line with the wall time, each
+    phase, the device and the GPU peak; results without them (earlier runs) get none and no error."""
+    results = make_results(seeds=(0,), version=1)
+    results["wall_seconds"] = 418.04
+    plain = write_report(copy.deepcopy(results), tmp_path / "a")["report.md"].read_text(encoding="utf-8")
+    assert "Wall time" not in plain
+    results |= {"timings": {"data": 0.8, "evaluate": 158.2, "geometry": 1.0, "load_model": 16.04,  # as sorted on disk
+                            "train_and_compose": 241.5},
+                "device": "cuda: NVIDIA H200", "peak_gpu_memory_gib": 31.26}
+    md = write_report(results, tmp_path / "b")["report.md"].read_text(encoding="utf-8")
+    assert ("*Wall time 418 s in this process (model load 16 s, data 1 s, training and composition 242 s, "
+            "evaluation 158 s, geometry 1 s) on cuda: NVIDIA H200, peak GPU memory 31.3 GiB.*") in md
+    results["timings"] = ["not", "a", "dict"]  # a hand-edited file: no line, no crash
+    assert "Wall time" not in write_report(results, tmp_path / "c")["report.md"].read_text(encoding="utf-8")

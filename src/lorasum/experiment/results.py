@@ -6,6 +6,10 @@ module derives everything the report reads.
 Schema version 2 (version 1 lacked ``compositions``, ``geometry`` and provenance fields)::
 
     schema_version, created, lorasum_version, config, model, data, wall_seconds
+    timings         seconds of this process per phase: load_model, data, train_and_compose, evaluate,
+                    geometry (a continued run counts only what it did itself); device; peak_gpu_memory_gib
+                    (CUDA: the process's peak, else null). Added without a version change: readers take
+                    them as optional.
     adapters[]      name, kind, method, params, domains, seed, path, key, sources (keys), train_data, train
     evaluations[]   model, kind, method, domains, seed, eval_domain, nll_sum, n_tokens, n_examples, ppl,
                     key, adapter_key, test_hash, base_model          (eval_domain "union": pooled)

@@ -112,6 +112,8 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, overwrite: bool = 
         OutputExistsError: ``out`` holds files that are not a lorasum run.
         ConfigError, DataError, ModelError: from loading the config's data and model.
     """
+    import torch
+
     from lorasum.models import load_model
     from lorasum.report import write_report
 
@@ -126,16 +128,30 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, overwrite: bool = 
             log.warning("custom_domains.%s.max_length (%d) applies to `lorasum train` on that domain alone; an "
                         "experiment cuts every domain at data.max_length (%d), so that single, merged and summed "
                         "adapters see the same examples", name, spec.max_length, cfg.data.max_length)
+    timings: dict[str, float] = {}
+    clock = [time.perf_counter()]
+
+    def lap(phase: str) -> None:
+        now = time.perf_counter()
+        timings[phase] = round(now - clock[0], 1)
+        clock[0] = now
+
     log.info("loading model %s", cfg.model)
     model, tokenizer, info = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    lap("load_model")
     data = _load_data(cfg, tokenizer)
     ctx = _Context(cfg, out, cache, data, model, tokenizer, info, progress)
+    lap("data")
 
     if cfg.train.parallel_adapters != 1:
         ctx.train_together(list(grid.adapters))
     adapters = [ctx.run_adapter(job) for job in grid.adapters]
+    lap("train_and_compose")
     evaluations = ctx.run_evaluations(grid.evaluations)
+    lap("evaluate")
     geometry, part_cosines = ctx.geometry(grid)
+    lap("geometry")
+    device = next(model.parameters()).device
     results = {
         "schema_version": RESULTS_SCHEMA_VERSION,
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -151,12 +167,24 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, overwrite: bool = 
         "compositions": composition_rows(grid, evaluations, ctx.keys, part_cosines),
         "geometry": geometry_rows(geometry),
         "wall_seconds": round(time.perf_counter() - t0, 1),
+        "timings": timings,
+        "device": _device_name(device),
+        # peak of the process (a CLI run: this run), where the model is on a CUDA GPU
+        "peak_gpu_memory_gib": (round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda"
+                                else None),
     }
     atomic_write_json(out / "results.json", results)
     write_report(results, out / "report")
     _write_run_manifest(out, cfg, data)
     log.info("done in %.0f s; report in %s", results["wall_seconds"], out / "report")
     return results
+
+
+def _device_name(device) -> str:
+    """``cuda: NVIDIA H200`` or ``cpu``: where the run computed (a ``torch.device``), for its timings."""
+    import torch
+
+    return f"cuda: {torch.cuda.get_device_name(device)}" if device.type == "cuda" else device.type
 
 
 def _write_run_manifest(out: Path, cfg: ExperimentConfig, data: dict) -> None:

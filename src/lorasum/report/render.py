@@ -249,6 +249,22 @@ def differences(results: dict) -> list[str]:
 
 
 
+def _timing_line(results: dict) -> str:
+    """The run's own timings as one italic sentence: wall time, phases, device, peak GPU memory (empty where
+    results.json has none: runs of earlier versions)."""
+    t = results.get("timings")
+    if not isinstance(t, dict) or not isinstance(results.get("wall_seconds"), (int, float)):
+        return ""
+    names = {"load_model": "model load", "data": "data", "train_and_compose": "training and composition",
+             "evaluate": "evaluation", "geometry": "geometry"}
+    order = [k for k in names if k in t] + sorted(k for k in t if k not in names)  # results.json sorts its keys
+    parts = ", ".join(f"{names.get(k, k)} {t[k]:.0f} s" for k in order if isinstance(t[k], (int, float)))
+    peak = results.get("peak_gpu_memory_gib")
+    return (f" *Wall time {results['wall_seconds']:.0f} s in this process ({parts})"
+            f"{' on ' + str(results['device']) if results.get('device') else ''}"
+            f"{f', peak GPU memory {peak:.1f} GiB' if isinstance(peak, (int, float)) else ''}.*")
+
+
 def build_blocks(results: dict, images: dict[str, bytes] | None = None) -> list:
     """All report blocks in order; ``images`` (file name → PNG) decides which figures are shown."""
     images = images or {}
@@ -256,7 +272,7 @@ def build_blocks(results: dict, images: dict[str, bytes] | None = None) -> list:
     several = any(len(c.seeds) > 1 for c in combos(results))
     b: list = [Heading(1, f"lorasum report: {cfg.get('name', 'experiment')}"), Para(verdict(results))]
     b.append(Para(f"*Created {results.get('created', '?')} by lorasum {results.get('lorasum_version', '?')}; "
-                  f"model source `{(results.get('model') or {}).get('source', '?')}`.*"))
+                  f"model source `{(results.get('model') or {}).get('source', '?')}`.*{_timing_line(results)}"))
     b += [Heading(2, "Headline"), headline_table(results)]
     if several:
         b.append(per_seed_table(results))
