@@ -8,7 +8,7 @@ of each (model, seed, domain) perplexity from an earlier results.json (training 
 dropout masks when examples are packed, so the numbers agree closely but not exactly).
 
 Run: LORASUM_DATA_ROOT=... python benchmarks/bench_paper.py --config configs/gpu-smollm2.yaml
-         --out runs/bench-paper [--compare results/gpu-smollm2/results.json] [--compile] [--resume]
+         --out runs/bench-paper [--compare results/gpu-smollm2/results.json] [--compile] [--eval-compile] [--resume [--fresh-evals]]
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import time
+from pathlib import Path
 
 import torch
 
@@ -37,6 +39,11 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="set train.compile (torch.compile the decoder layers)")
     ap.add_argument("--model", help="override the config's model (e.g. smollm2-135m where GPT-2 is unavailable)")
     ap.add_argument("--parallel", type=int, help="set train.parallel_adapters (0: all adapters in one pass)")
+    ap.add_argument("--eval-compile", action="store_true", help="set eval.compile (adapters swapped into one "
+                    "compiled PEFT slot)")
+    ap.add_argument("--fresh-evals", action="store_true",
+                    help="with --resume: forget the cached evaluations of --out first, so that only they are redone "
+                         "(A/B of evaluation settings on the same adapters)")
     ap.add_argument("--resume", action="store_true",
                     help="continue the run in --out (e.g. one stopped by SIGTERM at a call's time limit) instead of "
                          "starting it over; wall_seconds and timings are then this process's part")
@@ -47,7 +54,14 @@ def main() -> None:
     train = {"compile": True} if args.compile else {}
     if args.parallel is not None:
         train["parallel_adapters"] = args.parallel
-    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update=train)} | ({"model": args.model} if args.model else {}))
+    update = {"train": cfg.train.model_copy(update=train)} | ({"model": args.model} if args.model else {})
+    if args.eval_compile:
+        update["eval"] = cfg.eval.model_copy(update={"compile": True})
+    cfg = cfg.model_copy(update=update)
+    if args.fresh_evals:
+        if not args.resume:
+            ap.error("--fresh-evals needs --resume (a finished run folder)")
+        shutil.rmtree(Path(args.out) / "cache" / "evals", ignore_errors=True)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     t = time.perf_counter()
@@ -56,6 +70,7 @@ def main() -> None:
     trained = [a["train"] for a in results["adapters"] if a.get("train")]
     out = {
         "benchmark": "full_experiment", "config": args.config, "seeds": cfg.seeds, "model": cfg.model, "compile": cfg.train.compile,
+        "eval_compile": cfg.eval.compile,
         "parallel_adapters": cfg.train.parallel_adapters,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "wall_seconds": round(wall, 1), "resumed": args.resume, "timings": results.get("timings"),

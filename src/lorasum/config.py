@@ -198,6 +198,9 @@ class EvalSpec(_Strict):
     stride: int | None = Field(
         None, gt=0, description="None: cut examples to data.max_length; N: sliding windows of max_length, N apart"
     )
+    compile: StrictBool = Field(
+        False, description="swap every LoRA adapter of the run into one PEFT slot (peft.utils.hotswap) and, on CUDA, "
+        "torch.compile its decoder layers once for all of them; speed only")
 
 
 class ExperimentConfig(_Strict):

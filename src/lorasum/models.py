@@ -14,6 +14,7 @@ says what to install or pass.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -21,6 +22,7 @@ import logging
 import os
 import socket
 from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -46,6 +48,8 @@ __all__ = [
     "load_tokenizer",
     "describe_model",
     "estimate_model_bytes",
+    "decoder_layers",
+    "compiled_layers",
 ]
 
 
@@ -579,3 +583,26 @@ def check_context(model: torch.nn.Module, longest: int) -> None:
                 raise ConfigError(f"an example of {longest} tokens is longer than the model's context of {limit} "
                                   f"tokens (config {key}); lower data.max_length (--max-length)")
             return
+
+
+def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The repeated blocks of a transformers decoder (also inside a PEFT model): the longest
+    ``ModuleList`` of one block class; ``[]`` where there is none."""
+    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) > 0
+             and len({type(c) for c in m}) == 1 and len(list(m[0].parameters())) > 0]
+    return list(max(lists, key=len, default=[]))
+
+
+@contextlib.contextmanager
+def compiled_layers(model: torch.nn.Module, enabled: bool) -> Iterator[None]:
+    """``torch.compile`` each decoder layer for the duration (regional compilation: the layers
+    share one compiled graph, reused by later calls on the same architecture; shapes dynamic, as
+    row counts and widths change from batch to batch); undone on exit. ``enabled=False``: nothing."""
+    layers = decoder_layers(model) if enabled else []
+    for layer in layers:
+        layer.compile(dynamic=True)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer._compiled_call_impl = None  # nn.Module.compile's own slot: back to the eager forward

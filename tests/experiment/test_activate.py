@@ -69,3 +69,93 @@ def test_peft_adapter_matches_peft_and_unloads(tiny_gpt2, tmp_path):
     assert not torch.allclose(got, plain)
     after = _state(tiny_gpt2)
     assert set(after) == set(before) and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def _lora_folder(model, path, seed, r, alpha, dropout, targets=("c_attn", "c_proj")):
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    peft_model = get_peft_model(copy.deepcopy(model), LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
+                                                                 target_modules=list(targets), fan_in_fan_out=True,
+                                                                 init_lora_weights=False))
+    peft_model.save_pretrained(path)
+    return peft_model.eval()
+
+
+def test_hotswap_slot_gives_each_adapters_own_forward_and_unloads(tiny_gpt2, tmp_path):
+    """Adapters of other ranks, lora_alpha and lora_dropout (a trained one, an exact sum saved by lorasum,
+    one more) swapped into one slot in turn, back and forth: each forward equals that adapter loaded alone
+    by PEFT; the base model comes back bit for bit."""
+    from lorasum.adapters import load_adapter, save_adapter
+    from lorasum.compose import compose
+    from lorasum.experiment.activate import hotswap_slot
+
+    ids = torch.tensor([[1, 5, 9, 3, 7, 2], [4, 4, 8, 1, 0, 6]])
+    before = _state(tiny_gpt2)
+    refs = {"a": _lora_folder(tiny_gpt2, tmp_path / "a", 1, r=2, alpha=8, dropout=0.1),
+            "b": _lora_folder(tiny_gpt2, tmp_path / "b", 2, r=4, alpha=4, dropout=0.0)}
+    save_adapter(compose([load_adapter(tmp_path / "a"), load_adapter(tmp_path / "b")], "sum"), tmp_path / "sum")
+    with torch.no_grad():
+        want = {name: ref(ids).logits for name, ref in refs.items()}
+        with peft_adapter(tiny_gpt2, tmp_path / "sum") as model:
+            want["sum"] = model(ids).logits  # rank 6: the slot's largest
+        with hotswap_slot(tiny_gpt2, [tmp_path / n for n in ("a", "sum", "b")]) as swap:
+            for name in ("a", "sum", "b", "a", "sum"):
+                torch.testing.assert_close(swap(tmp_path / name)(ids).logits, want[name], rtol=1e-5, atol=1e-5)
+        plain = tiny_gpt2(ids).logits
+    assert all(not torch.allclose(plain, w) for w in want.values())
+    after = _state(tiny_gpt2)
+    assert set(after) == set(before) and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_hotswap_slot_refuses_folders_that_do_not_fit(tiny_gpt2, tmp_path):
+    """Other target modules (or an unreadable config) do not fit the first folder's slot: flagged by
+    hotswap_compatible, refused by hotswap_slot with the folder named, the model untouched."""
+    from lorasum.experiment.activate import hotswap_compatible, hotswap_slot
+
+    _lora_folder(tiny_gpt2, tmp_path / "a", 1, r=2, alpha=8, dropout=0.1)
+    _lora_folder(tiny_gpt2, tmp_path / "c", 3, r=2, alpha=8, dropout=0.1, targets=("c_attn",))
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "adapter_config.json").write_text("[1, 2]")
+    paths = [tmp_path / n for n in ("a", "c", "bad", "a")]
+    assert hotswap_compatible(paths) == [True, False, False, True]
+    before = _state(tiny_gpt2)
+    with pytest.raises(ValueError, match=r"/c: cannot share a hotswap slot"), hotswap_slot(tiny_gpt2, paths):
+        pass
+    with pytest.raises(ValueError, match="no adapter folders"), hotswap_slot(tiny_gpt2, []):
+        pass
+    after = _state(tiny_gpt2)
+    assert set(after) == set(before) and all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (compiled slot)")
+def test_compiled_hotswap_slot_serves_every_adapter_without_recompiling(tiny_llama, tmp_path):
+    """On CUDA (bf16) the slot's compiled decoder layers give each adapter's eager PEFT forward (bf16
+    tolerance) and swapping adapters of other ranks compiles nothing new."""
+    from peft import LoraConfig, get_peft_model
+    from torch._dynamo.utils import counters
+
+    from lorasum.experiment.activate import hotswap_slot
+
+    model = tiny_llama.to(device="cuda", dtype=torch.bfloat16)
+    ids = torch.randint(0, model.config.vocab_size, (3, 24), device="cuda")
+    want, paths = {}, []
+    for i, r in enumerate((2, 6, 4)):
+        torch.manual_seed(i)
+        p = get_peft_model(copy.deepcopy(model), LoraConfig(r=r, lora_alpha=2 * r + i, lora_dropout=0.1 * (i % 2),
+                                                           target_modules=["q_proj", "v_proj", "down_proj"],
+                                                           init_lora_weights=False))
+        p.save_pretrained(tmp_path / str(i))
+        paths.append(tmp_path / str(i))
+        with torch.no_grad():
+            want[i] = p.eval()(ids).logits.float()
+    torch._dynamo.reset()
+    with torch.inference_mode(), hotswap_slot(model, paths, compile=True) as swap:
+        got = {0: swap(paths[0])(ids).logits.float()}
+        graphs = counters["stats"]["unique_graphs"]
+        for i in (1, 2, 0):
+            got[i] = swap(paths[i])(ids).logits.float()
+        assert counters["stats"]["unique_graphs"] == graphs, "swapping an adapter recompiled"
+    for i in want:
+        torch.testing.assert_close(got[i], want[i], rtol=3e-2, atol=3e-2)
+    assert all(getattr(layer, "_compiled_call_impl", None) is None for layer in model.model.layers)

@@ -239,6 +239,30 @@ def test_eval_scoring_options_reach_the_evaluations_and_their_cache_keys(run, en
     assert _cache_files(out, "evals") == new_evals, "batch size alone must not rerun an evaluation"
 
 
+def test_eval_compile_scores_the_lora_folders_in_one_slot_with_the_same_numbers(run, capsys):
+    """eval.compile: the evaluations of a run done again (cache emptied) with the trained adapters, sums and
+    hybrids swapped into one PEFT slot (not compiled on the CPU) give every number of the ordinary run;
+    the base model and the dense results (ties, magnitude_prune) go the ordinary way; nothing retrains."""
+    from lorasum.report import load_results
+
+    out = run["tmp"] / "eval-compile"
+    shutil.copytree(run["out"], out)
+    shutil.rmtree(out / "cache" / "evals")
+    adapters = _adapter_files(out)
+    cfg = write_config(run["tmp"], run["model"], eval="{batch_size: 3, compile: true}")
+    capsys.readouterr()
+    assert main(["reproduce", "--config", str(cfg), "--out", str(out)]) == 0
+    assert _adapter_files(out) == adapters, "no adapter may be retrained"
+    res, ref = load_results(out / "results.json"), run["results"]
+    lora = [a for a in ref["adapters"] if a["path"] is not None]
+    assert f"eval    {len(lora)} adapters swapped into one PEFT slot (eval.compile)" in capsys.readouterr().err
+    got = {(e["model"], e["seed"], e["eval_domain"]): e for e in res["evaluations"]}
+    assert len(got) == len(ref["evaluations"])
+    for e in ref["evaluations"]:
+        g = got[(e["model"], e["seed"], e["eval_domain"])]
+        assert g["n_tokens"] == e["n_tokens"] and g["ppl"] == pytest.approx(e["ppl"], rel=1e-5), e["model"]
+
+
 def test_reproduce_stopped_mid_training_continues_from_the_checkpoint(run, monkeypatch, capsys):
     import signal
 

@@ -8,6 +8,10 @@ Two ways, one per kind of composition result:
   ``magnitude_prune``) is added to the base weights with
   :func:`lorasum.compose.merge_into_base`; the touched weights are copied first and copied
   back afterwards, so the base model is restored bit for bit (:func:`dense_delta`).
+
+For many LoRA folders in a row (``eval.compile``), :func:`hotswap_slot` loads one PEFT adapter
+and swaps each folder's weights into it (PEFT's hotswapping), so that decoder layers compiled
+once serve every adapter.
 """
 
 from __future__ import annotations
@@ -18,7 +22,14 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["peft_adapter", "dense_delta"]
+__all__ = ["peft_adapter", "dense_delta", "hotswap_slot", "hotswap_compatible"]
+
+#: adapter_config.json fields that must agree for a folder to be swapped into the slot of another
+#: (which modules carry LoRA and how; a folder that differs is evaluated the ordinary way).
+#: lora_dropout may differ (trained adapters keep theirs, composed ones have 0): it does nothing in eval mode.
+_SLOT_FIELDS = ("peft_type", "target_modules", "exclude_modules", "layers_to_transform", "layers_pattern",
+                "fan_in_fan_out", "bias", "modules_to_save", "use_rslora", "use_dora", "alpha_pattern",
+                "rank_pattern", "lora_bias", "trainable_token_indices")
 
 
 @contextlib.contextmanager
@@ -71,3 +82,94 @@ def dense_delta(model: torch.nn.Module, delta) -> Iterator[torch.nn.Module]:
         with torch.no_grad():
             for path, weight in backup.items():
                 model.get_submodule(path).weight.copy_(weight)
+
+
+def _slot_config(path: Path) -> dict:
+    import json
+
+    with open(Path(path) / "adapter_config.json", encoding="utf-8") as f:
+        config = json.load(f)
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}/adapter_config.json: not a JSON object")
+    return config
+
+
+def _signature(config: dict) -> tuple:
+    norm = {k: config.get(k) for k in _SLOT_FIELDS}
+    if isinstance(norm["target_modules"], list):
+        norm["target_modules"] = sorted(norm["target_modules"])
+    return tuple(repr(norm[k]) for k in _SLOT_FIELDS)
+
+
+def hotswap_compatible(paths: list[str | Path]) -> list[bool]:
+    """Which LoRA folders can share the slot of the first one (:func:`hotswap_slot`): same target
+    modules, same kind of LoRA (no DoRA or rsLoRA differences, no rank or alpha patterns, no extra
+    modules), ranks and ``lora_alpha`` free. A folder whose ``adapter_config.json`` cannot be read
+    is not compatible (the ordinary path then reports it)."""
+    out, first = [], None
+    for path in paths:
+        try:
+            config = _slot_config(path)
+        except (OSError, ValueError):
+            out.append(False)
+            continue
+        sig = _signature(config)
+        first = sig if first is None else first
+        out.append(sig == first and not config.get("alpha_pattern") and not config.get("rank_pattern"))
+    return out
+
+
+@contextlib.contextmanager
+def hotswap_slot(model: torch.nn.Module, paths: list[str | Path], *, compile: bool = False
+                 ) -> Iterator:
+    """Yield ``swap(path) -> PeftModel``: ``model`` with one PEFT LoRA slot into which each folder of
+    ``paths`` is swapped in turn (``peft.utils.hotswap``); with ``compile``, the decoder layers are
+    compiled once (:func:`lorasum.models.compiled_layers`) and serve every adapter without
+    recompiling. On exit the slot is unloaded and ``model`` is the plain base model again.
+
+    The slot has the largest rank of ``paths``; a smaller adapter fills its first rows of LoRA A and
+    columns of LoRA B and zeros the rest, so B·A, and with it ΔW = (lora_alpha / r)·B·A with the
+    adapter's own r and lora_alpha, is exactly the adapter's (PEFT's own padding,
+    ``prepare_model_for_compiled_hotswap``). The folders must be :func:`hotswap_compatible`.
+
+    Args:
+        model: the plain base model (not a PeftModel), on its device and dtype.
+        paths: PEFT LoRA adapter folders, in the order they will be swapped in (the first is loaded).
+
+    Raises:
+        ValueError: ``paths`` is empty or the folders are not compatible.
+        whatever ``PeftModel.from_pretrained`` or ``hotswap_adapter`` raise for a bad folder.
+    """
+    from peft import PeftModel
+    from peft.utils.hotswap import hotswap_adapter, prepare_model_for_compiled_hotswap
+
+    from lorasum.models import compiled_layers
+
+    if not paths:
+        raise ValueError("hotswap_slot: no adapter folders")
+    fits = hotswap_compatible(paths)
+    if not all(fits):
+        bad = [str(p) for p, ok in zip(paths, fits) if not ok]
+        raise ValueError(f"{bad[0]}: cannot share a hotswap slot with {paths[0]} (other target modules or LoRA kind)")
+    rank = max(int(_slot_config(p)["r"]) for p in paths)
+    device = next(model.parameters()).device
+    peft_model = PeftModel.from_pretrained(model, str(paths[0]))
+    current = [str(paths[0])]
+    try:
+        # scalings become tensors and every LoRA A / B is padded to `rank`: later swaps change values only
+        prepare_model_for_compiled_hotswap(peft_model, target_rank=rank, config=peft_model.peft_config)
+        peft_model.eval()
+
+        def swap(path: str | Path):
+            if str(path) != current[0]:
+                # PEFT refuses to swap between configs of other lora_dropout; dropout is off in eval mode
+                peft_model.peft_config["default"].lora_dropout = _slot_config(path).get("lora_dropout", 0.0)
+                hotswap_adapter(peft_model, str(path), adapter_name="default", torch_device=str(device))
+                current[0] = str(path)
+            return peft_model
+
+        with compiled_layers(model, compile):
+            yield swap
+    finally:
+        restored = peft_model.unload()
+        assert restored is model, "PEFT returned a different base model object"

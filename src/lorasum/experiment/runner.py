@@ -421,17 +421,50 @@ class _Context:
                            | scoring)
 
     def run_evaluations(self, jobs: tuple[EvalJob, ...]) -> list[dict]:
-        """Evaluate every job not in the cache; each model is put on once for all its missing domains."""
-        rows = []
-        for _, group in groupby(jobs, key=lambda j: (j.model, j.seed)):
-            group = list(group)
-            keyed = [(job, self._eval_key(job)) for job in group]
-            found = {key: self.cache.get("evals", key) for _, key in keyed}
-            todo = [(job, key) for job, key in keyed if found[key] is None]
-            if todo:
-                found |= self._evaluate(todo)
-            rows += [self._eval_row(job, key, found[key]) for job, key in keyed]
-        return rows
+        """Evaluate every job not in the cache; each model is put on once for all its missing domains.
+
+        With ``eval.compile``, the LoRA folders among them (trained adapters, sums, hybrids, low-rank
+        methods) are swapped one after the other into one PEFT slot whose decoder layers are compiled
+        once on CUDA (:func:`lorasum.experiment.activate.hotswap_slot`); the base model, dense results
+        and folders that do not fit the slot are evaluated the ordinary way. Same numbers either way
+        (up to the rounding of compiled kernels): the cache keys do not depend on it."""
+        from lorasum.experiment.activate import hotswap_compatible
+
+        keyed = [[(job, self._eval_key(job)) for job in group]
+                 for _, group in groupby(jobs, key=lambda j: (j.model, j.seed))]
+        found = {key: self.cache.get("evals", key) for group in keyed for _, key in group}
+        todo, scheduled = [], set()  # a key in several groups (the base model of each seed) is scored once
+        for group in keyed:
+            missing = [(job, key) for job, key in group if found[key] is None and key not in scheduled]
+            scheduled |= {key for _, key in missing}
+            if missing:
+                todo.append(missing)
+        slot = []
+        if self.cfg.eval.compile:
+            folders = [(t, self._lora_folder(t[0][0])) for t in todo]
+            folders = [(t, path) for t, path in folders if path is not None]
+            fits = hotswap_compatible([path for _, path in folders])
+            slot = [(t, path) for (t, path), ok in zip(folders, fits) if ok]
+            if len(slot) < 2:  # nothing to share a compilation with
+                slot = []
+        in_slot = {id(t) for t, _ in slot}
+        for t in todo:
+            if id(t) not in in_slot:
+                found |= self._evaluate(t)
+        if slot:
+            from lorasum.experiment.activate import hotswap_slot
+
+            cuda = next(self.model.parameters()).is_cuda
+            log.info("eval    %d adapters swapped into one %sPEFT slot (eval.compile)", len(slot),
+                     "compiled " if cuda else "")
+            with hotswap_slot(self.model, [path for _, path in slot], compile=cuda) as swap:
+                for t, path in slot:
+                    found |= self._evaluate(t, swap(path))
+        return [self._eval_row(job, key, found[key]) for group in keyed for job, key in group]
+
+    def _lora_folder(self, job: EvalJob) -> Path | None:
+        """The PEFT folder of ``job``'s model, or None (the base model, a dense result)."""
+        return None if job.kind == "base" else self.paths[(job.model, job.seed)]
 
     def _test_set(self, domain: str) -> list:
         """The domain's test examples, tokenised once for all the models scored on them."""
@@ -444,12 +477,14 @@ class _Context:
                                                     stride=ev.stride)
         return self._encoded[domain]
 
-    def _evaluate(self, todo: list[tuple[EvalJob, str]]) -> dict[str, dict]:
+    def _evaluate(self, todo: list[tuple[EvalJob, str]], active=None) -> dict[str, dict]:
+        """Score ``todo`` (one model's missing domains) with ``active`` (the model with the adapter on)
+        or, by default, with the adapter put on for the purpose (:meth:`_active`)."""
         from lorasum.evaluate import score
 
         done = {}
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        with self._active(todo[0][0]) as model:
+        with (contextlib.nullcontext(active) if active is not None else self._active(todo[0][0])) as model:
             for job, key in todo:
                 log.info("eval    %-40s seed %d on %s", job.model, job.seed, job.eval_domain)
                 p = score(model, self._test_set(job.eval_domain), pad_token_id=pad_id,

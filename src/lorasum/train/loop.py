@@ -55,7 +55,7 @@ from lorasum.train.checkpoint import (
     save_checkpoint,
 )
 from lorasum.train.packing import pack, packing_is_exact
-from lorasum.models import ModelInfo, check_context, weights_digest
+from lorasum.models import ModelInfo, check_context, compiled_layers, weights_digest
 from lorasum.storage import atomic_dir, atomic_write_json, check_output
 
 __all__ = ["TrainResult", "train_adapter", "ADAPTER_META_FILE", "TrainingInterrupted"]
@@ -155,27 +155,6 @@ def _batches(
             batch = pack(examples, train.pack_length, pad_id) if packed else collate(examples, pad_id)
             group.append((batch, sum(len(e.input_ids) for e in examples)))
         yield group
-
-
-def _decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The repeated blocks of a transformers decoder: the longest ModuleList of one block class."""
-    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) > 0
-             and len({type(c) for c in m}) == 1 and len(list(m[0].parameters())) > 0]
-    return list(max(lists, key=len, default=[]))
-
-
-@contextlib.contextmanager
-def _compiled(model: torch.nn.Module, enabled: bool) -> Iterator[None]:
-    """``torch.compile`` each decoder layer for the duration (regional compilation: the layers
-    share one compiled graph, reused by later calls on the same architecture); undone on exit."""
-    layers = _decoder_layers(model) if enabled else []
-    for layer in layers:
-        layer.compile(dynamic=True)  # row count and width change from step to step
-    try:
-        yield
-    finally:
-        for layer in layers:
-            layer._compiled_call_impl = None  # nn.Module.compile's own slot: back to the eager forward
 
 
 @dataclass
@@ -456,7 +435,7 @@ def train_adapter(
         raise ConfigError(f"lora.target_modules {config.target_modules}: {str(e).splitlines()[0]}") from None
     try:
         packed = train.packing and packing_is_exact(model)
-        with _compiled(model, train.compile and next(model.parameters()).is_cuda):
+        with compiled_layers(model, train.compile and next(model.parameters()).is_cuda):
             try:
                 losses, tokens, seconds = _optimise(peft_model, encoded, train, seed, pad_id, progress, packed, ckpt)
             except TrainingDiverged as e:

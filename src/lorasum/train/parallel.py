@@ -75,8 +75,8 @@ from lorasum.models import ModelInfo, check_context
 from lorasum.storage import atomic_dir, atomic_write_json, check_output
 from lorasum.train.checkpoint import TrainingDiverged, fingerprint, prepare_checkpoint
 from lorasum.train.parallel_checkpoint import load_group_checkpoint, restore_group_checkpoint, save_group_checkpoint
-from lorasum.models import weights_digest
-from lorasum.train.loop import (ADAPTER_META_FILE, _LOG_TAIL, _VAL_BATCH, _VAL_MAX_TOKENS, TrainResult, _compiled,
+from lorasum.models import compiled_layers, weights_digest
+from lorasum.train.loop import (ADAPTER_META_FILE, _LOG_TAIL, _VAL_BATCH, _VAL_MAX_TOKENS, TrainResult,
                                 _examples_hash, _init_seed, _lora_config, _metadata, _micro_batches, _seed_everything, _total_steps)
 from lorasum.train.packing import pack, packing_is_exact
 from lorasum.train.varlen import attention_implementation, varlen_attention, varlen_kwargs, varlen_supported
@@ -487,7 +487,7 @@ def train_adapters(
                 raise ConfigError("train_adapters: graphs=True needs variable-length attention (varlen)")
             use_graphs = False
         compile_layers = train.compile and is_cuda
-        with varlen_attention(model, use_varlen), _compiled(model, compile_layers):
+        with varlen_attention(model, use_varlen), compiled_layers(model, compile_layers):
             return _loop(model, tokenizer, tasks, outs, encoded, layers, router, config, lora, train, max_length,
                          model_info, pad_id, overwrite, progress, on_saved, use_varlen, previous_attention, ckpt,
                          use_graphs)
