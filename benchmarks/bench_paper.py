@@ -58,9 +58,12 @@ def main() -> None:
     if args.eval_compile:
         update["eval"] = cfg.eval.model_copy(update={"compile": True})
     cfg = cfg.model_copy(update=update)
+    resumed = args.resume and (Path(args.out) / "run.json").is_file()  # else run_experiment starts the run
     if args.fresh_evals:
         if not args.resume:
             ap.error("--fresh-evals needs --resume (a finished run folder)")
+        if not resumed:
+            ap.error(f"--fresh-evals: {args.out} is not a lorasum run folder (no run.json); nothing deleted")
         shutil.rmtree(Path(args.out) / "cache" / "evals", ignore_errors=True)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
@@ -73,7 +76,9 @@ def main() -> None:
         "eval_compile": cfg.eval.compile,
         "parallel_adapters": cfg.train.parallel_adapters,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-        "wall_seconds": round(wall, 1), "resumed": args.resume, "timings": results.get("timings"),
+        "wall_seconds": round(wall, 1), "resumed": resumed, "timings": results.get("timings"),
+        # a continued run: the adapters' figures below are of the whole run (every process that trained them)
+        "adapter_figures": "whole run" if resumed else "this process",
         "adapters_trained": len(trained),
         # adapters trained together share one loop: its time is the longest of theirs, not the sum
         "train_seconds": round(max(a["seconds"] for a in trained) if cfg.train.parallel_adapters != 1

@@ -109,16 +109,31 @@ def test_hotswap_slot_gives_each_adapters_own_forward_and_unloads(tiny_gpt2, tmp
 
 
 def test_hotswap_slot_refuses_folders_that_do_not_fit(tiny_gpt2, tmp_path):
-    """Other target modules (or an unreadable config) do not fit the first folder's slot: flagged by
+    """Folders that would be swapped in wrongly do not fit the first folder's slot: other target modules,
+    an unreadable config, a config whose r is not the weights' rank (PEFT would take the scaling from it),
+    weights lacking some of the modules (they would run with zeros), a rank pattern. Flagged by
     hotswap_compatible, refused by hotswap_slot with the folder named, the model untouched."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
     from lorasum.experiment.activate import hotswap_compatible, hotswap_slot
 
     _lora_folder(tiny_gpt2, tmp_path / "a", 1, r=2, alpha=8, dropout=0.1)
     _lora_folder(tiny_gpt2, tmp_path / "c", 3, r=2, alpha=8, dropout=0.1, targets=("c_attn",))
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "adapter_config.json").write_text("[1, 2]")
-    paths = [tmp_path / n for n in ("a", "c", "bad", "a")]
-    assert hotswap_compatible(paths) == [True, False, False, True]
+    for name, edit in (("wrong-r", {"r": 1}), ("pattern", {"rank_pattern": {"c_attn": 2}})):
+        shutil.copytree(tmp_path / "a", tmp_path / name)
+        config = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
+        (tmp_path / name / "adapter_config.json").write_text(json.dumps(config | edit))
+    shutil.copytree(tmp_path / "a", tmp_path / "lacking")
+    weights = load_file(tmp_path / "a" / "adapter_model.safetensors")
+    save_file({k: v for k, v in weights.items() if ".h.1.mlp." not in k}, tmp_path / "lacking" / "adapter_model.safetensors")
+    paths = [tmp_path / n for n in ("a", "c", "bad", "a", "wrong-r", "lacking", "pattern")]
+    assert hotswap_compatible(paths) == [True, False, False, True, False, False, False]
+    assert hotswap_compatible([tmp_path / "bad", tmp_path / "c", tmp_path / "a"]) == [False, True, False]
     before = _state(tiny_gpt2)
     with pytest.raises(ValueError, match=r"/c: cannot share a hotswap slot"), hotswap_slot(tiny_gpt2, paths):
         pass

@@ -212,6 +212,37 @@ def test_interrupted_run_redoes_only_the_missing_pieces(run):
     assert again["combinations"] == res["combinations"] and again["compositions"] == res["compositions"]
 
 
+def test_edited_or_damaged_adapter_folders_are_made_again(run, capsys):
+    """An adapter folder changed after the run made it (a config edited by hand, weights cut short) is made
+    again with a warning naming the file, never evaluated as it is: with the evaluations redone, every number
+    is the original run's, and no other adapter is touched."""
+    import json
+
+    out = run["tmp"] / "edited"
+    shutil.copytree(run["out"], out)
+    edited = Path("adapters/seed0/sum-math+medicine/adapter_model.safetensors")
+    cut = Path("adapters/seed1/medicine/adapter_model.safetensors")
+    config_path = out / edited.parent / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps(config | {"lora_alpha": 4 * config["lora_alpha"]}))
+    weights = (out / cut).read_bytes()
+    (out / cut).write_bytes(weights[: len(weights) // 2])
+    shutil.rmtree(out / "cache" / "evals")
+    before = _adapter_files(out)
+    capsys.readouterr()
+    assert main(["reproduce", "-q", "--config", str(run["cfg"]), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert f"{out / edited.parent}: adapter_config.json changed or missing" in err
+    assert f"{out / cut.parent}: adapter_model.safetensors changed or missing" in err
+    after = _adapter_files(out)
+    assert {p for p in after if after[p] != before.get(p)} == {edited, cut}
+    from lorasum.report import load_results
+
+    got = {(e["model"], e["seed"], e["eval_domain"]): e["ppl"] for e in load_results(out / "results.json")["evaluations"]}
+    for e in run["results"]["evaluations"]:
+        assert got[(e["model"], e["seed"], e["eval_domain"])] == pytest.approx(e["ppl"], rel=1e-5), e["model"]
+
+
 def test_eval_scoring_options_reach_the_evaluations_and_their_cache_keys(run, env):
     """eval.loss_on / eval.stride change the numbers, so they rerun the evaluations (not the training);
     eval.batch_size does not change them, so it reuses the cache."""

@@ -144,3 +144,11 @@ def test_header_shows_the_runs_timings_only_where_recorded(tmp_path):
             "evaluation 158 s, geometry 1 s) on cuda: NVIDIA H200, peak GPU memory 31.3 GiB.*") in md
     results["timings"] = ["not", "a", "dict"]  # a hand-edited file: no line, no crash
     assert "Wall time" not in write_report(results, tmp_path / "c")["report.md"].read_text(encoding="utf-8")
+    results |= {"timings": {"evaluate": 10**400, "data": "x", "geometry": -3, "load_model": float("nan"),
+                            "train_and_compose": 2.4},
+                "device": {"not": "a name"}, "peak_gpu_memory_gib": float("inf")}
+    md = write_report(results, tmp_path / "d")["report.md"].read_text(encoding="utf-8")
+    assert "*Wall time 418 s in this process (training and composition 2 s).*" in md
+    results["timings"] = {"data": "x"}
+    md = write_report(results, tmp_path / "e")["report.md"].read_text(encoding="utf-8")
+    assert "*Wall time 418 s in this process.*" in md

@@ -94,28 +94,40 @@ def _slot_config(path: Path) -> dict:
     return config
 
 
-def _signature(config: dict) -> tuple:
+def _slot_entry(path: str | Path) -> tuple[tuple, int] | None:
+    """(what must agree with the slot, largest rank of the weights) of a LoRA folder, or None where
+    :func:`lorasum.adapters.load_adapter` refuses it (config and weights are checked against each
+    other there: a config whose r is not the weights' rank would be swapped in with a wrong scaling)."""
+    from lorasum.adapters import load_adapter
+    from lorasum.errors import AdapterError
+
+    try:
+        adapter = load_adapter(path)
+        config = _slot_config(path)
+    except (AdapterError, OSError, ValueError):
+        return None
+    if config.get("alpha_pattern") or config.get("rank_pattern"):
+        return None
     norm = {k: config.get(k) for k in _SLOT_FIELDS}
     if isinstance(norm["target_modules"], list):
         norm["target_modules"] = sorted(norm["target_modules"])
-    return tuple(repr(norm[k]) for k in _SLOT_FIELDS)
+    # every folder must carry LoRA on the same modules: one lacking some would run with zeros there
+    sig = (*(repr(norm[k]) for k in _SLOT_FIELDS), tuple(sorted(adapter.factors)))
+    return sig, max(f.A.shape[0] for f in adapter.factors.values())
 
 
 def hotswap_compatible(paths: list[str | Path]) -> list[bool]:
-    """Which LoRA folders can share the slot of the first one (:func:`hotswap_slot`): same target
-    modules, same kind of LoRA (no DoRA or rsLoRA differences, no rank or alpha patterns, no extra
-    modules), ranks and ``lora_alpha`` free. A folder whose ``adapter_config.json`` cannot be read
-    is not compatible (the ordinary path then reports it)."""
+    """Which LoRA folders can share the slot of the first usable one (:func:`hotswap_slot`): weights
+    that :func:`lorasum.adapters.load_adapter` accepts (ranks as the config says), LoRA on the same
+    modules, the same kind of LoRA (no DoRA or rsLoRA differences, no rank or alpha patterns, no extra
+    modules); ranks and ``lora_alpha`` free. A folder that does not fit is evaluated the ordinary way,
+    which reports what is wrong with it."""
     out, first = [], None
     for path in paths:
-        try:
-            config = _slot_config(path)
-        except (OSError, ValueError):
-            out.append(False)
-            continue
-        sig = _signature(config)
-        first = sig if first is None else first
-        out.append(sig == first and not config.get("alpha_pattern") and not config.get("rank_pattern"))
+        entry = _slot_entry(path)
+        if entry is not None and first is None:
+            first = entry[0]
+        out.append(entry is not None and entry[0] == first)
     return out
 
 
@@ -147,11 +159,12 @@ def hotswap_slot(model: torch.nn.Module, paths: list[str | Path], *, compile: bo
 
     if not paths:
         raise ValueError("hotswap_slot: no adapter folders")
-    fits = hotswap_compatible(paths)
-    if not all(fits):
-        bad = [str(p) for p, ok in zip(paths, fits) if not ok]
-        raise ValueError(f"{bad[0]}: cannot share a hotswap slot with {paths[0]} (other target modules or LoRA kind)")
-    rank = max(int(_slot_config(p)["r"]) for p in paths)
+    entries = [_slot_entry(p) for p in paths]
+    for path, entry in zip(paths, entries):
+        if entry is None or entry[0] != entries[0][0]:
+            raise ValueError(f"{path}: cannot share a hotswap slot with {paths[0]} (unreadable, other target "
+                             "modules or LoRA kind)")
+    rank = max(entry[1] for entry in entries)
     device = next(model.parameters()).device
     peft_model = PeftModel.from_pretrained(model, str(paths[0]))
     current = [str(paths[0])]

@@ -10,7 +10,8 @@ that hashes everything that produced it:
 
 So re-running skips finished work; a setting that only affects evaluation (``data.test_size``)
 re-runs evaluations and retrains nothing; an interrupted run continues where it stopped (a missing
-adapter folder or cache entry is redone, nothing else). ``eval.batch_size`` is not in any key: it
+adapter folder or cache entry is redone, nothing else; so is a folder whose config or weights no longer
+have the SHA-256 its cache entry recorded). ``eval.batch_size`` is not in any key: it
 changes speed, not perplexity.
 
 Run folder layout::
@@ -76,6 +77,22 @@ class _Cache:
     def put(self, kind: str, key: str, value: dict) -> None:
         atomic_write_json(self.root / kind / f"{key}.json", value)
         self._fresh.add((kind, key))
+
+
+_ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+def _adapter_files(path: Path) -> dict[str, str]:
+    """SHA-256 of the config and weights of an adapter folder (the files present, readable ones)."""
+    from lorasum.storage import sha256_file
+
+    out = {}
+    for name in _ADAPTER_FILES:
+        try:
+            out[name] = sha256_file(path / name)
+        except OSError:
+            continue
+    return out
 
 
 def _prepare_run_folder(out: Path, cfg: ExperimentConfig, overwrite: bool) -> bool:
@@ -268,8 +285,25 @@ class _Context:
         return False
 
     def _adapter_done(self, key: str, path: Path) -> bool:
-        """Whether adapter job ``key`` is finished: a usable cache entry and its own folder at ``path``."""
-        return self.cache.get("adapters", key) is not None and self._folder_holds(path, key)
+        """Whether adapter job ``key`` is finished: a usable cache entry and its own folder at ``path``, whose
+        config and weights are still the files the entry recorded (SHA-256; entries of earlier versions
+        record none). An edited or damaged folder is made again, never evaluated as it is."""
+        entry = self.cache.get("adapters", key)
+        if entry is None or not self._folder_holds(path, key):
+            return False
+        files = entry.get("files")
+        if isinstance(files, dict) and files:
+            now = _adapter_files(path)
+            if now != files:
+                changed = sorted(n for n in set(files) | set(now) if files.get(n) != now.get(n))
+                log.warning("%s: %s changed or missing since this run folder made it; making the adapter again",
+                            path, ", ".join(changed))
+                return False
+        return True
+
+    def _put_adapter(self, key: str, path: Path, value: dict) -> None:
+        """Cache adapter job ``key`` with the SHA-256 of its folder's config and weights."""
+        self.cache.put("adapters", key, value | {"files": _adapter_files(path)})
 
     def _trained_path(self, job: AdapterJob) -> Path:
         return self.out / "adapters" / f"seed{job.seed}" / job.name
@@ -332,7 +366,7 @@ class _Context:
         def saved(i: int, res) -> None:
             job, key, path = group[i]
             shutil.rmtree(checkpoint_dir(path), ignore_errors=True)  # of an earlier one-at-a-time run
-            self.cache.put("adapters", key, {"row": self._row(job, key, path), "train": self._summary(res, job)})
+            self._put_adapter(key, path, {"row": self._row(job, key, path), "train": self._summary(res, job)})
 
         train_adapters(self.model, self.tokenizer, tasks, lora=self.cfg.lora, train=self.cfg.train,
                        max_length=self.cfg.data.max_length, model_info=self.info, overwrite=True,
@@ -371,7 +405,7 @@ class _Context:
             return row | {"train": cached.get("train")}
         log.info("%-7s %-40s seed %d", "train" if job.trained else "compose", job.name, job.seed)
         summary = self._train(job, path, key) if job.trained else self._compose(job, path)
-        self.cache.put("adapters", key, {"row": row, "train": summary})
+        self._put_adapter(key, path, {"row": row, "train": summary})
         return row | {"train": summary}
 
     def _train(self, job: AdapterJob, path: Path, key: str) -> dict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import html
+import math
 import re
 from dataclasses import dataclass
 
@@ -249,20 +250,32 @@ def differences(results: dict) -> list[str]:
 
 
 
+def _seconds(v) -> float | None:
+    """A finite, non-negative number of a hand-editable results.json, else None."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    try:
+        v = float(v)
+    except OverflowError:
+        return None
+    return v if math.isfinite(v) and v >= 0 else None
+
+
 def _timing_line(results: dict) -> str:
     """The run's own timings as one italic sentence: wall time, phases, device, peak GPU memory (empty where
-    results.json has none: runs of earlier versions)."""
-    t = results.get("timings")
-    if not isinstance(t, dict) or not isinstance(results.get("wall_seconds"), (int, float)):
+    results.json has none: runs of earlier versions; values that are not finite non-negative numbers are left out)."""
+    t, wall = results.get("timings"), _seconds(results.get("wall_seconds"))
+    if not isinstance(t, dict) or wall is None:
         return ""
     names = {"load_model": "model load", "data": "data", "train_and_compose": "training and composition",
              "evaluate": "evaluation", "geometry": "geometry"}
-    order = [k for k in names if k in t] + sorted(k for k in t if k not in names)  # results.json sorts its keys
-    parts = ", ".join(f"{names.get(k, k)} {t[k]:.0f} s" for k in order if isinstance(t[k], (int, float)))
-    peak = results.get("peak_gpu_memory_gib")
-    return (f" *Wall time {results['wall_seconds']:.0f} s in this process ({parts})"
-            f"{' on ' + str(results['device']) if results.get('device') else ''}"
-            f"{f', peak GPU memory {peak:.1f} GiB' if isinstance(peak, (int, float)) else ''}.*")
+    order = [k for k in names if k in t] + sorted(str(k) for k in t if k not in names)  # results.json sorts its keys
+    parts = ", ".join(f"{names.get(k, k)} {_seconds(t[k]):.0f} s" for k in order if _seconds(t[k]) is not None)
+    peak = _seconds(results.get("peak_gpu_memory_gib"))
+    device = results.get("device")
+    return (f" *Wall time {wall:.0f} s in this process{f' ({parts})' if parts else ''}"
+            f"{' on ' + device if isinstance(device, str) and device else ''}"
+            f"{f', peak GPU memory {peak:.1f} GiB' if peak is not None else ''}.*")
 
 
 def build_blocks(results: dict, images: dict[str, bytes] | None = None) -> list:
