@@ -193,7 +193,8 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, overwrite: bool = 
     atomic_write_json(out / "results.json", results)
     write_report(results, out / "report")
     _write_run_manifest(out, cfg, data)
-    log.info("done in %.0f s; report in %s", results["wall_seconds"], out / "report")
+    log.info("done in %.0f s (%s); report in %s", results["wall_seconds"],
+             ", ".join(f"{phase.replace('_', ' ')} {sec:.0f} s" for phase, sec in timings.items()), out / "report")
     return results
 
 
