@@ -172,5 +172,9 @@ def test_compiled_hotswap_slot_serves_every_adapter_without_recompiling(tiny_lla
             got[i] = swap(paths[i])(ids).logits.float()
         assert counters["stats"]["unique_graphs"] == graphs, "swapping an adapter recompiled"
     for i in want:
-        torch.testing.assert_close(got[i], want[i], rtol=3e-2, atol=3e-2)
+        # bf16 kernels, compiled (fused) vs eager: a few ulps apart element by element (0.08 of logits up to ~4
+        # was seen on an H200), so compare whole tensors; the adapters' logits differ from one another by ~100 %
+        err = float((got[i] - want[i]).norm() / want[i].norm())
+        assert err < 3e-2, f"adapter {i}: relative error {err:.3g}"
+        assert all(err < 0.1 * float((got[i] - want[j]).norm() / want[j].norm()) for j in want if j != i)
     assert all(getattr(layer, "_compiled_call_impl", None) is None for layer in model.model.layers)

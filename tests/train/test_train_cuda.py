@@ -23,6 +23,26 @@ RECORDS = [
 ]
 
 
+def _no_attention_dropout(model):
+    """GPT-2's configs default to attention dropout 0.1, which variable-length attention does not have (the
+    parallel trainer then takes the masked-SDPA passes without CUDA graphs): set it to 0 where varlen is tested."""
+    for key in ("attn_pdrop", "attention_dropout"):
+        if hasattr(model.config, key):
+            setattr(model.config, key, 0.0)
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.Dropout) and name.endswith("attn_dropout"):
+            m.p = 0.0
+    return model
+
+
+def test_gpt2_with_attention_dropout_is_not_trained_with_varlen_attention(tiny_gpt2):
+    from lorasum.train.varlen import varlen_supported
+
+    model = tiny_gpt2.to(device="cuda", dtype=torch.bfloat16)
+    assert model.config.attn_pdrop > 0 and not varlen_supported(model)
+    assert varlen_supported(_no_attention_dropout(model))
+
+
 def test_train_and_evaluate_on_cuda_bfloat16(tmp_path, tiny_tokenizer, tiny_llama):
     device = torch.device("cuda")
     model = tiny_llama.to(device=device, dtype=resolve_dtype("auto", device))
@@ -115,7 +135,7 @@ def test_varlen_attention_on_cuda_equals_masked_sdpa(request, tiny_tokenizer, mo
     from lorasum.train.packing import pack
     from lorasum.train.varlen import varlen_attention, varlen_kwargs, varlen_supported
 
-    model = request.getfixturevalue(model_fixture).to(device="cuda", dtype=torch.bfloat16)
+    model = _no_attention_dropout(request.getfixturevalue(model_fixture)).to(device="cuda", dtype=torch.bfloat16)
     assert varlen_supported(model)
     batch = pack([encode_record(tiny_tokenizer, r, 64) for r in LONG], 40, tiny_tokenizer.pad_token_id)
     with torch.no_grad():
@@ -138,7 +158,7 @@ def test_parallel_cuda_graphs_match_eager_passes(request, tmp_path, tiny_tokeniz
 
     from lorasum.train import AdapterTask, train_adapters
 
-    model = request.getfixturevalue(model_fixture).to(device="cuda", dtype=torch.bfloat16)
+    model = _no_attention_dropout(request.getfixturevalue(model_fixture)).to(device="cuda", dtype=torch.bfloat16)
     info = describe_model(model, name="tiny")
     recs = [RECORDS, RECORDS[::-1], RECORDS[2:] + RECORDS[:2]]
     train = TrainSpec(learning_rate=1e-2, max_steps=12, batch_size=3, pack_length=64, parallel_max_tokens=40,
@@ -159,3 +179,34 @@ def test_parallel_cuda_graphs_match_eager_passes(request, tmp_path, tiny_tokeniz
             torch.testing.assert_close(y[key], x[key], rtol=5e-2, atol=2e-3)
         assert sum(c.losses[-3:]) < 0.8 * sum(c.losses[:3]) and c.losses != pytest.approx(b.losses, rel=1e-4)
     assert model.config._attn_implementation == "sdpa"
+
+
+def test_passes_past_the_graph_cap_are_padded_to_a_captured_shape(monkeypatch, tmp_path, tiny_tokenizer, tiny_llama):
+    """With room for one graph, passes of other shapes replay the captured graph of a larger shape (or are
+    captured when larger than it); the adapters are those of the eager passes, up to bfloat16 rounding."""
+    import lorasum.train.parallel_graphs as pg
+    from lorasum.train import AdapterTask, train_adapters
+
+    model = tiny_llama.to(device="cuda", dtype=torch.bfloat16)
+    info = describe_model(model, name="tiny")
+    real_layout, real_run = pg.static_layout, pg.GraphedPasses.run_part
+    seen = []
+
+    def run_part(self, *args):
+        real_run(self, *args)
+        seen.append((self.captured, self.padded))
+
+    monkeypatch.setattr(pg, "static_layout", lambda *a, **kw: real_layout(*a, **{"granule": 8} | kw))
+    monkeypatch.setattr(pg, "_MAX_GRAPHS", 1)
+    monkeypatch.setattr(pg.GraphedPasses, "run_part", run_part)
+    recs = [RECORDS, RECORDS[::-1], RECORDS[2:] + RECORDS[:2]]
+    train = TrainSpec(learning_rate=1e-2, max_steps=12, batch_size=3, pack_length=64, parallel_max_tokens=40)
+    runs = {}
+    for graphs in (False, True):
+        tasks = [AdapterTask(records=r, seed=s, out_dir=tmp_path / f"g{graphs}-{s}") for s, r in enumerate(recs)]
+        runs[graphs] = train_adapters(model, tiny_tokenizer, tasks, lora=LoraSpec(r=4, lora_alpha=16, lora_dropout=0.0),
+                                      train=train, max_length=64, model_info=info, progress=False, varlen=True,
+                                      graphs=graphs)
+    assert seen and seen[-1][1] > 0, "no pass was padded to a captured shape"
+    for a, b in zip(runs[False], runs[True]):
+        assert b.losses == pytest.approx(a.losses, rel=2e-2)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -266,9 +267,9 @@ def test_a_diverging_adapter_is_named_and_does_not_reach_the_others_forward(tmp_
         if self.steps == 1:
             self.params[0].data[2] = float("inf")  # adapter 2's lora_A of the first module
 
-    def losses_seen(losses, outs, learning_rate):
+    def losses_seen(losses, outs, learning_rate, since=0):
         seen.append(torch.stack(losses).clone())
-        return real_diverged(losses, outs, learning_rate)
+        return real_diverged(losses, outs, learning_rate, since=since)
 
     real_diverged = par._diverged
     monkeypatch.setattr(par._AdamW, "step", poisoned)
@@ -514,3 +515,86 @@ def test_static_passes_fall_back_when_logits_are_more_than_the_head(tmp_path, ti
     assert caplog.text.count("CUDA graphs off") == 1
     for a, b in zip(runs[False], runs[True]):
         assert b.losses == a.losses
+
+
+def test_divergence_checks_name_the_step_of_the_whole_run():
+    """Each check looks only at the losses after the previous one, and names the step counted from the start."""
+    from lorasum.train.parallel import _diverged
+
+    outs = [Path("a"), Path("b")]
+    losses = [torch.tensor([1.0, 2.0]) for _ in range(30)]
+    losses[25] = torch.tensor([1.0, float("nan")])
+    assert _diverged(losses[:20], outs, 1e-3) is None
+    error = _diverged(losses, outs, 1e-3, since=20)
+    assert error is not None and "b: training diverged" in str(error) and "at step 26 " in str(error)
+    assert _diverged(losses, outs, 1e-3, since=26) is None  # the steps before `since` were checked already
+
+
+def test_bucket_sizes_bound_the_padding_and_the_number_of_shapes():
+    from lorasum.train.parallel_graphs import bucket
+
+    sizes = [bucket(n, 64, 8) for n in range(1, 20001)]
+    for n, b in enumerate(sizes, start=1):
+        assert b >= n and b % 64 == 0 and b < n + max(64, n / 8)
+    assert sizes == sorted(sizes)  # monotone: a larger pass never gets a smaller shape
+    assert len(set(sizes)) <= 8 * 9  # log2(20000 / 64) < 9 octaves of 8 sizes
+    assert bucket(18000, 1024, 8) == 18432 and bucket(5000, 1024, 8) == 5120 and bucket(1000, 1024, 8) == 1024
+
+
+def test_a_pass_laid_out_in_a_larger_shape_fits_and_keeps_its_tokens():
+    from lorasum.data.tokenize import Encoded
+    from lorasum.train.parallel_graphs import fits, shape_of, static_layout
+
+    ex = [(Encoded(input_ids=[5, 6, 7, 8], labels=[-100, -100, 7, 8]), 1),
+          (Encoded(input_ids=[9, 10, 11], labels=[-100, 10, 11]), 0)]
+    n = torch.tensor([2.0, 2.0])
+    small = static_layout(ex, pad_id=0, n_answer=n, k=2, max_seqlen=5, granule=8)
+    assert shape_of(small) == (8, 8, 64)
+    assert fits(ex, small, (32, 8, 64), max_seqlen=5)
+    assert not fits(ex, small, (4, 8, 64), max_seqlen=5)  # 7 tokens
+    assert not fits(ex, small, (32, 2, 64), max_seqlen=5)  # 4 scored positions
+    assert not fits(ex, small, (320, 8, 64), max_seqlen=5)  # 2 examples + 63 padding segments + the total > 64
+    assert fits(ex, small, (300, 8, 64), max_seqlen=5)  # 2 + 59 + 1 <= 64
+    big = static_layout(ex, pad_id=0, n_answer=n, k=2, max_seqlen=5, shape=(32, 16, 64))
+    assert shape_of(big) == (32, 16, 64)
+    assert big["input_ids"][0, :7].tolist() == small["input_ids"][0, :7].tolist()
+    assert (big["groups"][0, 7:] == -1).all() and (big["weight"][4:] == 0).all() and (big["owner"][4:] == 2).all()
+    segs = big["cu_seqlens"].tolist()
+    assert segs[:3] == [0, 4, 7] and max(b - a for a, b in zip(segs, segs[1:])) <= 5  # padding cut at max_seqlen
+    with pytest.raises(ValueError, match="does not fit"):
+        static_layout(ex, pad_id=0, n_answer=n, k=2, max_seqlen=5, shape=(4, 8, 64))
+
+
+def test_passes_padded_to_a_larger_shape_train_the_same_adapters(tmp_path, tiny_tokenizer, tiny_llama):
+    """The fallback past the graph cap lays a pass out in a larger captured shape: more padding tokens, padded
+    scored positions and segments change nothing (run eagerly on the CPU against the natural layout)."""
+    import lorasum.train.parallel_graphs as pg
+
+    for m in tiny_llama.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    lora = LoraSpec(r=4, lora_alpha=8, lora_dropout=0.0)
+    train = TrainSpec(**TRAIN | {"parallel_max_tokens": 70})
+    real = pg.static_layout
+
+    def padded(part, pad_id, n_answer, k, max_seqlen, granule=pg.GRANULE, shape=None):
+        natural = real(part, pad_id, n_answer, k, max_seqlen, granule=32)
+        t, n, s = pg.shape_of(natural)
+        wider = (t + 96, n + 32, s + 64)
+        assert pg.fits(part, natural, wider, max_seqlen)
+        return real(part, pad_id, n_answer, k, max_seqlen, shape=wider)
+
+    runs = {}
+    for name, layout in (("natural", lambda *a, **kw: real(*a, **kw, granule=32)), ("padded", padded)):
+        pg.static_layout = layout
+        try:
+            runs[name] = train_adapters(tiny_llama, tiny_tokenizer, tasks_for(tmp_path, name), lora=lora, train=train,
+                                        max_length=64, model_info=info_of(tiny_llama), progress=False, varlen=True,
+                                        graphs=True)
+        finally:
+            pg.static_layout = real
+    for a, b in zip(runs["natural"], runs["padded"]):
+        assert b.losses == pytest.approx(a.losses, rel=1e-5)
+        x, y = load_file(str(a.out_dir / "adapter_model.safetensors")), load_file(str(b.out_dir / "adapter_model.safetensors"))
+        for key in x:
+            torch.testing.assert_close(y[key], x[key], rtol=1e-4, atol=2e-5)

@@ -70,7 +70,7 @@ from lorasum.config import LoraSpec, TrainSpec
 from lorasum.data.records import Record
 from lorasum.data.tokenize import IGNORE_INDEX, encode_record_lists
 from lorasum.errors import ConfigError, DataError
-from lorasum.evaluate.nll import perplexity, token_nll
+from lorasum.evaluate.nll import _to, perplexity, token_nll
 from lorasum.models import ModelInfo, check_context
 from lorasum.storage import atomic_dir, atomic_write_json, check_output
 from lorasum.train.checkpoint import TrainingDiverged, fingerprint, prepare_checkpoint
@@ -508,15 +508,17 @@ def _eager():
     return set_stance("force_eager") if set_stance is not None else contextlib.nullcontext()
 
 
-def _diverged(losses: list[torch.Tensor], outs: list[Path], learning_rate: float) -> TrainingDiverged | None:
-    """The error naming the adapter whose loss first became NaN or infinite, or None."""
-    values = torch.stack(losses)  # (steps, k); waits for the GPU
+def _diverged(losses: list[torch.Tensor], outs: list[Path], learning_rate: float,
+              since: int = 0) -> TrainingDiverged | None:
+    """The error naming the adapter whose loss first became NaN or infinite at step ``since`` or later, or None
+    (the steps before ``since`` were checked already)."""
+    values = torch.stack(losses[since:])  # (steps, k); waits for the GPU
     bad = ~torch.isfinite(values)
     if not bool(bad.any()):
         return None
     step, j = (int(v) for v in bad.nonzero()[0])  # earliest step, then lowest adapter index
     return TrainingDiverged(
-        f"{outs[j]}: training diverged: the loss is {float(values[step, j])} at step {step + 1} (learning rate "
+        f"{outs[j]}: training diverged: the loss is {float(values[step, j])} at step {since + step + 1} (learning rate "
         f"{learning_rate}); the adapters trained in the same passes and not yet saved are not saved either "
         "(their gradients share the passes)")
 
@@ -526,7 +528,7 @@ def _loop(model, tokenizer, tasks, outs, encoded, layers, router, config, lora, 
           use_graphs=False) -> list[TrainResult | None]:
     import shutil
 
-    from lorasum.train.parallel_graphs import GraphedPasses, static_layout
+    from lorasum.train.parallel_graphs import GraphedPasses
 
     from lorasum.train.loop import _stop_on_signals
 
@@ -580,9 +582,13 @@ def _loop(model, tokenizer, tasks, outs, encoded, layers, router, config, lora, 
     start = time.perf_counter()
     bar = tqdm(range(first, max(totals)), desc=f"train ×{k}", unit="step", disable=not progress, leave=False,
                initial=first, total=max(totals))
+    checked = 0  # losses[:checked] are known to be finite
+    phase = (first, time.perf_counter(), None)  # (first step, its time, adapters) of the steps with one active set
     with _stop_on_signals() as stop:
         for step in bar:
             active = [j for j in range(k) if step < totals[j]]
+            if len(active) != phase[2]:
+                phase = _log_phase(phase, step, len(active))
             window, picked = [], []  # forward passes of the step; (adapter, example indices) taken
             for _ in range(train.grad_accum):
                 picks = [(j, next(streams[j])) for j in active]
@@ -603,12 +609,12 @@ def _loop(model, tokenizer, tasks, outs, encoded, layers, router, config, lora, 
                 tokens[j] += sum(len(encoded[j][i].input_ids) for i in idx)
             for j in active:
                 n_answer[j] = max(1, sum(n_labelled[j][i] for jj, idx in picked if jj == j for i in idx))
-            n_answer_dev = n_answer.to(device, non_blocking=True)
+            n_answer_dev = _to(n_answer, device)  # from pinned memory: no wait for the GPU
             # finished adapters get learning rate 0: their slices stay as they were saved
             lr = torch.tensor([train.learning_rate * schedules[j](step) if j in active else 0.0 for j in range(k)])
             if static is not None:  # static buffers, replayed as CUDA graphs (lorasum.train.parallel_graphs)
                 for part in window:
-                    static.run_pass(static_layout(part, pad_id, n_answer, k, static.max_seqlen))
+                    static.run_part(part, pad_id, n_answer)
                 static.optimizer_step(lr)
                 losses.append(static.take_losses(n_answer_dev))
             else:
@@ -627,9 +633,10 @@ def _loop(model, tokenizer, tasks, outs, encoded, layers, router, config, lora, 
                 losses.append(step_nll / n_answer_dev)
             finishing = [j for j in active if step + 1 == totals[j]]
             if finishing or step % _CHECK_EVERY == _CHECK_EVERY - 1:
-                error = _diverged(losses, outs, train.learning_rate)
+                error = _diverged(losses, outs, train.learning_rate, since=checked)
                 if error is not None:
                     raise error
+                checked = len(losses)
             router.cuda_graphs = static is not None and static.capture and static.captured > 0
             for j in finishing:
                 # validation: padded batches, not compiled (inference shapes would recompile the training layers)
@@ -650,11 +657,25 @@ def _loop(model, tokenizer, tasks, outs, encoded, layers, router, config, lora, 
                 if "signum" in stop:
                     raise ParallelInterrupted(stop["signum"], step + 1, max(totals),
                                               [outs[j] for j in range(k) if totals[j] <= step + 1], path)
+        _log_phase(phase, max(totals), 0)
+        if static is not None and static.capture:
+            log.info("CUDA graphs: %d shapes captured, %d passes padded to a captured shape", static.captured,
+                     static.padded)
         if ckpt is not None:
             shutil.rmtree(ckpt[0], ignore_errors=True)  # every adapter is saved: the checkpoint has served
         if "signum" in stop:  # asked to stop while the last adapters were validated and saved: they are
             raise ParallelInterrupted(stop["signum"], max(totals), max(totals), list(outs), None)
     return results
+
+
+def _log_phase(phase: tuple, step: int, n_active: int) -> tuple:
+    """Log the pace of the steps since ``phase`` (first step, its time, adapters active) and start the next
+    phase at ``step`` with ``n_active`` adapters. The time includes the validation of adapters that finished."""
+    first, t0, n = phase
+    now = time.perf_counter()
+    if n is not None and step > first:
+        log.info("steps %d-%d: %d adapters, %.0f ms a step", first, step, n, 1000 * (now - t0) / (step - first))
+    return step, now, n_active
 
 
 def _finish(model, tokenizer, task, out, j, group, layers, router, losses, tokens, seconds, config, lora, train,

@@ -7,20 +7,24 @@ number of tokens; BENCHMARKS.md). A CUDA graph records the kernels of a pass onc
 them with one launch (PyTorch's "whole-network capture", torch.cuda.graph). Replays need static
 shapes and addresses, so each pass is laid out in static buffers:
 
-* the pass's examples are concatenated in one row of ``T`` tokens, ``T`` rounded up to a multiple
-  of :data:`GRANULE`; the padding is cut into segments of at most ``max_seqlen`` tokens of its
-  own (routed to no adapter, no loss), so it attends only to itself;
+* the pass's examples are concatenated in one row of ``T`` tokens, ``T`` rounded up to a size of a
+  geometric grid (:func:`bucket`: eight sizes per doubling, at least :data:`GRANULE`); the padding
+  is cut into segments of at most ``max_seqlen`` tokens of its own (routed to no adapter, no
+  loss), so it attends only to itself;
 * variable-length attention (:mod:`lorasum.train.varlen`) gets the segment starts ``cu_seqlens``
   padded with zero-length segments to a static count, and ``max_seqlen`` fixed to the longest
   example the run allows;
-* the scored positions (the LM head runs only there) are padded to a multiple of
-  :data:`GRANULE` with weight 0; each scored token carries the weight ``1 / n_j`` of its
+* the scored positions (the LM head runs only there) are padded to a size of the same grid
+  (four sizes per doubling) with weight 0; each scored token carries the weight ``1 / n_j`` of its
   adapter j (n_j: labelled tokens of adapter j in the step), so the summed loss of a pass is
   the same token-weighted mean per adapter as the eager path's.
 
 One graph is captured per shape (tokens, scored positions, segments), lazily, after one eager
 warm-up pass whose gradients, loss sums and random-number state are then put back, so a capture
-changes nothing; all graphs share one memory pool (a pass leaves no tensor alive in it). The
+changes nothing; all graphs share one memory pool (a pass leaves no tensor alive in it). Past
+:data:`_MAX_GRAPHS` shapes a pass is padded to the smallest captured shape that holds it (a pass
+larger than all of them is still captured): a pass never falls back to the eager launches, which
+are bound by the host (about 200 ms a step for SmolLM2 with any number of tokens). The
 optimiser step (per-adapter gradient clip and AdamW, :class:`lorasum.train.parallel._AdamW`, with
 the learning rates and bias corrections in device tensors) is one more graph. A capture that
 fails (an older PyTorch, a model that synchronises with the host) turns the graphs off with one
@@ -41,13 +45,26 @@ import torch.nn.functional as F
 from lorasum.data.tokenize import IGNORE_INDEX
 from lorasum.evaluate.nll import _split_head, _to, _unwrap, fast_attention
 
-__all__ = ["GRANULE", "GraphedPasses", "static_layout"]
+__all__ = ["GRANULE", "GraphedPasses", "bucket", "static_layout"]
 
 log = logging.getLogger("lorasum")
 
-#: passes are padded to a multiple of this many tokens (and scored positions to a multiple of it).
-GRANULE = 2048
-_MAX_GRAPHS = 64  # shapes captured at most; later shapes run eagerly
+#: the smallest pass (tokens) and scored-position count; larger sizes lie on the grid of :func:`bucket`.
+GRANULE = 1024
+_TOKENS_PER_OCTAVE = 8  # sizes of a pass per doubling: at most 12.5 % padding
+_SCORED_PER_OCTAVE = 4  # sizes of the scored positions per doubling (the LM head is a small part of a pass)
+_MAX_GRAPHS = 64  # shapes captured before passes are padded to a captured shape
+
+
+def bucket(n: int, granule: int, per_octave: int) -> int:
+    """The smallest size ``>= n`` on a geometric grid: multiples of ``max(granule, 2**floor(log2(n - 1)) /
+    per_octave)``, at least ``granule``. With ``granule`` and ``per_octave`` powers of two every size is a
+    multiple of ``granule``, less than ``n + max(granule, n / per_octave)``, and the sizes up to ``m`` number
+    about ``per_octave * log2(m / granule)``: few distinct shapes (captured graphs) for little padding."""
+    if n <= granule:
+        return granule
+    step = max(granule, (1 << (n - 1).bit_length() - 1) // per_octave)
+    return -(-n // step) * step
 
 
 def _round_up(n: int, granule: int) -> int:
@@ -55,7 +72,7 @@ def _round_up(n: int, granule: int) -> int:
 
 
 def static_layout(part: list, pad_id: int, n_answer: torch.Tensor, k: int, max_seqlen: int,
-                  granule: int = GRANULE) -> dict[str, torch.Tensor]:
+                  granule: int = GRANULE, shape: tuple[int, int, int] | None = None) -> dict[str, torch.Tensor]:
     """The static-shape layout of one forward pass (CPU tensors).
 
     Args:
@@ -65,17 +82,19 @@ def static_layout(part: list, pad_id: int, n_answer: torch.Tensor, k: int, max_s
         n_answer: (k,) labelled tokens of each adapter in the whole step (the loss weight is 1/n).
         k: number of adapters.
         max_seqlen: the longest segment allowed (padding is cut into segments of at most this).
-        granule: tokens and scored positions are rounded up to multiples of it.
+        granule: the smallest T and N; T and N lie on the grid of :func:`bucket` (multiples of it).
+        shape: (T, N, S) to lay the pass out in instead (a captured graph's shape; see
+            :func:`fits`), each at least what the pass needs.
 
     Returns:
         ``input_ids``, ``position_ids``, ``groups`` (1, T) int64 (groups: adapter of each token,
         -1 on padding); ``cu_seqlens`` (S,) int32, segment starts then the total, padded with T;
         ``flat`` (N,) int64 scored positions (the token at ``flat + 1`` is predicted), ``targets``
-        (N,) int64, ``weight`` (N,) float32 and ``owner`` (N,) int64 (k on padding). T and N are
-        multiples of ``granule``; S is a multiple of 64 and at least T / 32 + 1.
+        (N,) int64, ``weight`` (N,) float32 and ``owner`` (N,) int64 (k on padding). Without
+        ``shape``, T and N are multiples of ``granule``; S is a multiple of 64 and at least T / 32 + 1.
 
     Raises:
-        ValueError: an example is longer than ``max_seqlen``.
+        ValueError: an example is longer than ``max_seqlen``, or the pass does not fit ``shape``.
     """
     ids, labels, groups, pos, starts = [], [], [], [], []
     t = 0
@@ -89,7 +108,9 @@ def static_layout(part: list, pad_id: int, n_answer: torch.Tensor, k: int, max_s
         pos.append(torch.arange(n))
         starts.append(t)
         t += n
-    total = _round_up(t, granule)
+    total = bucket(t, granule, _TOKENS_PER_OCTAVE) if shape is None else shape[0]
+    if t > total:
+        raise ValueError(f"static_layout: a pass of {t} tokens does not fit {total}")
     while t < total:  # padding: segments of its own, at most max_seqlen long
         n = min(max_seqlen, total - t)
         ids.append(torch.full((n,), pad_id, dtype=torch.long))
@@ -99,14 +120,18 @@ def static_layout(part: list, pad_id: int, n_answer: torch.Tensor, k: int, max_s
         starts.append(t)
         t += n
     input_ids, labels_flat, groups_flat = torch.cat(ids), torch.cat(labels), torch.cat(groups)
-    n_seg = _round_up(max(len(starts) + 1, total // 32 + 1), 64)
+    n_seg = _round_up(max(len(starts) + 1, total // 32 + 1), 64) if shape is None else shape[2]
+    if len(starts) + 1 > n_seg:
+        raise ValueError(f"static_layout: {len(starts)} segments do not fit {n_seg}")
     cu = torch.full((n_seg,), total, dtype=torch.int32)
     cu[:len(starts)] = torch.as_tensor(starts, dtype=torch.int32)
     keep = torch.zeros(total, dtype=torch.bool)
     keep[:-1] = labels_flat[1:] != IGNORE_INDEX
     flat = keep.nonzero().squeeze(1)
     owner = groups_flat[flat]
-    n_scored = _round_up(flat.numel(), granule)
+    n_scored = bucket(flat.numel(), granule, _SCORED_PER_OCTAVE) if shape is None else shape[1]
+    if flat.numel() > n_scored:
+        raise ValueError(f"static_layout: {flat.numel()} scored positions do not fit {n_scored}")
     pad = n_scored - flat.numel()
     weight = torch.cat([1.0 / n_answer.float()[owner], torch.zeros(pad)])
     return {
@@ -115,6 +140,21 @@ def static_layout(part: list, pad_id: int, n_answer: torch.Tensor, k: int, max_s
         "targets": torch.cat([labels_flat[flat + 1], torch.zeros(pad, dtype=torch.long)]),
         "weight": weight.float(), "owner": torch.cat([owner, torch.full((pad,), k, dtype=torch.long)]),
     }
+
+
+def shape_of(layout: dict[str, torch.Tensor]) -> tuple[int, int, int]:
+    """(T, N, S) of a :func:`static_layout`: tokens, scored positions, segment starts."""
+    return layout["input_ids"].shape[1], layout["flat"].shape[0], layout["cu_seqlens"].shape[0]
+
+
+def fits(part: list, layout: dict[str, torch.Tensor], shape: tuple[int, int, int], max_seqlen: int) -> bool:
+    """Whether the pass ``part`` (laid out as ``layout``) can be laid out in ``shape`` (T, N, S): enough
+    tokens and scored positions, and segment starts for its examples, the padding cut in segments of at
+    most ``max_seqlen`` tokens, and the total."""
+    total, n_scored, n_seg = shape
+    used = sum(len(e.input_ids) for e, _ in part)
+    scored = int(layout["weight"].ne(0).sum())
+    return total >= used and n_scored >= scored and n_seg >= len(part) + -(-(total - used) // max_seqlen) + 1
 
 
 class GraphedPasses:
@@ -151,7 +191,9 @@ class GraphedPasses:
         self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, dict]] = {}
         self._opt: tuple[torch.cuda.CUDAGraph, torch.Tensor] | None = None
         self._pool = torch.cuda.graph_pool_handle() if self.capture else None
-        self.captured = 0
+        self.captured = 0  # graphs captured
+        self.padded = 0  # passes laid out in a larger captured shape (past _MAX_GRAPHS)
+        self._warned_cap = False
 
     # -- one pass -------------------------------------------------------------------------
     def _body(self, s: dict[str, torch.Tensor]) -> None:
@@ -166,10 +208,28 @@ class GraphedPasses:
         (nll * s["weight"]).sum().backward()
         self.step_nll.index_add_(0, s["owner"], nll.detach())
 
+    def run_part(self, part: list, pad_id: int, n_answer: torch.Tensor) -> None:
+        """Lay out the pass ``part`` ((example, adapter) pairs) with :func:`static_layout` and run it:
+        gradients and ``step_nll`` accumulate. Past :data:`_MAX_GRAPHS` captured shapes, the pass is laid
+        out in the smallest captured shape that holds it, if one does."""
+        host = static_layout(part, pad_id, n_answer, self.k, self.max_seqlen)
+        key = shape_of(host)
+        if self.capture and key not in self._graphs and len(self._graphs) >= _MAX_GRAPHS:
+            if not self._warned_cap:
+                self._warned_cap = True
+                log.info("%d CUDA graphs captured; from now on a pass of a new shape is padded to a captured one "
+                         "that holds it (or captured, if none does)", len(self._graphs))
+            held = [shape for shape in self._graphs if fits(part, host, shape, self.max_seqlen)]
+            if held:  # the least padding: fewest tokens, then fewest scored positions
+                key = min(held)
+                host = static_layout(part, pad_id, n_answer, self.k, self.max_seqlen, shape=key)
+                self.padded += 1
+        self.run_pass(host)
+
     def run_pass(self, host: dict[str, torch.Tensor]) -> None:
         """Run one pass laid out by :func:`static_layout`: gradients and ``step_nll`` accumulate."""
-        key = tuple((name, tuple(t.shape)) for name, t in host.items())
-        if not self.capture or (key not in self._graphs and len(self._graphs) >= _MAX_GRAPHS):
+        key = shape_of(host)
+        if not self.capture:
             self._body({n: _to(t, self.device) for n, t in host.items()})
             self.router.clear()
             return
