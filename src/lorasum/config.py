@@ -182,8 +182,12 @@ class TrainSpec(_Strict):
         "(0: all of the run; 1: one after the other); see lorasum.train.parallel")
     cuda_graphs: StrictBool = Field(
         True, description="parallel training on CUDA: replay each forward/backward pass and the optimiser step as "
-        "CUDA graphs (passes padded to multiples of 2,048 tokens; falls back to eager with a warning); see "
+        "CUDA graphs (passes padded to a geometric grid of sizes; falls back to eager with a warning); see "
         "lorasum.train.parallel_graphs")
+    attention_dropout: float | None = Field(
+        None, ge=0, lt=1, description="dropout on the attention probabilities while training; null: the model's "
+        "own (GPT-2: 0.1, SmolLM2: 0). 0 lets GPT-2 train with variable-length attention and CUDA graphs on "
+        "CUDA (faster; the paper trained GPT-2 with 0.1)")
     parallel_max_tokens: StrictInt = Field(
         32768, gt=0, description="parallel training: tokens in one forward pass at most (bounds GPU memory: about "
         "40 GiB for SmolLM2-135M at 32k); a step with more takes several passes, with the same result")

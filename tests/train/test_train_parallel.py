@@ -598,3 +598,20 @@ def test_passes_padded_to_a_larger_shape_train_the_same_adapters(tmp_path, tiny_
         x, y = load_file(str(a.out_dir / "adapter_model.safetensors")), load_file(str(b.out_dir / "adapter_model.safetensors"))
         for key in x:
             torch.testing.assert_close(y[key], x[key], rtol=1e-4, atol=2e-5)
+
+
+def test_parallel_training_applies_attention_dropout_for_its_duration(tmp_path, tiny_tokenizer, tiny_gpt2, monkeypatch):
+    """train.attention_dropout reaches the model before the choice of attention (GPT-2's 0.1 → 0 would allow
+    variable-length attention on CUDA) and GPT-2's own value is back afterwards."""
+    import lorasum.train.parallel as par
+
+    seen = []
+    real = par.varlen_supported
+    monkeypatch.setattr(par, "varlen_supported",
+                        lambda model: seen.append((model.config.attn_pdrop, par.has_attention_dropout(model))) or real(model))
+    train_adapters(tiny_gpt2, tiny_tokenizer, tasks_for(tmp_path, "ad"), lora=LoraSpec(r=2, lora_alpha=4),
+                   train=TrainSpec(**TRAIN | {"max_steps": 1, "attention_dropout": 0.0}), max_length=64,
+                   model_info=info_of(tiny_gpt2), progress=False)
+    assert seen == [(0.0, False)]
+    assert tiny_gpt2.config.attn_pdrop == 0.1
+    assert all(m.p == 0.1 for n, m in tiny_gpt2.named_modules() if n.endswith("attn_dropout"))

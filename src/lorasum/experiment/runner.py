@@ -243,7 +243,8 @@ class _Context:
             # parallel training draws other dropout masks: part of the key unless off (1), so old keys stay valid;
             # how a step is cut into forward passes changes memory, not the result
             "train": c.train.model_dump(mode="json", exclude={"checkpoint_every", "parallel_max_tokens"} | (
-                {"parallel_adapters", "cuda_graphs"} if c.train.parallel_adapters == 1 else set())),
+                {"parallel_adapters", "cuda_graphs"} if c.train.parallel_adapters == 1 else set()) | (
+                {"attention_dropout"} if c.train.attention_dropout is None else set())),
         })
 
     def _params(self, job: AdapterJob) -> dict:

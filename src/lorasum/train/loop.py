@@ -57,6 +57,7 @@ from lorasum.train.checkpoint import (
 from lorasum.train.packing import pack, packing_is_exact
 from lorasum.models import ModelInfo, check_context, compiled_layers, weights_digest
 from lorasum.storage import atomic_dir, atomic_write_json, check_output
+from lorasum.train.varlen import attention_dropout
 
 __all__ = ["TrainResult", "train_adapter", "ADAPTER_META_FILE", "TrainingInterrupted"]
 
@@ -366,6 +367,28 @@ def _metadata(
     }
 
 
+def _unset_attention_dropout(train: TrainSpec) -> set[str]:
+    """``{"attention_dropout"}`` when it is unset (None): left out of fingerprints, so that those of runs
+    made before the field existed stay valid."""
+    return {"attention_dropout"} if train.attention_dropout is None else set()
+
+
+@contextlib.contextmanager
+def training_attention_dropout(model: torch.nn.Module, train: TrainSpec) -> Iterator[None]:
+    """:func:`lorasum.train.varlen.attention_dropout` with ``train.attention_dropout``, for the duration.
+
+    Raises:
+        ConfigError: ``model`` has no attention dropout that can be set.
+    """
+    stack = contextlib.ExitStack()
+    try:
+        stack.enter_context(attention_dropout(model, train.attention_dropout))
+    except ValueError as e:
+        raise ConfigError(f"train.attention_dropout: {e}") from None
+    with stack:
+        yield
+
+
 def train_adapter(
     model: torch.nn.Module,
     tokenizer,
@@ -419,7 +442,7 @@ def train_adapter(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     run_id = fingerprint(model=[model_info.name, model_info.config_hash, weights_digest(model)], examples=_examples_hash(encoded),
                          lora=lora.model_dump(mode="json"), train=train.model_dump(mode="json",
-                         exclude={"checkpoint_every", "parallel_adapters", "parallel_max_tokens"}), seed=seed, max_length=max_length)
+                         exclude={"checkpoint_every", "parallel_adapters", "parallel_max_tokens"} | _unset_attention_dropout(train)), seed=seed, max_length=max_length)
     ckpt = _Checkpointing(ckpt_path, train.checkpoint_every, run_id,
                           load_checkpoint(ckpt_path, run_id) if continuing else None)
     requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
@@ -435,7 +458,8 @@ def train_adapter(
         raise ConfigError(f"lora.target_modules {config.target_modules}: {str(e).splitlines()[0]}") from None
     try:
         packed = train.packing and packing_is_exact(model)
-        with compiled_layers(model, train.compile and next(model.parameters()).is_cuda):
+        with training_attention_dropout(model, train), \
+                compiled_layers(model, train.compile and next(model.parameters()).is_cuda):
             try:
                 losses, tokens, seconds = _optimise(peft_model, encoded, train, seed, pad_id, progress, packed, ckpt)
             except TrainingDiverged as e:

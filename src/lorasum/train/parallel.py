@@ -77,9 +77,10 @@ from lorasum.train.checkpoint import TrainingDiverged, fingerprint, prepare_chec
 from lorasum.train.parallel_checkpoint import load_group_checkpoint, restore_group_checkpoint, save_group_checkpoint
 from lorasum.models import compiled_layers, weights_digest
 from lorasum.train.loop import (ADAPTER_META_FILE, _LOG_TAIL, _VAL_BATCH, _VAL_MAX_TOKENS, TrainResult,
-                                _examples_hash, _init_seed, _lora_config, _metadata, _micro_batches, _seed_everything, _total_steps)
+                                _examples_hash, _init_seed, _unset_attention_dropout, training_attention_dropout, _lora_config, _metadata, _micro_batches, _seed_everything, _total_steps)
 from lorasum.train.packing import pack, packing_is_exact
-from lorasum.train.varlen import attention_implementation, varlen_attention, varlen_kwargs, varlen_supported
+from lorasum.train.varlen import (attention_implementation, has_attention_dropout, varlen_attention, varlen_kwargs,
+                                  varlen_supported)
 
 __all__ = ["AdapterTask", "train_adapters", "linear_schedule", "ParallelUnsupported", "ParallelInterrupted"]
 
@@ -457,7 +458,7 @@ def train_adapters(
             model=[model_info.name, model_info.config_hash, weights_digest(model)], max_length=max_length,
             lora=lora.model_dump(mode="json"),
             train=train.model_dump(mode="json",
-                                   exclude={"checkpoint_every", "parallel_max_tokens", "parallel_adapters"}),
+                                   exclude={"checkpoint_every", "parallel_max_tokens", "parallel_adapters"} | _unset_attention_dropout(train)),
             adapters=[[t.seed, _examples_hash(enc, memo), (t.meta or {}).get("domains")] for t, enc in zip(tasks, encoded)])
         ckpt = (ckpt_path, group_id, prepare_checkpoint(ckpt_path, resume=resume, overwrite=overwrite))
     requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
@@ -479,18 +480,23 @@ def train_adapters(
             layers[name] = _ParallelLoRA(originals[name], [(init[name][0], init[name][1]) for init in inits],
                                          lora.lora_dropout, router)
             setattr(parent, attr, layers[name])
-        use_varlen = varlen_supported(model) if varlen is None else varlen
-        is_cuda = next(model.parameters()).is_cuda
-        use_graphs = (train.cuda_graphs and is_cuda) if graphs is None else graphs
-        if use_graphs and not use_varlen:
-            if graphs:
-                raise ConfigError("train_adapters: graphs=True needs variable-length attention (varlen)")
-            use_graphs = False
-        compile_layers = train.compile and is_cuda
-        with varlen_attention(model, use_varlen), compiled_layers(model, compile_layers):
-            return _loop(model, tokenizer, tasks, outs, encoded, layers, router, config, lora, train, max_length,
-                         model_info, pad_id, overwrite, progress, on_saved, use_varlen, previous_attention, ckpt,
-                         use_graphs)
+        with training_attention_dropout(model, train):
+            use_varlen = varlen_supported(model) if varlen is None else varlen
+            is_cuda = next(model.parameters()).is_cuda
+            use_graphs = (train.cuda_graphs and is_cuda) if graphs is None else graphs
+            if use_graphs and not use_varlen:
+                if graphs:
+                    raise ConfigError("train_adapters: graphs=True needs variable-length attention (varlen)")
+                use_graphs = False
+            if is_cuda and not use_varlen and varlen is None:
+                log.info("variable-length attention and CUDA graphs off: %s", "the model has attention dropout "
+                         "(train.attention_dropout: 0 turns it off)" if has_attention_dropout(model) else
+                         "the model's attention is not SDPA or this torch has no varlen_attn")
+            compile_layers = train.compile and is_cuda
+            with varlen_attention(model, use_varlen), compiled_layers(model, compile_layers):
+                return _loop(model, tokenizer, tasks, outs, encoded, layers, router, config, lora, train, max_length,
+                             model_info, pad_id, overwrite, progress, on_saved, use_varlen, previous_attention, ckpt,
+                             use_graphs)
     finally:
         for name, original in originals.items():
             parent_name, _, attr = name.rpartition(".")

@@ -26,7 +26,8 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
-__all__ = ["VARLEN", "varlen_kwargs", "varlen_attention", "varlen_supported", "attention_implementation"]
+__all__ = ["VARLEN", "varlen_kwargs", "varlen_attention", "varlen_supported", "attention_implementation",
+           "attention_dropout", "has_attention_dropout"]
 
 #: the name under which the attention function is registered with transformers.
 VARLEN = "lorasum_varlen"
@@ -110,9 +111,16 @@ def varlen_supported(model: torch.nn.Module) -> bool:
     config = getattr(model, "config", None)
     if config is None or getattr(config, "_attn_implementation", None) != "sdpa":
         return False
-    if any(float(getattr(config, key, 0) or 0) > 0 for key in ("attention_dropout", "attn_pdrop")):
+    if has_attention_dropout(model):
         return False
     return next(model.parameters()).is_cuda and _varlen_call() is not None
+
+
+def has_attention_dropout(model: torch.nn.Module) -> bool:
+    """Whether ``model``'s config asks for dropout on the attention probabilities (``attn_pdrop``,
+    ``attention_dropout`` > 0; GPT-2's default is 0.1); see :func:`attention_dropout`."""
+    config = getattr(model, "config", None)
+    return any(float(getattr(config, key, 0) or 0) > 0 for key in _DROPOUT_KEYS)
 
 
 @contextlib.contextmanager
@@ -140,3 +148,49 @@ def varlen_attention(model: torch.nn.Module, enabled: bool = True) -> Iterator[b
     _register()
     with attention_implementation(model, VARLEN):
         yield True
+
+
+_DROPOUT_KEYS = ("attn_pdrop", "attention_dropout")  # config fields: GPT-2, Llama and most others
+
+
+@contextlib.contextmanager
+def attention_dropout(model: torch.nn.Module, p: float | None) -> Iterator[None]:
+    """Set the dropout probability on ``model``'s attention probabilities to ``p`` for the duration, then
+    restore it (``None``: leave the model as it is).
+
+    Sets the config fields ``attn_pdrop`` / ``attention_dropout`` and what transformers' attention modules
+    read from them: ``attn_dropout`` (an ``nn.Dropout``, GPT-2) and the float ``attention_dropout`` (Llama
+    and most others). With ``p = 0``, :func:`varlen_supported` holds for GPT-2 too.
+
+    Raises:
+        ValueError: ``p`` is outside [0, 1), or ``model`` has neither (an architecture whose attention
+            dropout lorasum does not know how to set).
+    """
+    if p is None:
+        yield
+        return
+    if not 0 <= p < 1:
+        raise ValueError(f"attention dropout {p}: must be in [0, 1)")
+    saved: list[tuple[object, str, object]] = []
+    config = getattr(model, "config", None)
+    for key in _DROPOUT_KEYS:
+        if config is not None and isinstance(getattr(config, key, None), (int, float)):
+            saved.append((config, key, getattr(config, key)))
+    modules = 0
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.Dropout) and name.rpartition(".")[2] == "attn_dropout":
+            saved.append((m, "p", m.p))
+            modules += 1
+        elif isinstance(getattr(m, "attention_dropout", None), float) and not isinstance(m, torch.nn.Dropout):
+            saved.append((m, "attention_dropout", m.attention_dropout))
+            modules += 1
+    if not modules:
+        raise ValueError(f"{type(model).__name__}: no attention dropout that lorasum can set (looked for "
+                         "attn_dropout modules and attention_dropout attributes)")
+    for obj, key, _ in saved:
+        setattr(obj, key, float(p))
+    try:
+        yield
+    finally:
+        for obj, key, value in reversed(saved):
+            setattr(obj, key, value)

@@ -1,0 +1,105 @@
+"""train.attention_dropout (lorasum.train.varlen.attention_dropout): what it sets, that it acts on the forward, and
+that it is undone; the CPU reference of variable-length attention is tested in test_train_parallel.py."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from lorasum.config import LoraSpec, TrainSpec
+from lorasum.errors import ConfigError
+from lorasum.models import describe_model
+from lorasum.train import train_adapter
+from lorasum.train.varlen import attention_dropout, has_attention_dropout
+
+from test_train_cuda import RECORDS
+
+
+def _attention_dropouts(model) -> list[float]:
+    out = []
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.Dropout) and name.endswith("attn_dropout"):
+            out.append(m.p)
+        elif isinstance(getattr(m, "attention_dropout", None), float):
+            out.append(m.attention_dropout)
+    return out
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_attention_dropout_is_set_for_the_duration_and_restored(tiny_gpt2, tiny_llama, arch):
+    model = tiny_gpt2 if arch == "gpt2" else tiny_llama
+    key = "attn_pdrop" if arch == "gpt2" else "attention_dropout"
+    before, modules = getattr(model.config, key), _attention_dropouts(model)
+    assert modules and has_attention_dropout(model) == (before > 0)
+    with attention_dropout(model, 0.25):
+        assert getattr(model.config, key) == 0.25 and set(_attention_dropouts(model)) == {0.25}
+        assert has_attention_dropout(model)
+    assert getattr(model.config, key) == before and _attention_dropouts(model) == modules
+    with attention_dropout(model, 0.0):
+        assert not has_attention_dropout(model) and set(_attention_dropouts(model)) == {0.0}
+    with attention_dropout(model, None):  # the model's own
+        assert getattr(model.config, key) == before
+    assert _attention_dropouts(model) == modules
+
+
+def test_attention_dropout_acts_on_the_forward_in_training_mode(tiny_gpt2):
+    """GPT-2 in training mode with every other dropout off: two forwards differ with the config's attention
+    dropout (0.1) and agree with attention_dropout 0, which gives the eval-mode logits."""
+    model = tiny_gpt2
+    model.config.resid_pdrop = model.config.embd_pdrop = 0.0
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.Dropout) and not name.endswith("attn_dropout"):
+            m.p = 0.0
+    ids = torch.arange(1, 25).reshape(2, 12) % model.config.vocab_size
+    with torch.no_grad():
+        reference = model.eval()(ids).logits
+        model.train()
+        torch.manual_seed(0)
+        a, b = model(ids).logits, model(ids).logits
+        assert not torch.allclose(a, b)
+        with attention_dropout(model, 0.0):
+            c, d = model(ids).logits, model(ids).logits
+    model.eval()
+    torch.testing.assert_close(c, d)
+    torch.testing.assert_close(c, reference)
+
+
+def test_a_model_without_attention_dropout_is_refused():
+    with pytest.raises(ValueError, match="Linear: no attention dropout"):
+        with attention_dropout(torch.nn.Linear(2, 2), 0.0):
+            pass
+    with pytest.raises(ValueError, match=r"must be in \[0, 1\)"):
+        with attention_dropout(torch.nn.Linear(2, 2), 1.5):
+            pass
+    with pytest.raises(Exception, match="attention_dropout"):
+        TrainSpec(attention_dropout=1.0)  # the config refuses it first
+
+
+def test_train_adapter_with_attention_dropout_zero(tmp_path, tiny_tokenizer, tiny_gpt2):
+    """Training with train.attention_dropout: 0 records it in the adapter's metadata and leaves GPT-2's own 0.1."""
+    res = train_adapter(tiny_gpt2, tiny_tokenizer, RECORDS, lora=LoraSpec(r=2, lora_alpha=4),
+                        train=TrainSpec(max_steps=2, batch_size=4, attention_dropout=0.0), seed=0,
+                        out_dir=tmp_path / "a", max_length=64, model_info=describe_model(tiny_gpt2, name="tiny"),
+                        progress=False)
+    assert res.steps == 2
+    meta = json.loads((tmp_path / "a" / "lorasum.json").read_text())
+    assert '"attention_dropout": 0.0' in json.dumps(meta)
+    assert tiny_gpt2.config.attn_pdrop == 0.1 and set(_attention_dropouts(tiny_gpt2)) == {0.1}
+
+
+def test_training_a_model_without_attention_dropout_settings_names_the_key(tmp_path, tiny_tokenizer, tiny_gpt2,
+                                                                           monkeypatch):
+    import lorasum.train.varlen as varlen
+
+    monkeypatch.setattr(varlen, "_DROPOUT_KEYS", ())
+    for m in tiny_gpt2.modules():  # hide GPT-2's attn_dropout modules from the lookup
+        for child_name, child in list(m.named_children()):
+            if child_name == "attn_dropout":
+                m._modules["attention_drop"] = m._modules.pop("attn_dropout")
+    with pytest.raises(ConfigError, match="train.attention_dropout: GPT2LMHeadModel: no attention dropout"):
+        train_adapter(tiny_gpt2, tiny_tokenizer, RECORDS, lora=LoraSpec(r=2, lora_alpha=4),
+                      train=TrainSpec(max_steps=1, batch_size=4, attention_dropout=0.0), seed=0,
+                      out_dir=tmp_path / "b", max_length=64, model_info=describe_model(tiny_gpt2, name="tiny"),
+                      progress=False)
