@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictInt, StringConstraints, ValidationError, ValidationInfo,
+from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StringConstraints, ValidationError, ValidationInfo,
                       field_validator, model_validator)
 
 from lorasum.errors import ConfigError
@@ -184,10 +184,15 @@ class TrainSpec(_Strict):
         True, description="parallel training on CUDA: replay each forward/backward pass and the optimiser step as "
         "CUDA graphs (passes padded to a geometric grid of sizes; falls back to eager with a warning); see "
         "lorasum.train.parallel_graphs")
-    attention_dropout: float | None = Field(
+    attention_dropout: StrictFloat | None = Field(
         None, ge=0, lt=1, description="dropout on the attention probabilities while training; null: the model's "
         "own (GPT-2: 0.1, SmolLM2: 0). 0 lets GPT-2 train with variable-length attention and CUDA graphs on "
         "CUDA (faster; the paper trained GPT-2 with 0.1)")
+
+    @field_validator("attention_dropout")
+    @classmethod
+    def _no_negative_zero(cls, v: float | None) -> float | None:
+        return None if v is None else float(v) + 0.0  # -0.0 -> 0.0: one cache key for one setting
     parallel_max_tokens: StrictInt = Field(
         32768, gt=0, description="parallel training: tokens in one forward pass at most (bounds GPU memory: about "
         "40 GiB for SmolLM2-135M at 32k); a step with more takes several passes, with the same result")

@@ -420,8 +420,9 @@ def test_damaged_group_checkpoints_are_refused_with_one_line(tmp_path, tiny_toke
     assert not any("lora" in n for n, _ in tiny_llama.named_parameters())
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama"])
-def test_static_passes_give_the_adapters_of_the_packed_passes(tmp_path, tiny_tokenizer, tiny_gpt2, tiny_llama, arch):
+@pytest.mark.parametrize(("arch", "loss_on"), [("gpt2", "answer"), ("llama", "answer"), ("llama", "all")])
+def test_static_passes_give_the_adapters_of_the_packed_passes(tmp_path, tiny_tokenizer, tiny_gpt2, tiny_llama, arch,
+                                                              loss_on):
     """The static layout of the CUDA-graph path (one padded row, padding in segments of its own, zero-length
     segments, padded scored positions with weight 0, per-token loss weights 1/n_j, the optimiser with its
     bias corrections in tensors), run eagerly on the CPU, trains the adapters of the ordinary passes."""
@@ -433,7 +434,8 @@ def test_static_passes_give_the_adapters_of_the_packed_passes(tmp_path, tiny_tok
             m.p = 0.0
     lora = LoraSpec(r=4, lora_alpha=8, lora_dropout=0.0)
     # several passes a step; on llama no gradient clip, so that the per-token loss weights are seen by Adam
-    train = TrainSpec(**TRAIN | {"parallel_max_tokens": 70, "max_grad_norm": 1.0 if arch == "gpt2" else None})
+    train = TrainSpec(**TRAIN | {"parallel_max_tokens": 70, "max_grad_norm": 1.0 if arch == "gpt2" else None,
+                                 "loss_on": loss_on})
     layouts = []
     real = pg.static_layout
 
@@ -539,6 +541,33 @@ def test_bucket_sizes_bound_the_padding_and_the_number_of_shapes():
     assert sizes == sorted(sizes)  # monotone: a larger pass never gets a smaller shape
     assert len(set(sizes)) <= 8 * 9  # log2(20000 / 64) < 9 octaves of 8 sizes
     assert bucket(18000, 1024, 8) == 18432 and bucket(5000, 1024, 8) == 5120 and bucket(1000, 1024, 8) == 1024
+
+
+def test_static_layout_never_predicts_an_example_from_the_one_before():
+    """With loss_on: all an example's first token carries a label; it must not become the target of the
+    previous example's last position (the packed passes leave it out too)."""
+    from lorasum.data.tokenize import Encoded
+    from lorasum.train.parallel_graphs import static_layout
+
+    a, b = Encoded(input_ids=[11, 12, 13], labels=[11, 12, 13]), Encoded(input_ids=[21, 22, 23], labels=[21, 22, 23])
+    lay = static_layout([(a, 0), (b, 1)], pad_id=0, n_answer=torch.tensor([2.0, 2.0]), k=2, max_seqlen=3, granule=8)
+    scored = lay["weight"] > 0
+    assert lay["flat"][scored].tolist() == [0, 1, 3, 4] and lay["targets"][scored].tolist() == [12, 13, 22, 23]
+    assert lay["owner"][scored].tolist() == [0, 0, 1, 1]
+    assert [float(lay["weight"][scored & (lay["owner"] == j)].sum()) for j in (0, 1)] == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("bad", [dict(part=[]), dict(max_seqlen=0), dict(k=1)])
+def test_static_layout_refuses_what_it_cannot_lay_out(bad):
+    from lorasum.data.tokenize import Encoded
+    from lorasum.train.parallel_graphs import bucket, static_layout
+
+    args = dict(part=[(Encoded(input_ids=[5, 6], labels=[-100, 6]), 1)], pad_id=0, n_answer=torch.ones(2), k=2,
+                max_seqlen=4, granule=8) | bad
+    with pytest.raises(ValueError, match="static_layout"):
+        static_layout(**args)
+    with pytest.raises(ValueError, match="at least 1"):
+        bucket(5, 0, 8)
 
 
 def test_a_pass_laid_out_in_a_larger_shape_fits_and_keeps_its_tokens():

@@ -103,3 +103,27 @@ def test_training_a_model_without_attention_dropout_settings_names_the_key(tmp_p
                       train=TrainSpec(max_steps=1, batch_size=4, attention_dropout=0.0), seed=0,
                       out_dir=tmp_path / "b", max_length=64, model_info=describe_model(tiny_gpt2, name="tiny"),
                       progress=False)
+
+
+def test_an_integer_attention_dropout_in_the_config_is_settable(tiny_tokenizer):
+    """A config.json may say ``"attention_dropout": 0``: an int on every attention module."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tiny_tokenizer), hidden_size=16, intermediate_size=32,
+                                         num_hidden_layers=1, num_attention_heads=2, attention_dropout=0))
+    assert _attention_dropouts(model) == [] and model.model.layers[0].self_attn.attention_dropout == 0
+    with attention_dropout(model, 0.2):
+        assert model.model.layers[0].self_attn.attention_dropout == 0.2 and model.config.attention_dropout == 0.2
+    assert model.model.layers[0].self_attn.attention_dropout == 0 and model.config.attention_dropout == 0
+
+
+@pytest.mark.parametrize("value", ["0.1", True, False])
+def test_attention_dropout_takes_numbers_only(value):
+    with pytest.raises(Exception, match="attention_dropout"):
+        TrainSpec(attention_dropout=value)
+
+
+def test_negative_zero_is_zero():
+    """-0.0 and 0.0 are one setting, so one cache key."""
+    assert str(TrainSpec(attention_dropout=-0.0).attention_dropout) == "0.0"
+    assert TrainSpec(attention_dropout=0).attention_dropout == 0.0

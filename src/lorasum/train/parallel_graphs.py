@@ -61,6 +61,8 @@ def bucket(n: int, granule: int, per_octave: int) -> int:
     per_octave)``, at least ``granule``. With ``granule`` and ``per_octave`` powers of two every size is a
     multiple of ``granule``, less than ``n + max(granule, n / per_octave)``, and the sizes up to ``m`` number
     about ``per_octave * log2(m / granule)``: few distinct shapes (captured graphs) for little padding."""
+    if granule < 1 or per_octave < 1:
+        raise ValueError(f"bucket: granule {granule} and per_octave {per_octave} must be at least 1")
     if n <= granule:
         return granule
     step = max(granule, (1 << (n - 1).bit_length() - 1) // per_octave)
@@ -82,7 +84,8 @@ def static_layout(part: list, pad_id: int, n_answer: torch.Tensor, k: int, max_s
         n_answer: (k,) labelled tokens of each adapter in the whole step (the loss weight is 1/n).
         k: number of adapters.
         max_seqlen: the longest segment allowed (padding is cut into segments of at most this).
-        granule: the smallest T and N; T and N lie on the grid of :func:`bucket` (multiples of it).
+        granule: the smallest T and N; T and N lie on the grid of :func:`bucket` (multiples of it when it
+            is a power of two).
         shape: (T, N, S) to lay the pass out in instead (a captured graph's shape; see
             :func:`fits`), each at least what the pass needs.
 
@@ -91,19 +94,28 @@ def static_layout(part: list, pad_id: int, n_answer: torch.Tensor, k: int, max_s
         -1 on padding); ``cu_seqlens`` (S,) int32, segment starts then the total, padded with T;
         ``flat`` (N,) int64 scored positions (the token at ``flat + 1`` is predicted), ``targets``
         (N,) int64, ``weight`` (N,) float32 and ``owner`` (N,) int64 (k on padding). Without
-        ``shape``, T and N are multiples of ``granule``; S is a multiple of 64 and at least T / 32 + 1.
+        ``shape``, T and N are on the grid of :func:`bucket`; S is a multiple of 64 and at least T / 32 + 1.
+        An example's first token is never a target (position t predicts token t + 1 of the same example
+        only), whatever its label, as in :func:`lorasum.train.packing.pack`.
 
     Raises:
-        ValueError: an example is longer than ``max_seqlen``, or the pass does not fit ``shape``.
+        ValueError: no examples, ``max_seqlen`` < 1, an adapter index outside [0, k), an example longer
+            than ``max_seqlen``, or the pass does not fit ``shape``.
     """
+    if not part or max_seqlen < 1:
+        raise ValueError(f"static_layout: {len(part)} examples, max_seqlen {max_seqlen}: need at least one of "
+                         "each")
     ids, labels, groups, pos, starts = [], [], [], [], []
     t = 0
     for e, j in part:
         n = len(e.input_ids)
         if n > max_seqlen:
             raise ValueError(f"static_layout: an example of {n} tokens is longer than max_seqlen {max_seqlen}")
+        if not 0 <= j < k:
+            raise ValueError(f"static_layout: adapter index {j} outside [0, {k})")
         ids.append(torch.as_tensor(e.input_ids, dtype=torch.long))
-        labels.append(torch.as_tensor(e.labels, dtype=torch.long))
+        # the first token of an example is not predicted from the previous example (loss_on: all labels it)
+        labels.append(torch.as_tensor([IGNORE_INDEX] + list(e.labels[1:]), dtype=torch.long)[:n])
         groups.append(torch.full((n,), j, dtype=torch.long))
         pos.append(torch.arange(n))
         starts.append(t)

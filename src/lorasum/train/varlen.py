@@ -174,14 +174,14 @@ def attention_dropout(model: torch.nn.Module, p: float | None) -> Iterator[None]
     saved: list[tuple[object, str, object]] = []
     config = getattr(model, "config", None)
     for key in _DROPOUT_KEYS:
-        if config is not None and isinstance(getattr(config, key, None), (int, float)):
+        if config is not None and _is_number(getattr(config, key, None)):
             saved.append((config, key, getattr(config, key)))
     modules = 0
     for name, m in model.named_modules():
         if isinstance(m, torch.nn.Dropout) and name.rpartition(".")[2] == "attn_dropout":
             saved.append((m, "p", m.p))
             modules += 1
-        elif isinstance(getattr(m, "attention_dropout", None), float) and not isinstance(m, torch.nn.Dropout):
+        elif _is_number(getattr(m, "attention_dropout", None)) and not isinstance(m, torch.nn.Dropout):
             saved.append((m, "attention_dropout", m.attention_dropout))
             modules += 1
     if not modules:
@@ -194,3 +194,8 @@ def attention_dropout(model: torch.nn.Module, p: float | None) -> Iterator[None]
     finally:
         for obj, key, value in reversed(saved):
             setattr(obj, key, value)
+
+
+def _is_number(value) -> bool:
+    """An int or float (a config.json may hold ``0`` as well as ``0.0``), not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
