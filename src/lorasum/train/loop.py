@@ -367,10 +367,12 @@ def _metadata(
     }
 
 
-def _unset_attention_dropout(train: TrainSpec) -> set[str]:
-    """``{"attention_dropout"}`` when it is unset (None): left out of fingerprints, so that those of runs
-    made before the field existed stay valid."""
-    return {"attention_dropout"} if train.attention_dropout is None else set()
+def _fingerprint_train(train: TrainSpec) -> dict:
+    """The training settings a checkpoint's fingerprint holds: not those of speed or memory only, and
+    ``attention_dropout`` only when set, so that fingerprints made before the field existed stay valid."""
+    exclude = {"checkpoint_every", "parallel_adapters", "parallel_max_tokens"}
+    return train.model_dump(mode="json", exclude=exclude | ({"attention_dropout"} if train.attention_dropout is None
+                                                            else set()))
 
 
 @contextlib.contextmanager
@@ -441,8 +443,7 @@ def train_adapter(
     check_context(model, max(len(e.input_ids) for e in encoded))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     run_id = fingerprint(model=[model_info.name, model_info.config_hash, weights_digest(model)], examples=_examples_hash(encoded),
-                         lora=lora.model_dump(mode="json"), train=train.model_dump(mode="json",
-                         exclude={"checkpoint_every", "parallel_adapters", "parallel_max_tokens"} | _unset_attention_dropout(train)), seed=seed, max_length=max_length)
+                         lora=lora.model_dump(mode="json"), train=_fingerprint_train(train), seed=seed, max_length=max_length)
     ckpt = _Checkpointing(ckpt_path, train.checkpoint_every, run_id,
                           load_checkpoint(ckpt_path, run_id) if continuing else None)
     requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}

@@ -77,7 +77,7 @@ from lorasum.train.checkpoint import TrainingDiverged, fingerprint, prepare_chec
 from lorasum.train.parallel_checkpoint import load_group_checkpoint, restore_group_checkpoint, save_group_checkpoint
 from lorasum.models import compiled_layers, weights_digest
 from lorasum.train.loop import (ADAPTER_META_FILE, _LOG_TAIL, _VAL_BATCH, _VAL_MAX_TOKENS, TrainResult,
-                                _examples_hash, _init_seed, _unset_attention_dropout, training_attention_dropout, _lora_config, _metadata, _micro_batches, _seed_everything, _total_steps)
+                                _examples_hash, _fingerprint_train, _init_seed, training_attention_dropout, _lora_config, _metadata, _micro_batches, _seed_everything, _total_steps)
 from lorasum.train.packing import pack, packing_is_exact
 from lorasum.train.varlen import (attention_implementation, has_attention_dropout, varlen_attention, varlen_kwargs,
                                   varlen_supported)
@@ -457,8 +457,7 @@ def train_adapters(
         group_id = fingerprint(
             model=[model_info.name, model_info.config_hash, weights_digest(model)], max_length=max_length,
             lora=lora.model_dump(mode="json"),
-            train=train.model_dump(mode="json",
-                                   exclude={"checkpoint_every", "parallel_max_tokens", "parallel_adapters"} | _unset_attention_dropout(train)),
+            train=_fingerprint_train(train),
             adapters=[[t.seed, _examples_hash(enc, memo), (t.meta or {}).get("domains")] for t, enc in zip(tasks, encoded)])
         ckpt = (ckpt_path, group_id, prepare_checkpoint(ckpt_path, resume=resume, overwrite=overwrite))
     requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}

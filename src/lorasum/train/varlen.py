@@ -32,6 +32,7 @@ __all__ = ["VARLEN", "varlen_kwargs", "varlen_attention", "varlen_supported", "a
 #: the name under which the attention function is registered with transformers.
 VARLEN = "lorasum_varlen"
 _KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
+_DROPOUT_KEYS = ("attn_pdrop", "attention_dropout")  # config fields: GPT-2, Llama and most others
 
 
 def varlen_kwargs(position_ids: torch.Tensor) -> dict:
@@ -148,9 +149,6 @@ def varlen_attention(model: torch.nn.Module, enabled: bool = True) -> Iterator[b
     _register()
     with attention_implementation(model, VARLEN):
         yield True
-
-
-_DROPOUT_KEYS = ("attn_pdrop", "attention_dropout")  # config fields: GPT-2, Llama and most others
 
 
 @contextlib.contextmanager
