@@ -139,8 +139,7 @@ def hotswap_slot(model: torch.nn.Module, paths: list[str | Path], *, compile: bo
     compiled once (:func:`lorasum.models.compiled_layers`) and serve every adapter without
     recompiling. On exit the slot is unloaded and ``model`` is the plain base model again.
 
-    The slot has the largest rank of ``paths`` (on CUDA rounded up to a multiple of 8, for aligned
-    matmuls); a smaller adapter fills its first rows of LoRA A and
+    The slot has the largest rank of ``paths``; a smaller adapter fills its first rows of LoRA A and
     columns of LoRA B and zeros the rest, so B·A, and with it ΔW = (lora_alpha / r)·B·A with the
     adapter's own r and lora_alpha, is exactly the adapter's (PEFT's own padding,
     ``prepare_model_for_compiled_hotswap``). The folders must be :func:`hotswap_compatible`.
@@ -165,10 +164,8 @@ def hotswap_slot(model: torch.nn.Module, paths: list[str | Path], *, compile: bo
         if entry is None or entry[0] != entries[0][0]:
             raise ValueError(f"{path}: cannot share a hotswap slot with {paths[0]} (unreadable, other target "
                              "modules or LoRA kind)")
-    device = next(model.parameters()).device
     rank = max(entry[1] for entry in entries)
-    if device.type == "cuda":  # a multiple of 8: 16-byte rows of LoRA A x, which cuBLAS's fast kernels need
-        rank = -(-rank // 8) * 8
+    device = next(model.parameters()).device
     peft_model = PeftModel.from_pretrained(model, str(paths[0]))
     current = [str(paths[0])]
     try:

@@ -15,8 +15,7 @@ input x (tokens × d_in),
                                                 B_cat = [B_1 … B_k]   (d_out × k·r),
 
 where the mask M (tokens × k·r) is 1 on the r rows of the token's own adapter and 0 elsewhere
-(0 everywhere on padding; A_cat and B_cat get zero rows and columns up to a multiple of 8, as aligned
-operands keep cuBLAS on its fast kernels). For a token of adapter j this is scaling · B_j A_j x, LoRA's update
+(0 everywhere on padding). For a token of adapter j this is scaling · B_j A_j x, LoRA's update
 (Hu et al. 2021, eq. 3), and no gradient reaches another adapter's A or B. Packed examples do
 not attend to each other (:mod:`lorasum.train.packing`), so an adapter's loss and gradients
 are those of training it alone on the same micro-batches.
@@ -89,11 +88,6 @@ log = logging.getLogger("lorasum")
 _CHECK_EVERY = 20  # steps between checks of the losses for NaN / inf (a check waits for the GPU)
 
 
-#: the LoRA matmuls' inner size k·r is rounded up to a multiple of this (zero columns): with 21 adapters of rank 4
-#: (84 columns, rows of 168 bytes) cuBLAS fell back to slow kernels for unaligned operands (profile on an H200)
-_ALIGN = 8
-
-
 class ParallelUnsupported(ConfigError):
     """The model or the LoRA settings do not allow training adapters together (raised before any training)."""
 
@@ -157,7 +151,6 @@ class _Router:
 
     def __init__(self, k: int, r: int, scaling: float):
         self.k, self.r, self.scaling = k, r, scaling
-        self.lora_width = -(-k * r // _ALIGN) * _ALIGN  # k·r rounded up: the LoRA matmuls' inner size (zero columns)
         self.varlen = False  # whether the passes use variable-length attention (recorded in lorasum.json)
         self.cuda_graphs = False  # whether the passes were replayed as CUDA graphs (recorded in lorasum.json)
         self._groups: torch.Tensor | int | None = None
@@ -172,18 +165,17 @@ class _Router:
         self._groups, self._masks = None, {}
 
     def mask(self, like: torch.Tensor) -> torch.Tensor:
-        """M as booleans, broadcastable to ``like`` (…, lora_width), on its device (False in the padding columns)."""
+        """M as booleans, broadcastable to ``like`` (…, k·r), on its device."""
         key = like.device
         if key not in self._masks:
             g = self._groups
             if g is None:
                 raise RuntimeError("parallel LoRA layers called before the tokens were routed")
             if isinstance(g, int):
-                m = torch.zeros(self.lora_width, dtype=torch.bool, device=like.device)
+                m = torch.zeros(self.k * self.r, dtype=torch.bool, device=like.device)
                 m[g * self.r:(g + 1) * self.r] = True
             else:
                 m = F.one_hot(g.to(like.device) + 1, self.k + 1)[..., 1:].bool().repeat_interleave(self.r, -1)
-                m = F.pad(m, (0, self.lora_width - self.k * self.r))
                 m = m.reshape(like.shape)  # tokens in the layout the layer sees
             self._masks[key] = m
         return self._masks[key]
@@ -218,10 +210,7 @@ class _ParallelLoRA(torch.nn.Module):
         dtype = x.dtype if x.dtype in (torch.bfloat16, torch.float16) else self.lora_A.dtype
         A = self.lora_A.flatten(0, 1).to(dtype)  # (k·r, d_in)
         B = self.lora_B.flatten(1, 2).to(dtype)  # (d_out, k·r)
-        pad = self.router.lora_width - A.shape[0]
-        if pad:  # zero rows of A and columns of B: aligned matmuls (cuBLAS's fast kernels need 16-byte strides)
-            A, B = F.pad(A, (0, 0, 0, pad)), F.pad(B, (0, pad))
-        h = F.linear(self.dropout(x.to(dtype)), A)  # (…, lora_width)
+        h = F.linear(self.dropout(x.to(dtype)), A)  # (…, k·r)
         # select, not multiply: a NaN or inf in one adapter must not reach another one's tokens (0 · inf = NaN)
         h = torch.where(self.router.mask(h), h * self.router.scaling, 0.0)
         return out + F.linear(h, B).to(out.dtype)
