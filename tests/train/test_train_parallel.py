@@ -644,3 +644,26 @@ def test_parallel_training_applies_attention_dropout_for_its_duration(tmp_path, 
     assert seen == [(0.0, False)]
     assert tiny_gpt2.config.attn_pdrop == 0.1
     assert all(m.p == 0.1 for n, m in tiny_gpt2.named_modules() if n.endswith("attn_dropout"))
+
+
+def test_stretch_log_counts_the_graph_captures_of_the_stretch(caplog):
+    """The pace line of a stretch of steps says how many CUDA graphs were captured during it and how long the
+    captures took (they are part of the stretch's time); a stretch without captures says nothing of them."""
+    import logging
+    from types import SimpleNamespace
+
+    from lorasum.train.parallel import _log_phase
+
+    graphs = SimpleNamespace(captured=0, capture_seconds=0.0)
+    caplog.set_level(logging.INFO, logger="lorasum")
+    phase = _log_phase((0, 0.0, None, 0, 0.0), 0, 21, graphs)  # the first stretch starts: nothing logged
+    assert phase[2:] == (21, 0, 0.0) and not caplog.records
+    graphs.captured, graphs.capture_seconds = 14, 9.25
+    phase = _log_phase(phase, 197, 18, graphs)
+    phase = _log_phase(phase, 300, 3, graphs)  # no capture in this stretch
+    _log_phase(phase, 310, 0, None)  # a run without graphs
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 3
+    assert lines[0].startswith("steps 0-197: 21 adapters, ") and lines[0].endswith("(14 CUDA graphs captured in 9.2 s)")
+    assert lines[1].startswith("steps 197-300: 18 adapters, ") and "captured" not in lines[1]
+    assert lines[2].startswith("steps 300-310: 3 adapters, ") and "captured" not in lines[2]

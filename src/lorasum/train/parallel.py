@@ -588,12 +588,13 @@ def _loop(model, tokenizer, tasks, outs, encoded, layers, router, config, lora, 
     bar = tqdm(range(first, max(totals)), desc=f"train ×{k}", unit="step", disable=not progress, leave=False,
                initial=first, total=max(totals))
     checked = 0  # losses[:checked] are known to be finite
-    phase = (first, time.perf_counter(), None)  # (first step, its time, adapters) of the steps with one active set
+    # (first step, its time, adapters, graphs captured, capture seconds) of the steps with one active set
+    phase = (first, time.perf_counter(), None, 0, 0.0)
     with _stop_on_signals() as stop:
         for step in bar:
             active = [j for j in range(k) if step < totals[j]]
             if len(active) != phase[2]:
-                phase = _log_phase(phase, step, len(active))
+                phase = _log_phase(phase, step, len(active), static)
             window, picked = [], []  # forward passes of the step; (adapter, example indices) taken
             for _ in range(train.grad_accum):
                 picks = [(j, next(streams[j])) for j in active]
@@ -662,7 +663,7 @@ def _loop(model, tokenizer, tasks, outs, encoded, layers, router, config, lora, 
                 if "signum" in stop:
                     raise ParallelInterrupted(stop["signum"], step + 1, max(totals),
                                               [outs[j] for j in range(k) if totals[j] <= step + 1], path)
-        _log_phase(phase, max(totals), 0)
+        _log_phase(phase, max(totals), 0, static)
         if static is not None and static.capture:
             log.info("CUDA graphs: %d shapes captured, %d passes padded to a captured shape", static.captured,
                      static.padded)
@@ -673,14 +674,23 @@ def _loop(model, tokenizer, tasks, outs, encoded, layers, router, config, lora, 
     return results
 
 
-def _log_phase(phase: tuple, step: int, n_active: int) -> tuple:
-    """Log the pace of the steps since ``phase`` (first step, its time, adapters active) and start the next
-    phase at ``step`` with ``n_active`` adapters. The time includes the validation of adapters that finished."""
-    first, t0, n = phase
+def _log_phase(phase: tuple, step: int, n_active: int, graphs=None) -> tuple:
+    """Log the pace of the steps since ``phase`` (first step, its time, adapters active, CUDA graphs captured
+    and seconds spent capturing them until then) and start the next phase at ``step`` with ``n_active``
+    adapters. The time includes the validation of adapters that finished and the graph captures of the
+    stretch (each an eager warm-up pass plus the capture), which the line counts. ``graphs``: the
+    :class:`lorasum.train.parallel_graphs.GraphedPasses` of the run, or None."""
+    first, t0, n, captured, capture_s = phase
     now = time.perf_counter()
+    captured_now = graphs.captured if graphs is not None else 0
+    capture_now = graphs.capture_seconds if graphs is not None else 0.0
     if n is not None and step > first:
-        log.info("steps %d-%d: %d adapters, %.0f ms a step", first, step, n, 1000 * (now - t0) / (step - first))
-    return step, now, n_active
+        extra = ""
+        if captured_now > captured:
+            extra = f" ({captured_now - captured} CUDA graphs captured in {capture_now - capture_s:.1f} s)"
+        log.info("steps %d-%d: %d adapters, %.0f ms a step%s", first, step, n, 1000 * (now - t0) / (step - first),
+                 extra)
+    return step, now, n_active, captured_now, capture_now
 
 
 def _finish(model, tokenizer, task, out, j, group, layers, router, losses, tokens, seconds, config, lora, train,

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 
 import torch
 import torch.nn.functional as F
@@ -204,6 +205,7 @@ class GraphedPasses:
         self._opt: tuple[torch.cuda.CUDAGraph, torch.Tensor] | None = None
         self._pool = torch.cuda.graph_pool_handle() if self.capture else None
         self.captured = 0  # graphs captured
+        self.capture_seconds = 0.0  # wall time of the captures (warm-up passes included)
         self.padded = 0  # passes laid out in a larger captured shape (past _MAX_GRAPHS)
         self._warned_cap = False
 
@@ -249,7 +251,9 @@ class GraphedPasses:
             static = {n: torch.empty(t.shape, dtype=t.dtype, device=self.device) for n, t in host.items()}
             for n, t in host.items():
                 static[n].copy_(_pinned(t), non_blocking=True)
+            started = time.perf_counter()
             graph = self._capture_pass(static)
+            self.capture_seconds += time.perf_counter() - started
             if graph is None:  # capture failed: eager from now on
                 self._body(static)
                 self.router.clear()
