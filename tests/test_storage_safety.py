@@ -152,3 +152,29 @@ def test_header_reader_matches_safetensors(tmp_path):
         path.write_bytes(bad)
         with pytest.raises(ValueError):
             read_safetensors_header(path)
+
+
+def test_atomic_dir_overwrite_never_touches_other_names(tmp_path):
+    """The old copy waits under a fresh name while the new folder moves in: a user's folder that happens to be
+    called ``.out.old`` next to the output survives a replacement (it was deleted before)."""
+    target, sibling = tmp_path / "out", tmp_path / ".out.old"
+    target.mkdir()
+    (target / "old").write_text("o")
+    sibling.mkdir()
+    (sibling / "important.txt").write_text("backup")
+    with atomic_dir(target, overwrite=True) as tmp:
+        (tmp / "new").write_text("n")
+    assert sorted(p.name for p in target.iterdir()) == ["new"]
+    assert (sibling / "important.txt").read_text() == "backup"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.old", "out"]
+
+
+def test_overwrite_refuses_what_is_neither_file_nor_folder(tmp_path):
+    """``--overwrite`` replaces files, folders and symlinks, never a device, pipe or socket (``/dev/null`` was
+    replaced by a folder when run as root)."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(storage.OutputExistsError, match="neither a file nor a folder"):
+        with atomic_dir(fifo, overwrite=True):
+            pass
+    assert fifo.is_fifo() and sorted(p.name for p in tmp_path.iterdir()) == ["pipe"]

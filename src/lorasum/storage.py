@@ -150,7 +150,24 @@ def check_output(path: str | os.PathLike, overwrite: bool = False) -> Path:
         if path.is_dir() and not path.is_symlink() and not any(path.iterdir()):
             return path
         raise OutputExistsError(f"{path}: already exists; pass --overwrite (overwrite=True from Python) to replace it")
+    if os.path.lexists(path) and not path.is_symlink() and not (path.is_dir() or path.is_file()):
+        raise OutputExistsError(f"{path}: exists and is neither a file nor a folder (a device, pipe or socket); "
+                                "not replaced, even with --overwrite")
     return path
+
+
+def check_not_inputs(out: str | os.PathLike, inputs: list) -> None:
+    """Refuse an output path that is one of ``inputs``, lies inside one, or holds one: replacing it
+    (``--overwrite``) would delete what the command reads.
+
+    Raises:
+        OutputExistsError: ``out`` overlaps an input, named in the message.
+    """
+    target = Path(out).resolve()
+    for item in inputs:
+        source = Path(item).resolve()
+        if target == source or target in source.parents or source in target.parents:
+            raise OutputExistsError(f"{out}: overlaps the input {item}; choose an output outside the inputs")
 
 
 def _remove(path: Path) -> None:
@@ -186,15 +203,17 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     try:
         yield tmp
         if os.path.lexists(path):
-            old = path.with_name(f".{path.name}.old")
-            _remove(old)
+            # the old copy waits in a fresh hidden folder of its own: no existing name is ever reused
+            holder = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            old = holder / path.name
             os.replace(path, old)
             try:
                 os.replace(tmp, path)
             except BaseException:
                 os.replace(old, path)
+                _remove(holder)
                 raise
-            _remove(old)
+            _remove(holder)
         else:
             os.replace(tmp, path)
         _fsync_dir(path.parent)

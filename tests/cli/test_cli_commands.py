@@ -60,6 +60,21 @@ def test_compose_refuses_to_clobber(trained, tmp_path, capsys):
     assert (out / "mine.txt").read_text() == "keep"
 
 
+def test_compose_refuses_an_output_that_overlaps_an_input(trained, tmp_path, capsys):
+    """--overwrite must not delete what compose reads: the output may not be an input, hold one, or lie in one."""
+    import shutil
+
+    work = tmp_path / "work"
+    shutil.copytree(trained / "math", work / "math")
+    shutil.copytree(trained / "finance", work / "finance")
+    before = {p: p.read_bytes() for p in work.rglob("*") if p.is_file()}
+    for out in (work / "math", work, work / "math" / "sub"):
+        rc = main(["compose", str(work / "math"), str(work / "finance"), "--out", str(out), "--overwrite"])
+        err = capsys.readouterr().err
+        assert rc == 2 and "overlaps the input" in err and err.count("\n") == 1, (out, err)
+    assert {p: p.read_bytes() for p in work.rglob("*") if p.is_file()} == before
+
+
 def test_similarity_json_matches_geometry(trained, capsys):
     from lorasum.adapters import load_adapter
 

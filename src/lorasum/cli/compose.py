@@ -54,9 +54,10 @@ def run(args: argparse.Namespace) -> int:
     from lorasum.adapters import load_adapter, save_adapter
     from lorasum.compose import METHODS, compose, compose_svd_report, merge_into_base, save_dense_delta
     from lorasum.errors import ConfigError
-    from lorasum.storage import atomic_dir, check_output, write_manifest
+    from lorasum.storage import atomic_dir, check_not_inputs, check_output, write_manifest
 
     check_output(args.out, args.overwrite)
+    check_not_inputs(args.out, args.adapters)
     if args.weights is not None and len(args.weights) != len(args.adapters):
         raise ConfigError(f"--weights has {len(args.weights)} values for {len(args.adapters)} adapters")
     adapters = [load_adapter(a) for a in args.adapters]
