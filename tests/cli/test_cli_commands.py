@@ -101,6 +101,31 @@ def test_eval_reports_union_as_pooled_tokens(trained, tiny_model_dir, capsys):
     assert res["union"]["ppl"] == pytest.approx(torch.tensor(pooled).exp().item(), rel=1e-6)
 
 
+def test_eval_refuses_to_print_an_empty_or_non_finite_perplexity(trained, tiny_model_dir, tmp_path, capsys,
+                                                                  monkeypatch):
+    """An adapter whose factors overflow the logits, or a test split with no answer token left, is an error (exit 2,
+    one line), not a `nan` perplexity with exit 0."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    import lorasum.evaluate as ev
+
+    huge = tmp_path / "huge"
+    shutil.copytree(trained / "math", huge)
+    weights = huge / "adapter_model.safetensors"
+    save_file({k: v * 1e30 for k, v in load_file(str(weights)).items()}, str(weights))
+    args = ["eval", "-q", "--model", str(tiny_model_dir), "--domain", "math", "--test-size", "3", "--max-length", "48",
+            "--device", "cpu"]
+    assert main(args + ["--adapter", str(huge)]) == 2
+    err = capsys.readouterr().err
+    assert "NLL is not finite" in err and str(huge) in err and err.count("\n") == 1
+    monkeypatch.setattr(ev, "perplexity", lambda *a, **kw: ev.Perplexity(0.0, 0, 3))
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "domain math: no answer token left" in err and err.count("\n") == 1
+
+
 @pytest.mark.parametrize(
     "argv, fragment",
     [

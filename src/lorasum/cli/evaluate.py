@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+
+from lorasum.errors import DataError
 
 from ._options import add_data_options, add_model_options, build_config, csv_list
 from ._options import load_data as _load_data
@@ -40,6 +43,13 @@ def run(args: argparse.Namespace) -> int:
     results = {dd.name: perplexity(model, tokenizer, dd.test, max_length=dd.max_length or cfg.data.max_length,
                                    batch_size=e.batch_size, loss_on=e.loss_on, stride=e.stride,
                                    max_tokens=e.max_tokens, progress=not args.quiet) for dd in data}
+    for name, p in results.items():  # no silently wrong numbers: an empty or non-finite score is an error
+        if p.n_tokens == 0:
+            raise DataError(f"domain {name}: no answer token left to score in its {p.n_examples} test examples "
+                            "(examples dropped as too long or answers empty?)")
+        if not math.isfinite(p.nll_sum):
+            raise DataError(f"domain {name}: the NLL is not finite ({p.nll_sum}): the model"
+                            + (f" with adapter {args.adapter}" if args.adapter else "") + " gives non-finite logits")
     if len(results) > 1:
         total = None
         for p in results.values():
