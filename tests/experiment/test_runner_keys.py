@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
+
 from lorasum.config import load_config
 from lorasum.experiment.grid import plan
 from lorasum.experiment.runner import _Context
@@ -26,3 +28,26 @@ def test_attention_dropout_is_part_of_the_key_only_when_set():
     assert len({unset, zero, tenth}) == 3  # an adapter trained with another attention dropout is not reused
     assert _key({"parallel_max_tokens": 1024}) == unset  # memory only: same adapter
     assert _key({"learning_rate": 0.1234}) != unset  # and the key does see the train spec
+
+
+def test_continuing_a_run_folder_with_another_model_or_lora_is_refused(tmp_path):
+    """A run folder is continued only by the same model and LoRA settings: another one would silently replace
+    every trained adapter of the run (hours of GPU work). --overwrite recomputes; other changes (evaluation,
+    methods) continue the run."""
+    from lorasum.config import load_config
+    from lorasum.errors import OutputExistsError
+    from lorasum.experiment.runner import _prepare_run_folder
+
+    cfg = load_config("configs/quickstart.yaml")
+    out = tmp_path / "run"
+    assert _prepare_run_folder(out, cfg, overwrite=False) is False  # a new folder: nothing to reuse
+    assert _prepare_run_folder(out, cfg, overwrite=False) is True
+    other_model = cfg.model_copy(update={"model": "gpt2"})
+    other_lora = cfg.model_copy(update={"lora": cfg.lora.model_copy(update={"r": cfg.lora.r + 1})})
+    for changed, key in ((other_model, "model"), (other_lora, "lora")):
+        with pytest.raises(OutputExistsError, match=f"a run with {key} "):
+            _prepare_run_folder(out, changed, overwrite=False)
+    other_eval = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"batch_size": cfg.eval.batch_size + 1})})
+    assert _prepare_run_folder(out, other_eval, overwrite=False) is True
+    assert _prepare_run_folder(out, other_model, overwrite=True) is False  # recomputed
+    assert _prepare_run_folder(out, other_model, overwrite=False) is True  # now the run of that model

@@ -101,6 +101,18 @@ def _prepare_run_folder(out: Path, cfg: ExperimentConfig, overwrite: bool) -> bo
     if out.exists() and any(out.iterdir()) and not marker.is_file():
         raise OutputExistsError(f"{out}: exists and is not a lorasum run folder; choose another --out")
     reuse = marker.is_file() and not overwrite
+    if reuse:  # continuing: a run of another model or LoRA setting would have every trained adapter replaced
+        try:
+            before = json.loads(marker.read_text(encoding="utf-8")).get("config") or {}
+        except (OSError, ValueError, AttributeError):
+            before = {}
+        now = cfg.model_dump(mode="json")
+        for key in ("model", "lora"):
+            if key in before and before[key] != now[key]:
+                raise OutputExistsError(
+                    f"{out}: a run with {key} {json.dumps(before[key])} (run.json); this config has "
+                    f"{json.dumps(now[key])}, and its adapters would replace the run's: choose another --out, or pass "
+                    "--overwrite to recompute the folder")
     atomic_write_json(marker, {"lorasum_version": __version__, "config": cfg.model_dump(mode="json")})
     return reuse
 
