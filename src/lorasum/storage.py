@@ -163,9 +163,9 @@ def check_not_inputs(out: str | os.PathLike, inputs: list) -> None:
     Raises:
         OutputExistsError: ``out`` overlaps an input, named in the message.
     """
-    target = Path(out).resolve()
+    target = Path(os.path.realpath(out))  # realpath, not resolve: a symlink loop is the loader's to report
     for item in inputs:
-        source = Path(item).resolve()
+        source = Path(os.path.realpath(item))
         if target == source or target in source.parents or source in target.parents:
             raise OutputExistsError(f"{out}: overlaps the input {item}; choose an output outside the inputs")
 
