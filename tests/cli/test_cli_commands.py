@@ -75,6 +75,14 @@ def test_compose_refuses_an_output_that_overlaps_an_input(trained, tmp_path, cap
     assert {p: p.read_bytes() for p in work.rglob("*") if p.is_file()} == before
 
 
+@pytest.mark.parametrize("seed", ["99999999999999999999999", "-1", "x"])
+def test_compose_seed_out_of_range_is_a_user_error(seed, tmp_path, capsys):
+    """A --seed the random generator cannot take is refused by the parser (exit 2), not an internal error."""
+    with pytest.raises(SystemExit) as stop:
+        main(["compose", "a", "b", "--method", "dare_ties", "--seed", seed, "--out", str(tmp_path / "o")])
+    assert stop.value.code == 2 and "--seed" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
 def test_similarity_json_matches_geometry(trained, capsys):
     from lorasum.adapters import load_adapter
 

@@ -51,3 +51,15 @@ def test_continuing_a_run_folder_with_another_model_or_lora_is_refused(tmp_path)
     assert _prepare_run_folder(out, other_eval, overwrite=False) is True
     assert _prepare_run_folder(out, other_model, overwrite=True) is False  # recomputed
     assert _prepare_run_folder(out, other_model, overwrite=False) is True  # now the run of that model
+
+
+def test_a_run_folder_that_is_a_file_is_a_user_error(tmp_path):
+    """reproduce --out <a file> is refused with a one-line user error (it was an internal FileExistsError)."""
+    from lorasum.errors import OutputExistsError
+    from lorasum.experiment.runner import _prepare_run_folder
+
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    with pytest.raises(OutputExistsError, match="exists and is not a folder"):
+        _prepare_run_folder(afile, load_config("configs/quickstart.yaml"), overwrite=True)
+    assert afile.read_text() == "mine"

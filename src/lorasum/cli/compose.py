@@ -33,11 +33,22 @@ def add_parser(sub, common) -> None:
     p.add_argument("--density", type=float, help="ties, magnitude_prune: fraction of entries kept (0, 1]; default 0.2")
     p.add_argument("--drop-prob", type=float, help="dare_linear, dare_ties: drop probability p in [0, 1); default 0.9")
     p.add_argument("--scale", type=float, help="task_arithmetic: scale λ; default 1.0")
-    p.add_argument("--seed", type=int, help="dare_*: seed of the random drop mask; default 0")
+    p.add_argument("--seed", type=_seed, help="dare_*: seed of the random drop mask (0 to 2**63 - 1); default 0")
     p.add_argument("--merge-into-base", action="store_true", help="write a merged full model instead")
     p.add_argument("--model", help="base model for --merge-into-base (default: the adapters' base model)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.set_defaults(func=run)
+
+
+def _seed(text: str) -> int:
+    """A seed torch.Generator.manual_seed takes: an integer in [0, 2**63)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 0 <= value < 2 ** 63:
+        raise argparse.ArgumentTypeError(f"{value} is outside [0, 2**63)")
+    return value
 
 
 def _count(adapters: list) -> str:

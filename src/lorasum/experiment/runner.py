@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import shutil
 import time
 from dataclasses import asdict
@@ -98,6 +99,8 @@ def _adapter_files(path: Path) -> dict[str, str]:
 def _prepare_run_folder(out: Path, cfg: ExperimentConfig, overwrite: bool) -> bool:
     """Check ``out`` and write ``run.json``; return whether cached work may be reused."""
     marker = out / "run.json"
+    if os.path.lexists(out) and not out.is_dir():
+        raise OutputExistsError(f"{out}: exists and is not a folder; choose another --out")
     if out.exists() and any(out.iterdir()) and not marker.is_file():
         raise OutputExistsError(f"{out}: exists and is not a lorasum run folder; choose another --out")
     reuse = marker.is_file() and not overwrite
