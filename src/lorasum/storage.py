@@ -143,7 +143,8 @@ def check_output(path: str | os.PathLike, overwrite: bool = False) -> Path:
     A symlink counts as existing even when it is broken or loops.
 
     Raises:
-        OutputExistsError: ``path`` exists (and holds something) and ``overwrite`` is False.
+        OutputExistsError: ``path`` exists (and holds something) and ``overwrite`` is False, or it is a
+            device, pipe or socket (never replaced).
     """
     path = Path(path)
     if os.path.lexists(path) and not overwrite:
