@@ -169,3 +169,18 @@ def test_unknown_target_modules(tmp_path, tiny_tokenizer, tiny_llama):
         run(tiny_llama, tiny_tokenizer, tmp_path / "a", lora=LoraSpec(target_modules=["no_such_module"]))
     assert all(torch.equal(before[k], v) for k, v in tiny_llama.state_dict().items())
     assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize(("arch", "targets", "named"), [("tiny_gpt2", ["wte"], "transformer.wte (Embedding)"),
+                                                         ("tiny_llama", ["q_proj", "embed_tokens"],
+                                                          "model.embed_tokens (Embedding)")])
+def test_embedding_targets_are_refused_before_training(request, tmp_path, tiny_tokenizer, arch, targets, named):
+    """An embedding LoRA (PEFT's lora_embedding_A/B) would train, then be refused by compose, similarity and eval:
+    refused up front, naming the module; the model is left as it was (no LoRA layer, same weights)."""
+    model = request.getfixturevalue(arch)
+    before = state(model)
+    with pytest.raises(ConfigError, match=r"linear projections .*not " + named.replace("(", r"\(").replace(")", r"\)")):
+        run(model, tiny_tokenizer, tmp_path / "a", lora=LoraSpec(target_modules=targets))
+    assert not (tmp_path / "a").exists()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not any("lora" in n for n, _ in model.named_parameters())

@@ -137,6 +137,26 @@ def _lora_config(lora: LoraSpec, model_info: ModelInfo) -> LoraConfig:
     )
 
 
+def _check_linear_targets(peft_model: PeftModel, config: LoraConfig) -> None:
+    """Refuse LoRA layers whose base layer is not a linear projection (``nn.Linear`` or GPT-2's ``Conv1D``).
+
+    Composition, geometry and evaluation take ΔW = scaling · B A of linear projections; an adapter of an
+    embedding (PEFT's ``lora_embedding_A``/``B``) or a convolution would be trained and then refused by all of them.
+
+    Raises:
+        ConfigError: naming ``lora.target_modules`` and the first such modules with their type.
+    """
+    from peft.tuners.lora import LoraLayer
+    from transformers.pytorch_utils import Conv1D
+
+    others = [f"{name} ({type(m.get_base_layer()).__name__})" for name, m in peft_model.base_model.model.named_modules()
+              if isinstance(m, LoraLayer) and not isinstance(m.get_base_layer(), (torch.nn.Linear, Conv1D))]
+    if others:
+        raise ConfigError(
+            f"lora.target_modules {sorted(config.target_modules)}: lorasum trains LoRA on linear projections (Linear, "
+            f"GPT-2's Conv1D) only, not {', '.join(others[:3])}{' …' if len(others) > 3 else ''}")
+
+
 def _batches(
     encoded: list[Encoded], train: TrainSpec, seed: int, pad_id: int, packed: bool, skip: int = 0
 ) -> Iterator[list[tuple[dict[str, torch.Tensor], int]]]:
@@ -458,6 +478,7 @@ def train_adapter(
     except ValueError as e:
         raise ConfigError(f"lora.target_modules {config.target_modules}: {str(e).splitlines()[0]}") from None
     try:
+        _check_linear_targets(peft_model, config)
         packed = train.packing and packing_is_exact(model)
         with training_attention_dropout(model, train), \
                 compiled_layers(model, train.compile and next(model.parameters()).is_cuda):
