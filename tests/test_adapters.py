@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import math
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,8 +17,10 @@ from safetensors.torch import save_file
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 from transformers.pytorch_utils import Conv1D
 
-from lorasum.adapters import Adapter, LoraFactor, load_adapter, save_adapter
+from lorasum.adapters import (Adapter, BaseModelRecord, LoraFactor, base_model_difference, check_adapter_base,
+                              check_same_base_model, load_adapter, model_ref_key, save_adapter)
 from lorasum.errors import AdapterError, OutputExistsError
+from lorasum.models import ModelInfo
 
 VOCAB = 64
 
@@ -225,3 +231,160 @@ def test_refuses_missing_folder_and_files(tmp_path):
 def test_factor_rejects_inconsistent_rank():
     with pytest.raises(AdapterError, match="rank mismatch"):
         LoraFactor(A=torch.zeros(2, 4), B=torch.zeros(3, 3), scaling=1.0)
+
+
+# -- which base model (lorasum.json's base_model record) -------------------------------------------------
+
+HASH_A, HASH_B = "a" * 64, "b" * 64
+
+
+def with_meta(path, meta, **config):
+    """A hand-written adapter folder plus ``lorasum.json`` holding ``meta`` (a dict, or raw text)."""
+    folder = write_folder(path, config=config)
+    (folder / "lorasum.json").write_text(meta if isinstance(meta, str) else json.dumps(meta))
+    return folder
+
+
+def rec(source="/models/tiny", config_hash=HASH_A, arch="gpt2", name="tiny"):
+    return BaseModelRecord(name=name, source=source, arch=arch, config_hash=config_hash)
+
+
+def ad(record=None, base_model=None, path=None):
+    f = LoraFactor(A=torch.ones(1, 3), B=torch.ones(2, 1), scaling=1.0)
+    return Adapter(factors={"m.x": f}, base_model=base_model, path=path, base_record=record)
+
+
+def info(source="/models/tiny", config_hash=HASH_A, arch="gpt2", name="tiny"):
+    return ModelInfo(name=name, source=source, arch=arch, config_hash=config_hash, fan_in_fan_out=True,
+                     target_modules=(), n_params=0)
+
+
+def test_load_reads_the_base_model_record(tmp_path):
+    base = {"name": "tinygpt2", "source": "/abs/tinygpt2", "arch": "gpt2", "config_hash": HASH_A, "extra": 1}
+    a = load_adapter(with_meta(tmp_path / "a", {"format": "lorasum-adapter/1", "base_model": base, "losses": [1.0]}))
+    assert a.base_record == BaseModelRecord("tinygpt2", "/abs/tinygpt2", "gpt2", HASH_A)
+    assert load_adapter(write_folder(tmp_path / "plain")).base_record is None  # no lorasum.json
+    assert load_adapter(with_meta(tmp_path / "nobase", {"format": "x"})).base_record is None
+    assert load_adapter(with_meta(tmp_path / "partial", {"base_model": {"config_hash": HASH_B}})).base_record == \
+        BaseModelRecord(config_hash=HASH_B)
+    # an empty base_model_name_or_path names no model
+    assert load_adapter(write_folder(tmp_path / "empty", config={"base_model_name_or_path": " "})).base_model is None
+
+
+@pytest.mark.parametrize("meta, match", [
+    ("{not json", "malformed JSON"),
+    ("[1, 2]", "expected a JSON object"),
+    ({"base_model": "tinygpt2"}, "base_model must be an object"),
+    ({"base_model": {"config_hash": 123}}, r"base_model\.config_hash must be a non-empty string"),
+    ({"base_model": {"source": ""}}, r"base_model\.source must be a non-empty string"),
+])
+def test_a_damaged_record_is_refused(tmp_path, meta, match):
+    with pytest.raises(AdapterError, match=r"lorasum\.json.*" + match):
+        load_adapter(with_meta(tmp_path / "x", meta))
+
+
+def test_a_damaged_record_is_refused_before_the_weights_are_read(tmp_path, monkeypatch):
+    from lorasum import adapters
+
+    folder = with_meta(tmp_path / "x", "{")
+    monkeypatch.setattr(adapters, "_read_tensors", lambda *a: pytest.fail("tensors read before lorasum.json"))
+    with pytest.raises(AdapterError, match="malformed JSON"):
+        load_adapter(folder)
+    (folder / "lorasum.json").unlink()
+    (folder / "lorasum.json").mkdir()
+    with pytest.raises(AdapterError, match="expected a file, found a folder"):
+        load_adapter(folder)
+
+
+def test_model_ref_key(tmp_path, monkeypatch):
+    (tmp_path / "tiny").mkdir()
+    os.symlink(tmp_path / "tiny", tmp_path / "link")
+    monkeypatch.chdir(tmp_path)
+    real = os.path.realpath(tmp_path / "tiny")
+    assert {model_ref_key(r) for r in ("tiny", "./tiny", "tiny/", str(tmp_path / "tiny"), "link", "tiny/../tiny")} \
+        == {real}
+    assert model_ref_key("gpt2") == "gpt2" and model_ref_key("org/model") == "org/model"
+    assert model_ref_key("./gpt2") == "gpt2"  # not a folder here: normalised only
+    for weird in ("a\0b", "~\0x", "x" * 5000, "", "~nosuchuser-lorasum/x"):
+        assert isinstance(model_ref_key(weird), str)  # never raises
+
+
+@pytest.mark.parametrize("x, y, same, noted", [
+    (rec(), rec(), True, False),
+    (rec(), rec(config_hash=HASH_B), False, False),
+    (rec(), rec(arch="llama"), False, False),
+    (rec(), rec(source="/copy/tiny"), True, True),  # same config elsewhere: taken as the same, with a note
+    (rec(), rec(source="/copy/tiny", config_hash=None), False, False),  # nothing to vouch for the copy
+    (rec(source=None), rec(source="/other"), True, False),  # same hash, one source unknown
+])
+def test_base_model_difference_of_records(x, y, same, noted):
+    got_same, note = base_model_difference(ad(x, path=Path("x")), ad(y, path=Path("y")))
+    assert got_same is same and (note is not None) is noted
+    if noted:
+        assert "x and y" in note and "/copy/tiny" in note
+
+
+def test_base_model_difference_without_records(tmp_path, monkeypatch):
+    (tmp_path / "tiny").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert base_model_difference(ad(base_model="gpt2"), ad(base_model="gpt2"))[0]
+    assert not base_model_difference(ad(base_model="gpt2"), ad(base_model="gpt2-medium"))[0]
+    assert base_model_difference(ad(base_model="./tiny"), ad(base_model=str(tmp_path / "tiny")))[0]
+    assert base_model_difference(ad(base_model=None), ad(base_model="anything"))[0]  # unknown matches any
+    # one record, one plain PEFT adapter: the record's name and source count
+    assert base_model_difference(ad(rec(name="tiny", source="/m/tiny")), ad(base_model="tiny"))[0]
+    assert base_model_difference(ad(rec(name="t", source="/m/tiny")), ad(base_model="/m/tiny"))[0]
+    assert not base_model_difference(ad(rec(name="t", source="/m/tiny")), ad(base_model="gpt2"))[0]
+
+
+def test_check_same_base_model_names_both_adapters_and_warns_once(caplog):
+    x, y, z = ad(rec(), path=Path("ad/x")), ad(rec(config_hash=HASH_B, source="/m/other"), path=Path("ad/y")), ad(rec())
+    with pytest.raises(AdapterError, match=r"different base models: ad/x on /models/tiny \(config aaaaaaaaaaaa\), "
+                                           r"ad/y on /m/other \(config bbbbbbbbbbbb\)"):
+        check_same_base_model([x, z, y])
+    with pytest.raises(AdapterError, match=r"adapter #0 on 'gpt2', adapter #1 on 'gpt2-xl'"):
+        check_same_base_model([ad(base_model="gpt2"), ad(base_model="gpt2-xl")])
+    copy = ad(rec(source="/copy/tiny"), path=Path("ad/c"))
+    with caplog.at_level(logging.WARNING, logger="lorasum"):
+        check_same_base_model([x, copy, z, ad(rec(source="/copy/tiny/"))])  # one pair of sources, 4 pairs of adapters
+    notes = [r.getMessage() for r in caplog.records]
+    assert len(notes) == 1 and "same config" in notes[0] and "ad/c" in notes[0]
+
+
+def test_check_adapter_base(tmp_path, monkeypatch):
+    here = info()
+    assert check_adapter_base(ad(rec(), path=Path("ad/x")), here) is None
+    with pytest.raises(AdapterError, match=r"ad/x: trained on base model /models/tiny \(config aaaaaaaaaaaa\), "
+                                           r"not on /m/o \(config bbbbbbbbbbbb\)"):
+        check_adapter_base(ad(rec(), path=Path("ad/x")), info(source="/m/o", config_hash=HASH_B))
+    with pytest.raises(AdapterError, match="different model"):
+        check_adapter_base(ad(rec()), info(arch="llama"))
+    note = check_adapter_base(ad(rec(source="/copy/tiny")), here)
+    assert "same model config" in note and "/copy/tiny" in note and "/models/tiny" in note
+    note = check_adapter_base(ad(rec(source="/copy/tiny", config_hash=None)), here)
+    assert "no config hash" in note
+    assert check_adapter_base(ad(rec(source=None)), here) is None  # the config hash matches
+    # no lorasum.json: the typed name is compared; an unknown base model passes
+    assert check_adapter_base(ad(base_model="tiny"), here) is None
+    assert check_adapter_base(ad(base_model="/models/tiny"), here) is None
+    assert check_adapter_base(ad(base_model=None), here) is None
+    note = check_adapter_base(ad(base_model="gpt2", path=Path("ad/p")), here)
+    assert note.startswith("ad/p: records base model 'gpt2'") and "only module shapes" in note
+    assert "it has no lorasum.json" in note
+    # a record with only a name: compared as a typed name
+    note = check_adapter_base(ad(BaseModelRecord(name="gpt2")), here)
+    assert "'gpt2'" in note and "records no source or config hash" in note
+
+
+def test_save_writes_the_record_only_when_asked(tmp_path):
+    a = dataclasses.replace(ad(rec()), config={})
+    save_adapter(a, tmp_path / "plain")
+    assert not (tmp_path / "plain" / "lorasum.json").exists()
+    save_adapter(a, tmp_path / "meta", meta={"format": "lorasum-composed/1"})
+    meta = json.loads((tmp_path / "meta" / "lorasum.json").read_text())
+    assert meta == {"format": "lorasum-composed/1", "base_model": rec().to_dict()}
+    assert load_adapter(tmp_path / "meta").base_record == rec()
+    save_adapter(ad(None), tmp_path / "norec", meta={"k": 1})
+    assert json.loads((tmp_path / "norec" / "lorasum.json").read_text()) == {"k": 1}
+    with pytest.raises(ValueError, match="lorasum.json"):
+        save_adapter(a, tmp_path / "both", meta={}, extra_json={"lorasum.json": {}})

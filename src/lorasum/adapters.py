@@ -18,6 +18,16 @@ Per-module ranks and alphas come from ``rank_pattern`` / ``alpha_pattern``, matc
 as PEFT does (``peft.utils.other.get_pattern_key``: the first key ``k`` for which
 ``re.match(rf"(.*\\.)?({k})$", module_path)`` succeeds).
 
+lorasum's own adapter folders also hold ``lorasum.json``, whose ``base_model`` entry records
+the base model the adapter was trained on: ``name`` (the ``--model`` string as typed),
+``source`` (what it resolved to: an absolute folder or ``.gguf`` path, or a hub id),
+``arch`` and ``config_hash`` (:class:`lorasum.models.ModelInfo`). It is read into
+:attr:`Adapter.base_record`; :func:`base_model_difference`, :func:`check_same_base_model`
+and :func:`check_adapter_base` use it to refuse combining adapters of different base models
+or applying an adapter to another model. ``base_model_name_or_path`` alone is a string as
+typed (``"tinygpt2"`` means a different folder in another working directory), so it is
+only the fallback when there is no ``lorasum.json``.
+
 Only vanilla LoRA on 2-D weights is read: DoRA, LoRA biases, embedding/convolution
 LoRA, ``modules_to_save`` tensors and other PEFT variants are refused, because their
 effect is not a ΔW = scaling·B·A that can be summed.
@@ -26,6 +36,7 @@ effect is not a ΔW = scaling·B·A that can be summed.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -41,11 +52,15 @@ from lorasum.adapter_config import validate_adapter_config
 from lorasum.errors import AdapterError
 from lorasum.storage import atomic_dir, atomic_write_json, pickle_allowed, read_safetensors_header
 
-__all__ = ["LoraFactor", "Adapter", "load_adapter", "save_adapter", "check_adapter_matches_model",
-           "CONFIG_NAME", "WEIGHTS_NAME"]
+__all__ = ["LoraFactor", "Adapter", "BaseModelRecord", "load_adapter", "save_adapter", "check_adapter_matches_model",
+           "model_ref_key", "base_model_difference", "check_same_base_model", "check_adapter_base",
+           "CONFIG_NAME", "WEIGHTS_NAME", "META_NAME"]
+
+log = logging.getLogger("lorasum")
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
+META_NAME = "lorasum.json"  # lorasum's metadata next to the PEFT files (lorasum.train.ADAPTER_META_FILE)
 _PICKLE_NAMES = ("adapter_model.bin", "adapter_model.pt", "adapter_model.pth", "adapter_model.ckpt")
 _PREFIX = "base_model.model."
 _SUFFIX_A = ".lora_A.weight"
@@ -96,18 +111,51 @@ class LoraFactor:
         return (self.scaling * (self.B.double() @ self.A.double())).float()
 
 
+@dataclass(frozen=True)
+class BaseModelRecord:
+    """The base model an adapter was trained on, as lorasum recorded it (``lorasum.json``, ``base_model``).
+
+    Attributes:
+        name: the model string as the user typed it (e.g. ``"tinygpt2"``, ``"smollm2-135m"``).
+        source: what ``name`` resolved to when the adapter was trained: an absolute folder or
+            ``.gguf`` path, or a hub id; independent of the current folder.
+        arch: ``model.config.model_type`` (e.g. ``"gpt2"``).
+        config_hash: SHA-256 of the model config (:attr:`lorasum.models.ModelInfo.config_hash`).
+
+    Any field may be None when not recorded.
+    """
+
+    name: str | None = None
+    source: str | None = None
+    arch: str | None = None
+    config_hash: str | None = None
+
+    def describe(self) -> str:
+        """``source (config 0123456789ab)`` for messages."""
+        where = self.source or self.name or "an unnamed model"
+        return f"{where} (config {self.config_hash[:12]})" if self.config_hash else where
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict, the ``base_model`` entry of ``lorasum.json``."""
+        return {k: v for k, v in (("name", self.name), ("source", self.source), ("arch", self.arch),
+                                  ("config_hash", self.config_hash)) if v is not None}
+
+
 @dataclass
 class Adapter:
     """A LoRA adapter as factors per module.
 
     Attributes:
         factors: module path in the base model (e.g. ``"transformer.h.0.attn.c_attn"``) → factor.
-        base_model: ``base_model_name_or_path`` of adapter_config.json (None if unknown).
+        base_model: ``base_model_name_or_path`` of adapter_config.json (None if unknown or empty).
         fan_in_fan_out: the config's flag (True for GPT-2's Conv1D modules). ΔW is always
             stored in nn.Linear orientation; the flag is kept to write it back and to refuse
             mixing adapters of different module kinds.
         config: the raw adapter_config.json (a copy of a source's config for composed adapters).
         path: the folder it was loaded from, if any.
+        base_record: the base model recorded in the folder's ``lorasum.json`` (None when the
+            folder has none, as for adapters not written by lorasum); for composed adapters,
+            that of their sources (:func:`lorasum.compose.compose_sum`).
     """
 
     factors: dict[str, LoraFactor]
@@ -115,6 +163,7 @@ class Adapter:
     fan_in_fan_out: bool = False
     config: dict = field(default_factory=dict)
     path: Path | None = None
+    base_record: BaseModelRecord | None = None
 
     @property
     def modules(self) -> list[str]:
@@ -165,6 +214,47 @@ def _read_config(folder: Path) -> dict:
     except RecursionError:
         raise AdapterError(f"{cfg_path}: JSON nested too deeply") from None
     return validate_adapter_config(cfg, cfg_path)
+
+
+def _read_meta(folder: Path) -> BaseModelRecord | None:
+    """The ``base_model`` entry of ``folder/lorasum.json``; None when there is no such file or entry.
+
+    Raises:
+        AdapterError: the file is unreadable, not JSON, too large, or its ``base_model`` entry is
+            not an object of strings (a damaged record would defeat the base-model checks).
+    """
+    meta_path = folder / META_NAME
+    if not os.path.lexists(meta_path):
+        return None
+    meta_path = _need_file(meta_path)
+    try:
+        if meta_path.stat().st_size > _MAX_CONFIG_BYTES:
+            raise AdapterError(f"{meta_path}: {meta_path.stat().st_size} bytes; too large for lorasum metadata")
+        meta = json.loads(meta_path.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise AdapterError(f"{meta_path}: cannot read ({exc.strerror})") from exc
+    except UnicodeDecodeError as exc:
+        raise AdapterError(f"{meta_path}: invalid UTF-8 ({exc.reason} at byte {exc.start})") from exc
+    except json.JSONDecodeError as exc:
+        raise AdapterError(f"{meta_path}: malformed JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+                           ) from exc
+    except RecursionError:
+        raise AdapterError(f"{meta_path}: JSON nested too deeply") from None
+    if not isinstance(meta, dict):
+        raise AdapterError(f"{meta_path}: expected a JSON object, got {type(meta).__name__}")
+    base = meta.get("base_model")
+    if base is None:
+        return None
+    if not isinstance(base, dict):
+        raise AdapterError(f"{meta_path}: base_model must be an object, got {base!r}")
+    fields = {}
+    for key in ("name", "source", "arch", "config_hash"):
+        value = base.get(key)
+        if value is not None and (not isinstance(value, str) or not value):
+            raise AdapterError(f"{meta_path}: base_model.{key} must be a non-empty string, got {value!r}")
+        fields[key] = value
+    record = BaseModelRecord(**fields)
+    return record if any(fields.values()) else None
 
 
 def _memory_bytes() -> int:
@@ -289,7 +379,8 @@ def load_adapter(path: str | Path, *, allow_pickle: bool | None = None) -> Adapt
     ``rank_pattern`` / ``alpha_pattern`` when a pattern matches. The config is validated
     first (:func:`lorasum.adapter_config.validate_adapter_config`), then the safetensors
     header (names, 2-D float factors, A's rows = B's columns, total size below this
-    machine's memory), and only then is tensor data read.
+    machine's memory), and only then is tensor data read. The base model recorded in the
+    folder's ``lorasum.json`` (if any) becomes :attr:`Adapter.base_record`.
 
     Args:
         path: the adapter folder.
@@ -306,7 +397,8 @@ def load_adapter(path: str | Path, *, allow_pickle: bool | None = None) -> Adapt
             the config is invalid (see ``validate_adapter_config``); a tensor is not a 2-D
             float LoRA factor; A/B ranks disagree with each other or with the config; the
             header claims more memory than the machine has; a value is NaN/Inf; the file
-            holds no LoRA factors.
+            holds no LoRA factors; ``lorasum.json`` exists but is unreadable or its
+            ``base_model`` entry is malformed.
     """
     folder = Path(path)
     if not folder.is_dir():
@@ -315,11 +407,14 @@ def load_adapter(path: str | Path, *, allow_pickle: bool | None = None) -> Adapt
         what = "is a file, not an adapter folder" if folder.exists() else "adapter folder not found"
         raise AdapterError(f"{folder}: {what}")
     cfg = _read_config(folder)
+    record = _read_meta(folder)  # before the tensors: a damaged record fails fast
     weights, tensors = _read_tensors(folder, pickle_allowed(allow_pickle))
     by_module = _split_keys(tensors, weights)
     factors = {m: _make_factor(m, parts, cfg, weights) for m, parts in sorted(by_module.items())}
-    return Adapter(factors=factors, base_model=cfg.get("base_model_name_or_path"),
-                   fan_in_fan_out=bool(cfg.get("fan_in_fan_out", False)), config=cfg, path=folder)
+    base = cfg.get("base_model_name_or_path")
+    return Adapter(factors=factors, base_model=base if base and base.strip() else None,
+                   fan_in_fan_out=bool(cfg.get("fan_in_fan_out", False)), config=cfg, path=folder,
+                   base_record=record)
 
 
 def check_adapter_matches_model(adapter: Adapter, model: torch.nn.Module) -> None:
@@ -338,7 +433,7 @@ def check_adapter_matches_model(adapter: Adapter, model: torch.nn.Module) -> Non
     except ImportError:  # pragma: no cover - transformers is a dependency
         Conv1D = ()  # noqa: N806
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    label = str(adapter.path) if adapter.path is not None else "adapter"
+    label = _label(adapter)
     for path, f in sorted(adapter.factors.items()):
         try:
             module = base.get_submodule(path)
@@ -357,6 +452,159 @@ def check_adapter_matches_model(adapter: Adapter, model: torch.nn.Module) -> Non
             raise AdapterError(f"{label}: module {path}: ΔW is {d_out}×{d_in} but the base weight is "
                                f"{got[0]}×{got[1]}{' (Conv1D, stored transposed)' if is_conv1d else ''}; "
                                "the adapter was trained on another model")
+
+
+# -- which base model ------------------------------------------------------------------------------
+
+def _label(adapter: Adapter, i: int | None = None) -> str:
+    if adapter.path is not None:
+        return str(adapter.path)
+    return "adapter" if i is None else f"adapter #{i}"
+
+
+def model_ref_key(ref: str) -> str:
+    """A comparable form of a model name or path.
+
+    The real path of an existing folder or file (so ``./tinygpt2``, ``tinygpt2`` and
+    ``/abs/tinygpt2`` of the same folder agree, relative names being taken from the current
+    folder), else the string after ``~`` expansion and ``os.path.normpath`` (a hub id such as
+    ``gpt2`` or ``org/model`` stays as it is). Strings no path can be (an embedded NUL byte, a
+    name too long for the file system, an unknown ``~user``) are compared as strings; this
+    never raises for a ``str``.
+    """
+    try:
+        path = os.path.expanduser(ref)
+    except ValueError:  # "~user" with a NUL byte in the user name
+        path = ref
+    try:
+        if os.path.exists(path):
+            return os.path.realpath(path)
+    except (OSError, ValueError):  # a name too long for a path, a NUL byte and the like
+        pass
+    return os.path.normpath(path) if path else path
+
+
+def _describe_base(adapter: Adapter) -> str:
+    if adapter.base_record is not None:
+        return adapter.base_record.describe()
+    return repr(adapter.base_model) if adapter.base_model is not None else "an unknown model"
+
+
+def _typed_names(adapter: Adapter) -> set[str]:
+    """Comparable keys of the model strings an adapter carries (recorded source and name, and
+    ``base_model_name_or_path``), for comparison with an adapter that has no record."""
+    rec = adapter.base_record
+    out: set[str] = set()
+    for ref in (rec.source if rec else None, rec.name if rec else None, adapter.base_model):
+        if ref:
+            out |= {model_ref_key(ref), os.path.normpath(ref)}
+    return out
+
+
+def base_model_difference(x: Adapter, y: Adapter) -> tuple[bool, str | None]:
+    """Whether two adapters were trained on the same base model, and a note when that is not certain.
+
+    With ``lorasum.json`` on both (:attr:`Adapter.base_record`): different config hashes or
+    architectures mean different models; the same recorded source (compared with
+    :func:`model_ref_key`) means the same model; different sources with the same config hash are
+    taken as the same model with a note (a copy of the model elsewhere, or a hub id and a local
+    download: lorasum cannot tell whether the weights are the same). Otherwise the model strings
+    are compared after :func:`model_ref_key` (a record's name and source both count); an adapter
+    that names no base model matches any.
+
+    Returns:
+        (same, note): ``same`` False when the models differ; ``note`` a one-line caveat or None.
+    """
+    rx, ry = x.base_record, y.base_record
+    if rx is not None and ry is not None:
+        if rx.config_hash and ry.config_hash and rx.config_hash != ry.config_hash:
+            return False, None
+        if rx.arch and ry.arch and rx.arch != ry.arch:
+            return False, None
+        if rx.source and ry.source:
+            if model_ref_key(rx.source) == model_ref_key(ry.source):
+                return True, None
+            if rx.config_hash and ry.config_hash:
+                return True, (f"{_label(x)} and {_label(y)} record different base model sources ({rx.source}, "
+                              f"{ry.source}) with the same config; taken as the same model (weights not compared)")
+            return False, None
+        if rx.config_hash and ry.config_hash:
+            return True, None
+    kx, ky = _typed_names(x), _typed_names(y)
+    if not kx or not ky:
+        return True, None
+    return bool(kx & ky), None
+
+
+def check_same_base_model(adapters: list[Adapter]) -> None:
+    """Refuse adapters trained on different base models (see :func:`base_model_difference`);
+    log a warning for each pair of recorded sources that is taken as the same model with a
+    caveat (once per pair of sources, naming the first two adapters that show it).
+
+    Raises:
+        AdapterError: two adapters' base models differ; the message names both adapters and
+            their recorded base models (source and config hash, or ``base_model_name_or_path``).
+    """
+    notes: dict[frozenset, str] = {}
+    for i, a in enumerate(adapters):
+        for j in range(i):
+            same, note = base_model_difference(adapters[j], a)
+            if not same:
+                raise AdapterError(
+                    f"adapters were trained on different base models: {_label(adapters[j], j)} on "
+                    f"{_describe_base(adapters[j])}, {_label(a, i)} on {_describe_base(a)}")
+            if note:
+                key = frozenset(model_ref_key(r.source) for r in (adapters[j].base_record, a.base_record)
+                                if r is not None and r.source)
+                notes.setdefault(key, note)
+    for note in notes.values():
+        log.warning("warning: %s", note)
+
+
+def check_adapter_base(adapter: Adapter, info: Any) -> str | None:
+    """Check that ``adapter`` belongs to the loaded base model described by ``info``.
+
+    ``info`` is the :class:`lorasum.models.ModelInfo` of the model the adapter is about to be
+    applied to or merged into (its ``name``, ``source``, ``arch`` and ``config_hash`` are read).
+    Module paths and shapes are checked separately (:func:`check_adapter_matches_model`).
+
+    Returns:
+        None when the adapter's recorded base model is that model, or when the adapter names
+        no base model at all; else a one-line warning for the caller to show: the recorded
+        source differs but the config hash is the same (a copy of the model, or a hub id and
+        its local download: the weights cannot be compared), the recorded source differs and
+        no config hash is recorded, or there is neither a recorded source nor a config hash
+        (no ``lorasum.json``, or one with only a name) and the model name given
+        (``base_model_name_or_path`` or the record's ``name``, compared with
+        :func:`model_ref_key`) is another (only the module shapes can be checked then).
+
+    Raises:
+        AdapterError: ``lorasum.json`` records another config hash or architecture than
+            ``info``'s (the message names the adapter folder and both models).
+    """
+    rec, label = adapter.base_record, _label(adapter)
+    here = f"{info.source} (config {str(info.config_hash)[:12]})"
+    if rec is not None and ((rec.config_hash and rec.config_hash != info.config_hash)
+                            or (rec.arch and rec.arch != info.arch)):
+        raise AdapterError(f"{label}: trained on base model {rec.describe()}, not on {here}: a different model "
+                           f"(per {META_NAME}); use the adapter's own base model")
+    if rec is not None and rec.source:
+        if model_ref_key(rec.source) == model_ref_key(info.source):
+            return None
+        if rec.config_hash:
+            return (f"{label}: trained on {rec.source}, applied to {info.source}: same model config, "
+                    "but lorasum cannot tell whether the weights are the same")
+        return (f"{label}: trained on {rec.source}, applied to {info.source}; {META_NAME} records no config "
+                "hash to check it (only module shapes were checked)")
+    if rec is not None and rec.config_hash:
+        return None
+    names = _typed_names(adapter)
+    if not names or names & {model_ref_key(info.source), model_ref_key(info.name), os.path.normpath(info.name)}:
+        return None
+    typed = adapter.base_model if adapter.base_model else rec.name if rec is not None else None
+    why = f"it has no {META_NAME}" if rec is None else f"its {META_NAME} records no source or config hash"
+    return (f"{label}: records base model {typed!r}, applied to {info.source}; {why} to check the model with "
+            "(only module shapes were checked)")
 
 
 # -- saving ----------------------------------------------------------------------------------------
@@ -393,7 +641,8 @@ def _config_for(adapter: Adapter, base_model: str | None) -> dict:
 
 
 def save_adapter(adapter: Adapter, path: str | Path, *, overwrite: bool = False,
-                 base_model: str | None = None, extra_json: dict[str, Any] | None = None) -> Path:
+                 base_model: str | None = None, extra_json: dict[str, Any] | None = None,
+                 meta: dict[str, Any] | None = None) -> Path:
     """Write ``adapter`` as a PEFT-loadable LoRA folder, atomically.
 
     Each factor's scaling is folded into B (B' = scaling · B) and the config sets
@@ -412,6 +661,11 @@ def save_adapter(adapter: Adapter, path: str | Path, *, overwrite: bool = False,
         base_model: ``base_model_name_or_path`` to record (default: ``adapter.base_model``).
         extra_json: file name → JSON-ready object, written into the folder in the same
             atomic step (e.g. ``{"svd_report.json": ...}``).
+        meta: when given, written as ``lorasum.json`` (:data:`META_NAME`) with its
+            ``base_model`` entry set to ``adapter.base_record`` (:meth:`BaseModelRecord.to_dict`)
+            unless ``meta`` has its own, so that :func:`load_adapter` reads the record back
+            and the base-model checks work on the saved folder. None (default): no
+            ``lorasum.json`` is written.
 
     Returns:
         The folder path.
@@ -419,11 +673,19 @@ def save_adapter(adapter: Adapter, path: str | Path, *, overwrite: bool = False,
     Raises:
         AdapterError: the adapter has no factors or a factor holds NaN/Inf.
         OutputExistsError: ``path`` exists and ``overwrite`` is False.
+        ValueError: ``meta`` is given and ``extra_json`` also names ``lorasum.json`` (a
+            programming error).
     """
     from safetensors.torch import save_file
 
     if not adapter.factors:
         raise AdapterError(f"{path}: refusing to save an adapter with no LoRA factors")
+    files = dict(extra_json or {})
+    if meta is not None:
+        if META_NAME in files:
+            raise ValueError(f"save_adapter: {META_NAME} given both as meta and in extra_json")
+        record = adapter.base_record.to_dict() if adapter.base_record is not None else None
+        files[META_NAME] = ({"base_model": record} if record else {}) | dict(meta)
     tensors: dict[str, torch.Tensor] = {}
     for module, f in sorted(adapter.factors.items()):
         B = (f.scaling * f.B.double()).float()
@@ -435,6 +697,6 @@ def save_adapter(adapter: Adapter, path: str | Path, *, overwrite: bool = False,
     with atomic_dir(path, overwrite=overwrite) as tmp:
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
         atomic_write_json(tmp / CONFIG_NAME, cfg)
-        for name, obj in (extra_json or {}).items():
+        for name, obj in files.items():
             atomic_write_json(tmp / name, obj)
     return Path(path)

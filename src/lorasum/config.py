@@ -1,13 +1,16 @@
 """Experiment configuration: one strict schema, loaded from YAML.
 
 Unknown keys are refused (``extra="forbid"``) so that a typo never silently falls
-back to a default. Run options that do not change results (``--overwrite``,
+back to a default, and so is a key written twice in one mapping (YAML would keep the
+last one and drop the other setting without a word). Run options that do not change results (``--overwrite``,
 ``--debug``) are command-line flags, not config keys.
 """
 
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -16,6 +19,7 @@ from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Str
                       field_validator, model_validator)
 
 from lorasum.errors import ConfigError
+from lorasum.storage import read_regular_file
 
 __all__ = [
     "SourceSpec",
@@ -37,7 +41,7 @@ class _Strict(BaseModel):
 class DataSpec(_Strict):
     """How each domain's records are selected, split and tokenised."""
 
-    root: str | None = Field(None, description="data folder; default $LORASUM_DATA_ROOT")
+    root: str | None = Field(None, min_length=1, description="data folder; default $LORASUM_DATA_ROOT")
     max_length: int = Field(512, gt=8, description="tokens per example (prompt + answer); longer contexts are cut")
     train_size: int | None = Field(None, gt=0, description="training examples per domain (None: all)")
     validation_size: int | None = Field(None, gt=0, description="validation examples per domain (None: all)")
@@ -256,11 +260,12 @@ class ExperimentConfig(_Strict):
             raise ValueError(f"domains listed twice: {v}")
         return v
 
-    @model_validator(mode="after")
-    def _seeds_unique(self) -> ExperimentConfig:
-        if len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds listed twice: {self.seeds}")
-        return self
+    @field_validator("seeds")
+    @classmethod
+    def _seeds_unique(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"seeds listed twice: {v}")
+        return v
 
     @model_validator(mode="after")
     def _stride_inside_window(self) -> ExperimentConfig:
@@ -318,52 +323,114 @@ def _dry_run(name: str, params: dict[str, Any]) -> None:
         raise ValueError(f"method_params.{name}: {str(e).splitlines()[0]}") from None
 
 
-def _format_validation_error(path: str, err: ValidationError) -> str:
+def error_message(err: ValidationError) -> str:
+    """The first error of ``err`` without pydantic's ``Value error, `` prefix."""
+    msg = err.errors()[0]["msg"]
+    return msg.removeprefix("Value error, ")
+
+
+def _format_validation_error(path: str, err: ValidationError, flags: Mapping[str, str] | None = None,
+                             values: Mapping[str, object] | None = None) -> str:
+    """``path: loc: message``; or ``--flag value: message`` when the first error is in a top-level key
+    that ``flags`` maps to the command-line flag that set it (``values``: the values given)."""
     first = err.errors()[0]
     loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
     more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    flag = (flags or {}).get(str(first["loc"][0])) if first["loc"] else None
+    if flag is not None:  # the value came from the command line, not from the file
+        value = (values or {}).get(str(first["loc"][0]))
+        shown = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+        return f"{flag} {shown}: {error_message(err)}{more}"
     return f"{path}: {loc}: {first['msg']}{more}"
 
 
-def load_config(path: str | os.PathLike, **overrides: object) -> ExperimentConfig:
+class _DuplicateKey(yaml.YAMLError):
+    """A key written twice in one YAML mapping (lines are 1-based)."""
+
+    def __init__(self, key: object, first_line: int, line: int):
+        super().__init__(f"duplicate key {key!r}")
+        self.key, self.first_line, self.line = key, first_line, line
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key written twice in one mapping: PyYAML would keep the
+    last value and silently drop the other setting. Keys brought in by a merge (``<<: *base``) may
+    be overridden, as YAML intends; only keys written in the mapping itself are compared."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[object, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.get(key)
+                except TypeError:  # an unhashable key: SafeLoader reports it
+                    continue
+                if first is not None:
+                    raise _DuplicateKey(key, first + 1, key_node.start_mark.line + 1)
+                seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_config(path: str | os.PathLike, *, flags: Mapping[str, str] | None = None,
+                **overrides: object) -> ExperimentConfig:
     """Read and validate an experiment YAML file.
 
-    ``overrides`` replace top-level keys (e.g. ``seeds=[0, 1]``) before validation.
+    ``overrides`` replace top-level keys (e.g. ``seeds=[0, 1]``) before validation; ``flags`` maps
+    such a key to the command-line flag that gave it (``{"seeds": "--seeds"}``), so that an invalid
+    value is reported as the flag's, not the file's.
 
     Raises:
-        ConfigError: the file is missing, is not YAML, or does not match the schema
-            (the message names the file and the first offending key).
+        ConfigError: the file is missing, is not a regular file (a folder, device or pipe is
+            refused before reading), is not UTF-8 YAML, is nested too deeply, writes a key twice in
+            one mapping (the message gives the key and both lines), or does not match the schema
+            (the message names the file and the first offending key, or the flag that set it).
     """
     path = Path(path)
+    data = read_regular_file(path, error=ConfigError, what="config file")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
+        raw = yaml.load(data.decode("utf-8"), Loader=_ConfigLoader)  # a SafeLoader: no arbitrary objects
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except _DuplicateKey as e:
+        raise ConfigError(f"{path}: line {e.line}: key {e.key!r} is written twice in one mapping (also at line "
+                          f"{e.first_line}); YAML would keep only the last value: remove one") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: invalid YAML: {str(e).splitlines()[0]}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: YAML nested too deeply to read (more than about {sys.getrecursionlimit()} "
+                          "levels of lists or mappings)") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
     raw.update({k: v for k, v in overrides.items() if v is not None})
+    given = {k: f for k, f in (flags or {}).items() if overrides.get(k) is not None}
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(_format_validation_error(str(path), e)) from None
+        raise ConfigError(_format_validation_error(str(path), e, given, overrides)) from None
 
 
 def data_root(spec: DataSpec | None = None) -> Path:
     """The data folder: ``spec.root`` if set, else ``$LORASUM_DATA_ROOT``.
 
     Raises:
-        ConfigError: neither is set, or the folder does not exist.
+        ConfigError: neither is set, or the path does not exist or is not a folder (a file, say);
+            the message says where the path came from.
     """
-    root = (spec.root if spec else None) or os.environ.get("LORASUM_DATA_ROOT")
+    from_spec = bool(spec and spec.root)
+    root = spec.root if from_spec else os.environ.get("LORASUM_DATA_ROOT")
     if not root:
         raise ConfigError("no data folder: set LORASUM_DATA_ROOT (e.g. ../shared/data/raw) or data.root in the config")
     p = Path(root).expanduser()
+    where = "data.root or --data-root" if from_spec else "LORASUM_DATA_ROOT"
+    if os.path.lexists(p) and not p.is_dir():
+        what = "a broken symlink" if p.is_symlink() and not p.exists() else "a file" if p.is_file() else "not a folder"
+        raise ConfigError(f"{p}: is {what}; the data folder (from {where}) must be a folder holding the domains' "
+                          "data (gsm8k/, medquad/, ...)")
     if not p.is_dir():
-        raise ConfigError(f"{p}: data folder does not exist (from LORASUM_DATA_ROOT or data.root)")
+        raise ConfigError(f"{p}: data folder does not exist (from {where})")
     return p

@@ -23,6 +23,7 @@ import os
 import platform
 import re
 import shutil
+import stat
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -38,6 +39,7 @@ __all__ = [
     "atomic_write_json",
     "atomic_dir",
     "check_output",
+    "read_regular_file",
     "sha256_file",
     "sha256_json",
     "sha256_bytes",
@@ -140,12 +142,16 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 def check_output(path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Refuse to clobber: raise if ``path`` exists and is not an empty folder.
 
-    A symlink counts as existing even when it is broken or loops.
+    A symlink counts as existing even when it is broken or loops. An empty or blank path
+    (``--out ""``, which ``Path`` would read as the current folder) and a path with no name of its
+    own (``.``, ``..``, ``/``, ``a/..``) are refused: such a folder cannot be replaced by a rename.
 
     Raises:
+        UserError: ``path`` is empty or blank, or names no file or folder of its own.
         OutputExistsError: ``path`` exists (and holds something) and ``overwrite`` is False, or it is a
             device, pipe or socket (never replaced).
     """
+    _check_named(path)
     path = Path(path)
     if os.path.lexists(path) and not overwrite:
         if path.is_dir() and not path.is_symlink() and not any(path.iterdir()):
@@ -155,6 +161,25 @@ def check_output(path: str | os.PathLike, overwrite: bool = False) -> Path:
         raise OutputExistsError(f"{path}: exists and is neither a file nor a folder (a device, pipe or socket); "
                                 "not replaced, even with --overwrite")
     return path
+
+
+def _check_named(path: str | os.PathLike) -> None:
+    """Refuse an output path that names no entry of its own: empty or blank (``--out ""``, which
+    ``Path`` reads as the current folder), or one whose last part is ``.`` or ``..``, or the root
+    ``/`` (``Path`` drops a trailing ``/`` and a ``/.``, so ``runs/x/`` is ``runs/x`` and is fine).
+
+    Raises:
+        UserError: ``path`` is empty or blank, or names no file or folder of its own; the message
+            quotes it.
+    """
+    text = os.fspath(path)
+    if isinstance(text, bytes):
+        text = os.fsdecode(text)
+    if not text.strip():
+        raise UserError(f"output path {text!r} is empty or blank: give a file or folder name, e.g. --out NAME")
+    if Path(text).name in ("", ".", ".."):
+        raise UserError(f"output path {text!r} names no file or folder of its own (it is '.', '..' or '/', or "
+                        "ends in '/..'): give a file or folder name, e.g. --out NAME")
 
 
 def check_not_inputs(out: str | os.PathLike, inputs: list) -> None:
@@ -180,6 +205,28 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def _usual_permissions(folder: Path) -> None:
+    """Give everything under ``folder`` the permissions a new file or folder gets: files 0666 (0777 if
+    executable by anyone), folders (``folder`` too) 0777, less the umask. Symlinks are neither followed
+    nor changed.
+
+    Raises:
+        OSError: a chmod is refused.
+    """
+    mask = _umask()
+    os.chmod(folder, 0o777 & ~mask)
+    for root, dirs, files in os.walk(folder):
+        for name in dirs:
+            d = Path(root) / name
+            if not d.is_symlink():
+                os.chmod(d, 0o777 & ~mask)
+        for name in files:
+            f = Path(root) / name
+            st = os.lstat(f)
+            if stat.S_ISREG(st.st_mode):
+                os.chmod(f, (0o777 if st.st_mode & 0o111 else 0o666) & ~mask)
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Build a folder in a temporary sibling and move it to ``path`` when the block succeeds.
@@ -188,13 +235,18 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     With ``overwrite`` an existing ``path`` (folder, file or symlink) is replaced only
     after the new folder is complete.
 
+    Before the rename, the permissions of everything in the new folder are set to the usual
+    ones (files 0666, executable files and folders 0777, less the umask): writers such as
+    safetensors' ``save_file`` create files with a private 0600, which would leave an adapter
+    unreadable to the group and others although every other file lorasum writes is not.
+
     Raises:
         OutputExistsError: ``path`` exists and ``overwrite`` is False.
-        UserError: the file system refuses a write, here or in the block (no space, no
-            permission, read-only, a file where a folder is needed); ``path`` is left as it was.
+        UserError: ``path`` is empty or names no folder of its own (``.``, ``..``, ``/``); the file
+            system refuses a write, here or in the block (no space, no permission, read-only, a file
+            where a folder is needed); ``path`` is left as it was.
     """
-    path = Path(path)
-    check_output(path, overwrite)
+    path = check_output(path, overwrite)  # also refuses a path with no name of its own
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
@@ -203,6 +255,7 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
         raise _fs_error(path, exc) from exc
     try:
         yield tmp
+        _usual_permissions(tmp)
         if os.path.lexists(path):
             # the old copy waits in a fresh hidden folder of its own: no existing name is ever reused
             holder = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
@@ -245,6 +298,60 @@ def sha256_json(obj: Any) -> str:
     """Hex SHA-256 of the canonical JSON form of ``obj`` (sorted keys, no spaces)."""
     text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
     return sha256_bytes(text.encode("utf-8"))
+
+
+def _kind(mode: int) -> str:
+    """What a file that is not a regular file or a folder is, in words (for messages)."""
+    for test, name in ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def read_regular_file(path: str | os.PathLike, *, error: type[UserError] = UserError, what: str = "file") -> bytes:
+    """Read a whole regular file (symlinks are followed); refuse anything else before reading it.
+
+    The target is checked with ``stat`` before it is opened and again with ``fstat`` on the
+    descriptor, which is opened without blocking: a device (a symlink to ``/dev/zero`` would be
+    read until memory runs out), a named pipe (would wait for a writer forever), a socket or a
+    folder is refused without a byte being read.
+
+    Args:
+        path: the file.
+        error: the :class:`~lorasum.errors.UserError` subclass to raise (``DataError`` for data
+            files, ``ConfigError`` for configs).
+        what: the file's role, for the message of a missing file (``"config file"`` gives
+            ``x.yaml: config file not found``).
+
+    Raises:
+        error: ``path`` is missing, is a folder, is not a regular file (device, pipe, socket) or
+            cannot be read (no permission, symlink loop, ...); the message names ``path``.
+    """
+    path = Path(path)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = -1
+    try:
+        mode = os.stat(path).st_mode
+        if stat.S_ISREG(mode):  # nothing else is even opened (opening a device can have effects)
+            fd = os.open(path, flags)
+            mode = os.fstat(fd).st_mode  # the file opened, should it have been swapped since the stat
+        if stat.S_ISDIR(mode):
+            raise error(f"{path}: expected a file, found a folder")
+        if not stat.S_ISREG(mode):
+            raise error(f"{path}: expected a regular file, found {_kind(mode)}; refused before reading")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb") as fh:
+            fd = -1  # closed by the file object
+            return fh.read()
+    except FileNotFoundError:
+        raise error(f"{path}: {what} not found") from None
+    except OSError as e:
+        raise error(f"{path}: cannot read ({e.strerror or e})") from None
+    finally:
+        if fd >= 0:
+            os.close(fd)
 
 
 # -- pickle policy -----------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 
 import numpy as np
 import pytest
@@ -63,11 +64,17 @@ def test_cosine_invariant_under_reparametrisation_and_positive_scaling(seed):
     assert cosine(flipped, f2) == pytest.approx(-cosine(f1, f2), abs=1e-9)
 
 
-def test_zero_update_has_cosine_zero_and_shape_mismatch_is_refused():
+def test_zero_update_has_an_undefined_cosine_and_shape_mismatch_is_refused():
+    """A ΔW of zero norm has no direction: its cosine is NaN, not 0 (which would pass an untrained
+    adapter off as perfectly orthogonal)."""
     rng = np.random.default_rng(7)
     f = rand_factor(rng, 2)
     zero = LoraFactor(A=torch.zeros(2, 11), B=torch.zeros(7, 2), scaling=1.0)
-    assert frobenius_norm(zero) == 0.0 and cosine(f, zero) == 0.0 and cosine(zero, zero) == 0.0
+    half = LoraFactor(A=torch.randn(2, 11), B=torch.zeros(7, 2), scaling=3.0)  # B = 0 as PEFT initialises it
+    assert frobenius_norm(zero) == 0.0 and frobenius_norm(half) == 0.0
+    assert math.isnan(cosine(f, zero)) and math.isnan(cosine(zero, f)) and math.isnan(cosine(zero, zero))
+    assert math.isnan(cosine(half, f))
+    assert math.isnan(rms([0.5, math.nan]))
     with pytest.raises(AdapterError, match="shape"):
         frobenius_inner(f, rand_factor(rng, 2, d_out=8))
     with pytest.raises(AdapterError, match="shape"):
@@ -98,6 +105,11 @@ def test_module_cosines_over_union():
     assert cos[MODULES[0]] == 0.0 and cos["layers.9.k"] == 0.0
     for m in MODULES[1:]:
         assert cos[m] == pytest.approx(dense_cos(a.factors[m], b.factors[m]), abs=1e-6)
+    # absent counts 0 (not updated), present with a zero ΔW is undefined
+    b.factors[MODULES[1]] = LoraFactor(A=b.factors[MODULES[1]].A, B=torch.zeros_like(b.factors[MODULES[1]].B),
+                                       scaling=1.0)
+    cos = module_cosines(a, b)
+    assert math.isnan(cos[MODULES[1]]) and cos[MODULES[0]] == 0.0
 
 
 def test_similarity_against_dense():

@@ -68,7 +68,11 @@ def test_inner_matrix_and_cosine_matrices_match_dense():
     zero = LoraFactor(A=torch.zeros(1, 4), B=torch.zeros(9, 1), scaling=1.0)
     c = cosine_matrices([Adapter(factors={"x": zero}), Adapter(factors={"x": _factor(np.random.default_rng(2),
                                                                                      GPT2[0], 2)})])["x"]
-    assert c.tolist() == [[0.0, 0.0], [0.0, 1.0]] and cosine(zero, zero) == 0.0
+    assert np.isnan(c[0]).all() and np.isnan(c[:, 0]).all() and float(c[1, 1]) == 1.0
+    assert math.isnan(cosine(zero, zero))
+    # an adapter lacking the module counts 0 even against a zero ΔW (absence wins)
+    c = cosine_matrices([Adapter(factors={"x": zero}), Adapter(factors={"y": zero})])
+    assert c["x"].tolist()[0][1] == 0.0 and c["x"].tolist()[1][1] == 0.0 and math.isnan(c["x"][0, 0])
 
 
 def test_layers_parse_paths():

@@ -1,13 +1,13 @@
 """The ``lorasum`` command line: one parser, one place that maps errors to exit codes.
 
 Exit codes: 0 success; 1 internal error (a bug: please report it with ``--debug``);
-2 user error (bad file, config, adapter or flag: one line naming the file and the
-problem); 130 interrupted; 128 + signal number (130 SIGINT, 143 SIGTERM) when training
-stopped on a signal after saving a checkpoint (continue with ``--resume``; ``reproduce``
-continues by itself). A file-system error that reaches this level with a file name
-(no space, no permission, missing file, symlink loop, folder where a file belongs) is a
-user error too. ``--allow-pickle`` lets loaders read pickle weight files
-(:func:`lorasum.storage.allow_pickle`).
+2 user error (bad file, config, adapter or flag: one line naming the file or the flag and
+the problem; a flag the parser refuses is one line too, without the usage block);
+130 interrupted; 128 + signal number (130 SIGINT, 143 SIGTERM) when training stopped on a
+signal after saving a checkpoint (continue with ``--resume``; ``reproduce`` continues by itself).
+A file-system error that reaches this level with a file name (no space, no permission, missing
+file, symlink loop, folder where a file belongs) is a user error too. ``--allow-pickle`` lets
+loaders read pickle weight files (:func:`lorasum.storage.allow_pickle`).
 """
 
 from __future__ import annotations
@@ -36,9 +36,19 @@ __all__ = ["main", "build_parser"]
 _COMMANDS = (_train, _compose, _similarity, _evaluate, _reproduce, _data)
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line, as lorasum's other user errors are: the message
+    (which names the flag, e.g. ``argument --batch-size: invalid int value: 'abc'``) and where to find
+    the usage, instead of the usage block. Exits with status 2. Subcommand parsers are of this class
+    too (``add_subparsers`` makes them of the parent's class)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (subcommands train, compose, similarity, eval, reproduce, report, data)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="lorasum",
         description="Train one LoRA adapter per domain, compose adapters exactly, measure their geometry, "
         "and compare with fine-tuning on the merged data (arXiv 2508.11985).",
@@ -92,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"lorasum: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly, as Unix tools do
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as e:
         if e.errno not in _USER_ERRNOS or not e.filename:
             return _internal(e, args)
@@ -99,10 +113,6 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"lorasum: error: {e.filename}: {e.strerror or errno.errorcode.get(e.errno, e.errno)}", file=sys.stderr)
         return 2
-    except BrokenPipeError:  # output piped into `head` and the like: stop quietly, as Unix tools do
-        with contextlib.suppress(OSError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
     except KeyboardInterrupt as e:
         if getattr(e, "checkpoint", None) is not None:  # TrainingInterrupted: a checkpoint was saved
             again = "run the same command with --resume" if args.command == "train" else "run the same command again"

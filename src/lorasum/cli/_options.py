@@ -4,22 +4,36 @@ from __future__ import annotations
 
 import argparse
 
-from lorasum.config import ExperimentConfig, load_config
+from pydantic import ValidationError
+
+from lorasum.config import ExperimentConfig, error_message, load_config
 from lorasum.errors import ConfigError
 
 
 def csv_list(text: str) -> list[str]:
-    """``"a,b"`` → ``["a", "b"]`` (argparse type)."""
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    if not items:
-        raise argparse.ArgumentTypeError("expected a comma-separated list")
+    """``"a,b"`` → ``["a", "b"]`` (argparse type; spaces around items are dropped).
+
+    Raises:
+        argparse.ArgumentTypeError: the list is empty or has an empty item (``"a,,b"``, ``"a,"``):
+            a stray comma is a typo, not a shorter list.
+    """
+    items = [t.strip() for t in text.split(",")]
+    if not any(items):
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
+    if not all(items):
+        raise argparse.ArgumentTypeError(f"empty item in the comma-separated list {text!r}")
     return items
 
 
 def int_list(text: str) -> list[int]:
-    """``"0,1"`` → ``[0, 1]`` (argparse type)."""
+    """``"0,1"`` → ``[0, 1]`` (argparse type).
+
+    Raises:
+        argparse.ArgumentTypeError: as :func:`csv_list`, or an item is not an integer.
+    """
+    items = csv_list(text)
     try:
-        return [int(t) for t in csv_list(text)]
+        return [int(t) for t in items]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
@@ -55,37 +69,66 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
                    "one is always saved on SIGINT/SIGTERM)")
 
 
+#: Flag destination → (config section, key); "" is the top level.
+_FLAG_KEYS = {
+    "model": ("", "model"), "device": ("", "device"),
+    "max_length": ("data", "max_length"), "data_root": ("data", "root"), "train_size": ("data", "train_size"),
+    "validation_size": ("data", "validation_size"), "test_size": ("data", "test_size"),
+    "split_seed": ("data", "split_seed"),
+    "lora_r": ("lora", "r"), "lora_alpha": ("lora", "lora_alpha"), "lora_dropout": ("lora", "lora_dropout"),
+    "target_modules": ("lora", "target_modules"), "init_per_adapter": ("lora", "init_per_adapter"),
+    "learning_rate": ("train", "learning_rate"), "epochs": ("train", "epochs"), "max_steps": ("train", "max_steps"),
+    "batch_size": ("train", "batch_size"), "checkpoint_every": ("train", "checkpoint_every"),
+}
+#: Flag destinations whose option string is not ``--`` + the destination with dashes.
+_FLAG_NAMES = {"lora_r": "--r", "learning_rate": "--lr"}
+
+
+def _flag(dest: str) -> str:
+    return _FLAG_NAMES.get(dest, "--" + dest.replace("_", "-"))
+
+
+def _shown(value) -> str:
+    """A flag value as typed: lists joined with commas; an empty or padded string quoted."""
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    if isinstance(value, str) and (not value or value != value.strip()):
+        return repr(value)
+    return str(value)
+
+
 def build_config(args: argparse.Namespace) -> ExperimentConfig:
     """Defaults ← ``--config`` file ← command-line flags; validated by the schema.
 
+    ``--batch-size`` sets both ``train.batch_size`` and ``eval.batch_size``.
+
     Raises:
-        ConfigError: the file or a flag value is invalid.
+        ConfigError: the file or a flag value is invalid; a flag's value that the schema refuses
+            (``--batch-size 0``, ``--lr nan``) is reported with the flag's name and value and the
+            config key it sets (``--lr nan (train.learning_rate): ...``).
     """
     base = load_config(args.config) if getattr(args, "config", None) else ExperimentConfig()
     raw = base.model_dump(mode="python")
-    sections = {
-        "": {"model": "model", "device": "device"},
-        "data": {"max_length": "max_length", "data_root": "root", "train_size": "train_size", "validation_size": "validation_size",
-                 "test_size": "test_size", "split_seed": "split_seed"},
-        "lora": {"lora_r": "r", "lora_alpha": "lora_alpha", "lora_dropout": "lora_dropout",
-                 "target_modules": "target_modules", "init_per_adapter": "init_per_adapter"},
-        "train": {"learning_rate": "learning_rate", "epochs": "epochs", "max_steps": "max_steps",
-                  "batch_size": "batch_size", "checkpoint_every": "checkpoint_every"},
-    }
-    for section, mapping in sections.items():
-        target = raw[section] if section else raw
-        for arg, key in mapping.items():
-            value = getattr(args, arg, None)
-            if value is not None:
-                target[key] = value
+    given: dict[tuple[str, ...], str] = {}  # config location -> the flag that set it
+    for dest, (section, key) in _FLAG_KEYS.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            (raw[section] if section else raw)[key] = value
+            given[(section, key) if section else (key,)] = dest
     if getattr(args, "batch_size", None) is not None:
         raw["eval"]["batch_size"] = args.batch_size
+        given[("eval", "batch_size")] = "batch_size"
     try:
         return ExperimentConfig.model_validate(raw)
-    except Exception as e:  # pydantic.ValidationError
-        first = e.errors()[0] if hasattr(e, "errors") else {"loc": (), "msg": str(e)}
-        loc = ".".join(str(x) for x in first["loc"])
-        raise ConfigError(f"invalid option {loc}: {first['msg']}") from None
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = tuple(str(x) for x in first["loc"])
+        dest = next((d for where, d in given.items() if loc[:len(where)] == where), None)
+        if dest is not None:  # the flag as typed, and the config key it sets (what a config file would say)
+            key = f" ({'.'.join(loc)})" if list(given.values()).count(dest) == 1 else ""  # --batch-size: two keys
+            raise ConfigError(f"{_flag(dest)} {_shown(getattr(args, dest))}{key}: {error_message(e)}") from None
+        where = f"the config {args.config}" if getattr(args, "config", None) else "the options"
+        raise ConfigError(f"invalid option {'.'.join(loc) or f'combination in {where}'}: {error_message(e)}") from None
 
 
 def load_data(cfg: ExperimentConfig, names: list[str]) -> list:

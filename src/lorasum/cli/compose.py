@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
+import math
+import os
 from pathlib import Path
 
+from lorasum.errors import ConfigError
 
-def _floats(text: str) -> list[float]:
-    try:
-        return [float(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+log = logging.getLogger("lorasum")
+
+# flag → keyword parameter of the composition methods (lorasum.compose.METHODS[...].params)
+_FLAGS = {"--weights": "weights", "--rank": "rank", "--density": "density", "--drop-prob": "drop_prob",
+          "--scale": "scale", "--seed": "seed"}
+COMPOSED_FORMAT = "lorasum-composed/1"  # the ``format`` of lorasum.json in folders written by compose
 
 
 def add_parser(sub, common) -> None:
@@ -27,15 +33,17 @@ def add_parser(sub, common) -> None:
     p.add_argument("--out", required=True, help="folder to create")
     p.add_argument("--method", default="sum", choices=sorted(METHODS), metavar="METHOD",
                    help="composition method (default sum)")
-    p.add_argument("--weights", type=_floats, help="one weight wᵢ per adapter, comma-separated (default 1 each; write "
-                   "--weights=-1,1 when the first is negative)")
-    p.add_argument("--rank", type=int, help="svd: target rank k per module")
-    p.add_argument("--density", type=float, help="ties, magnitude_prune: fraction of entries kept (0, 1]; default 0.2")
-    p.add_argument("--drop-prob", type=float, help="dare_linear, dare_ties: drop probability p in [0, 1); default 0.9")
-    p.add_argument("--scale", type=float, help="task_arithmetic: scale λ; default 1.0")
+    # numbers are parsed in run(), so that a bad value is one line naming the flag (exit 2)
+    p.add_argument("--weights", help="one weight wᵢ per adapter, comma-separated finite numbers (default 1 each; "
+                   "write --weights=-1,1 when the first is negative)")
+    p.add_argument("--rank", help="svd: target rank k per module (a positive integer)")
+    p.add_argument("--density", help="ties, magnitude_prune: fraction of entries kept (0, 1]; default 0.2")
+    p.add_argument("--drop-prob", help="dare_linear, dare_ties: drop probability p in [0, 1); default 0.9")
+    p.add_argument("--scale", help="task_arithmetic: scale λ, a finite number; default 1.0")
     p.add_argument("--seed", type=_seed, help="dare_*: seed of the random drop mask (0 to 2**63 - 1); default 0")
     p.add_argument("--merge-into-base", action="store_true", help="write a merged full model instead")
-    p.add_argument("--model", help="base model for --merge-into-base (default: the adapters' base model)")
+    p.add_argument("--model", help="base model for --merge-into-base (default: the base model recorded in the "
+                   "adapters' lorasum.json, else their base_model_name_or_path)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.set_defaults(func=run)
 
@@ -55,44 +63,142 @@ def _count(adapters: list) -> str:
     return f"{len(adapters)} adapter{'s' if len(adapters) != 1 else ''}"
 
 
+def _number(flag: str, text: str) -> float:
+    """``text`` as a finite float, else a ConfigError naming ``flag``."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"{flag}: {text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise ConfigError(f"{flag}: {text!r} is not a finite number")
+    return value
+
+
+def _weights(text: str) -> list[float]:
+    """``--weights``: comma-separated finite numbers, none of them empty."""
+    items = text.split(",")
+    for i, item in enumerate(items, 1):
+        if not item.strip():
+            raise ConfigError(f"--weights {text!r}: item {i} of {len(items)} is empty; give one number per "
+                              "adapter, e.g. --weights 1,0.5")
+    return [_number("--weights", item.strip()) for item in items]
+
+
 def _params(args: argparse.Namespace) -> dict:
-    names = {"weights": "weights", "rank": "rank", "density": "density", "drop_prob": "drop_prob",
-             "scale": "scale", "seed": "seed"}
-    return {key: getattr(args, attr) for attr, key in names.items() if getattr(args, attr) is not None}
+    """The method's keyword parameters from the flags given, each parsed and checked.
+
+    Raises:
+        ConfigError: a flag that ``--method`` does not take; a value that is not a number, not
+            finite or out of range; ``--weights`` with an empty item or a count other than the
+            number of adapters. The message names the flag.
+    """
+    from lorasum.compose import METHODS
+    from lorasum.compose.masks import check_fraction
+
+    method = METHODS[args.method]
+    given = {flag: getattr(args, key) for flag, key in _FLAGS.items() if getattr(args, key) is not None}
+    takes = [flag for flag, key in _FLAGS.items() if key in method.params]
+    for flag in given:
+        if _FLAGS[flag] not in method.params:
+            raise ConfigError(f"{flag} does not apply to --method {args.method} (it takes "
+                              f"{', '.join(takes) if takes else 'no parameters'})")
+    params: dict = {}
+    if "--weights" in given:
+        params["weights"] = _weights(given["--weights"])
+        if len(params["weights"]) != len(args.adapters):
+            raise ConfigError(f"--weights has {len(params['weights'])} values for {len(args.adapters)} adapters")
+    if "--rank" in given:
+        try:
+            params["rank"] = int(given["--rank"])
+        except ValueError:
+            raise ConfigError(f"--rank: {given['--rank']!r} is not an integer") from None
+        if params["rank"] < 1:
+            raise ConfigError(f"--rank must be a positive integer, got {params['rank']}")
+    if "--density" in given:
+        params["density"] = check_fraction("--density", _number("--density", given["--density"]))
+    if "--drop-prob" in given:
+        params["drop_prob"] = check_fraction("--drop-prob", _number("--drop-prob", given["--drop-prob"]),
+                                             allow_zero=True, allow_one=False)
+    if "--scale" in given:
+        params["scale"] = _number("--scale", given["--scale"])
+    if "--seed" in given:
+        params["seed"] = given["--seed"]
+    if args.method == "svd" and "rank" not in params:
+        raise ConfigError("--method svd needs --rank K (the target rank per module)")
+    return params
+
+
+@contextlib.contextmanager
+def deferred_warnings():
+    """Hold back the warnings logged on the ``lorasum`` logger inside the block; when the block
+    ends normally, show each distinct one once; when it raises, drop them, so that a user error
+    is the one line the CLI promises (a caveat about a model that is refused anyway is noise).
+
+    The base-model checks run before the slow model load and again inside the composition; this
+    also keeps their warnings from showing twice.
+    """
+    held: dict[str, logging.LogRecord] = {}
+
+    def hold(record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            held.setdefault(record.getMessage(), record)
+            return False
+        return True
+
+    log.addFilter(hold)
+    try:
+        yield
+    finally:
+        log.removeFilter(hold)
+    for record in held.values():  # only reached when the block did not raise
+        log.handle(record)
+
+
+def _meta(args: argparse.Namespace, adapters: list, params: dict) -> dict:
+    """The ``lorasum.json`` of a composed folder (its ``base_model`` record is added by
+    :func:`lorasum.adapters.save_adapter` from the result, the first source's record)."""
+    sources = []
+    for path, a in zip(args.adapters, adapters, strict=True):
+        rec = a.base_record.to_dict() if a.base_record is not None else None
+        sources.append({"path": os.path.abspath(path), "base_model": rec, "base_model_name_or_path": a.base_model})
+    return {"format": COMPOSED_FORMAT, "composed": {"method": args.method, "params": params, "sources": sources}}
 
 
 def run(args: argparse.Namespace) -> int:
-    from lorasum.adapters import load_adapter, save_adapter
-    from lorasum.compose import METHODS, compose, compose_svd_report, merge_into_base, save_dense_delta
-    from lorasum.errors import ConfigError
-    from lorasum.storage import atomic_dir, check_not_inputs, check_output, write_manifest
+    from lorasum.adapters import META_NAME, load_adapter, save_adapter
+    from lorasum.compose import (METHODS, check_compatible, compose, compose_svd_report, merge_into_base,
+                                 save_dense_delta)
+    from lorasum.storage import atomic_dir, atomic_write_json, check_not_inputs, check_output, write_manifest
 
     check_output(args.out, args.overwrite)
     check_not_inputs(args.out, args.adapters)
-    if args.weights is not None and len(args.weights) != len(args.adapters):
-        raise ConfigError(f"--weights has {len(args.weights)} values for {len(args.adapters)} adapters")
-    adapters = [load_adapter(a) for a in args.adapters]
-    base = _load_base(args, adapters) if args.merge_into_base else None  # checked before any math
     params = _params(args)
-    report = None
-    if args.method == "svd" and "rank" not in params:
-        raise ConfigError("--method svd needs --rank K (the target rank per module)")
-    if args.method == "svd" and not args.merge_into_base:
-        result, report = compose_svd_report(adapters, **params)
-    else:
-        result = compose(adapters, method=args.method, **params)
+    adapters = [load_adapter(a) for a in args.adapters]
+    with deferred_warnings():
+        check_compatible(adapters)  # base models and shapes, before the slow model load
+        base = _load_base(args, adapters) if args.merge_into_base else None  # checked before any math
+        report = None
+        if args.method == "svd" and not args.merge_into_base:
+            result, report = compose_svd_report(adapters, **params)
+        else:
+            result = compose(adapters, method=args.method, **params)
     out = Path(args.out)
+    meta = _meta(args, adapters, params)
     if args.merge_into_base:
         _write_merged(args, result, adapters, base, merge_into_base, atomic_dir)
     elif METHODS[args.method].low_rank:
         extra = {"svd_report.json": {m: r.to_dict() for m, r in report.items()}} if report is not None else None
-        save_adapter(result, out, overwrite=args.overwrite, base_model=adapters[0].base_model, extra_json=extra)
+        save_adapter(result, out, overwrite=args.overwrite, base_model=adapters[0].base_model, extra_json=extra,
+                     meta=meta)
         ranks = sorted({f.rank for f in result.factors.values()})
         print(f"{out}: {args.method} of {_count(adapters)}, {len(result.factors)} modules, "
               f"rank {'/'.join(map(str, ranks))}")
     else:
+        records = [a.base_record for a in adapters if a.base_record is not None]
+        dense_meta = ({"base_model": records[0].to_dict()} if records else {}) | meta
         with atomic_dir(out, overwrite=args.overwrite) as tmp:
             save_dense_delta(result, tmp / "dense_delta.safetensors")
+            atomic_write_json(tmp / META_NAME, dense_meta)
         print(f"{out}: {args.method} of {_count(adapters)} as a dense ΔW over {len(result.deltas)} modules "
               f"(dense_delta.safetensors: not a PEFT adapter, so lorasum eval cannot load it; to evaluate, "
               f"compose with --merge-into-base and run lorasum eval --model on that folder)")
@@ -102,28 +208,65 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _looks_local(ref: str) -> bool:
+    """Whether a recorded model source names a local path (absolute, ``~``, ``.``-relative or a
+    ``.gguf`` file) rather than a hub id."""
+    return os.path.isabs(ref) or ref.startswith(("~", ".")) or ref.endswith(".gguf")
+
+
+def _base_name(args: argparse.Namespace, adapters: list) -> str:
+    """The base model to load for --merge-into-base: ``--model``; else the ``source`` recorded in
+    the first adapter's ``lorasum.json`` that has one (what the model resolved to when it was
+    trained: a folder, ``.gguf`` file or hub id); else, or when that recorded path is not on this
+    machine (warning), the first ``base_model_name_or_path``.
+
+    Raises:
+        ConfigError: no model is given or recorded.
+    """
+    if args.model:
+        return args.model
+    typed = next((a.base_model for a in adapters if a.base_model), None)
+    for a in adapters:
+        rec = a.base_record
+        if rec is None or not rec.source:
+            continue
+        if not _looks_local(rec.source) or os.path.exists(os.path.expanduser(rec.source)):
+            return rec.source
+        if typed:
+            log.warning("warning: %s records base model %s, which is not on this machine; loading %s "
+                        "(base_model_name_or_path) instead; pass --model to choose", a.path, rec.source, typed)
+            return typed
+        raise ConfigError(f"{a.path}: the base model recorded in its lorasum.json ({rec.source}) is not on this "
+                          "machine; pass --model with the base model")
+    if typed:
+        return typed
+    raise ConfigError("--merge-into-base needs --model: the adapters do not record their base model")
+
+
 def _load_base(args, adapters):
-    """(model, tokenizer, name) for --merge-into-base, after checking every adapter's shapes
-    against the model and the free disk space for the merged copy."""
-    from lorasum.adapters import check_adapter_matches_model
-    from lorasum.errors import ConfigError
+    """(model, tokenizer, info) for --merge-into-base, after checking that every adapter belongs to
+    that model (:func:`lorasum.adapters.check_adapter_base`: a different config hash or architecture
+    is an error, another source with the same config a warning), its shapes, and the free disk space
+    for the merged copy."""
+    from lorasum.adapters import check_adapter_base, check_adapter_matches_model
     from lorasum.models import estimate_model_bytes, load_model
     from lorasum.storage import check_free_space
 
-    name = args.model or adapters[0].base_model
-    if not name:
-        raise ConfigError("--merge-into-base needs --model: the adapters do not record their base model")
-    model, tokenizer, _ = load_model(name, device="cpu", dtype="float32")
+    model, tokenizer, info = load_model(_base_name(args, adapters), device="cpu", dtype="float32")
     for adapter in adapters:
+        note = check_adapter_base(adapter, info)
+        if note:
+            log.warning("warning: %s", note)
         check_adapter_matches_model(adapter, model)
     check_free_space(args.out, estimate_model_bytes(model), what="the merged model")
-    return model, tokenizer, name
+    return model, tokenizer, info
 
 
 def _write_merged(args, result, adapters, base, merge_into_base, atomic_dir) -> None:
-    model, tokenizer, name = base
+    model, tokenizer, info = base
     merge_into_base(model, result)
     with atomic_dir(args.out, overwrite=args.overwrite) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-    print(f"{args.out}: {name} with the {args.method} of {_count(adapters)} merged into its weights")
+    print(f"{args.out}: {info.source} with the {args.method} of {_count(adapters)} merged into its weights")
+

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 
 from lorasum.errors import DataError
 
 from ._options import add_data_options, add_model_options, build_config, csv_list
 from ._options import load_data as _load_data
+
+log = logging.getLogger("lorasum")
 
 
 def add_parser(sub, common) -> None:
@@ -18,7 +21,8 @@ def add_parser(sub, common) -> None:
                        "test split, and on their union.")
     add_model_options(p)
     add_data_options(p)
-    p.add_argument("--adapter", help="PEFT LoRA adapter folder to apply (default: the base model alone)")
+    p.add_argument("--adapter", help="PEFT LoRA adapter folder to apply (default: the base model alone); one "
+                   "trained on another base model (per its lorasum.json) is refused")
     p.add_argument("--domain", required=True, type=csv_list, help="domain(s): math, medicine, finance, pubmedqa")
     p.add_argument("--batch-size", type=int, help="examples per forward pass (default 8)")
     p.add_argument("--format", choices=("table", "json"), default="table")
@@ -31,13 +35,26 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = build_config(args)
     data = _load_data(cfg, args.domain)  # before the slow model load: data errors come first
-    model, tokenizer, _ = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    adapter = None
     if args.adapter:
-        from lorasum.adapters import check_adapter_matches_model, load_adapter
+        from lorasum.adapters import load_adapter
+
+        adapter = load_adapter(args.adapter)  # a broken folder is reported before the model load
+    model, tokenizer, info = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    if adapter is not None:
+        from lorasum.adapters import check_adapter_base, check_adapter_matches_model
         from peft import PeftModel
 
-        # validate the folder and its shapes against the model with a clear error before PEFT sees it
-        check_adapter_matches_model(load_adapter(args.adapter), model)
+        from .compose import deferred_warnings
+
+        # the adapter must belong to this base model (lorasum.json's config hash and architecture: an
+        # AdapterError, exit 2), and its shapes must fit, with a clear error before PEFT sees it; a caveat
+        # is shown only when the adapter passes
+        with deferred_warnings():
+            note = check_adapter_base(adapter, info)
+            if note:
+                log.warning("warning: %s", note)
+            check_adapter_matches_model(adapter, model)
         model = PeftModel.from_pretrained(model, args.adapter).eval()
     e = cfg.eval
     results = {dd.name: perplexity(model, tokenizer, dd.test, max_length=dd.max_length or cfg.data.max_length,

@@ -29,11 +29,18 @@ def add_parser(sub, common) -> None:
     r.set_defaults(func=run_report)
 
 
+#: reproduce's flags that replace a key of the config (for messages that name the flag)
+_OVERRIDE_FLAGS = {"seeds": "--seeds", "domains": "--domains", "model": "--model", "device": "--device"}
+
+
 def run(args: argparse.Namespace) -> int:
     from lorasum.config import load_config
     from lorasum.experiment import run_experiment
+    from lorasum.storage import _check_named
 
-    cfg = load_config(args.config, seeds=args.seeds, domains=args.domains, model=args.model, device=args.device)
+    _check_named(args.out)  # `--out ""` would be the current folder: refused before the config is read
+    cfg = load_config(args.config, flags=_OVERRIDE_FLAGS, seeds=args.seeds, domains=args.domains, model=args.model,
+                      device=args.device)
     results = run_experiment(cfg, args.out, overwrite=args.overwrite, progress=not args.quiet)
     _print_headline(results)
     print(f"report: {Path(args.out) / 'report' / 'report.md'}")
@@ -53,9 +60,10 @@ def _print_headline(results: dict) -> None:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from lorasum.report import load_results, write_report
+    from lorasum.report import check_report_dir, load_results, write_report
 
     run_dir = Path(args.run_dir)
+    check_report_dir(run_dir / "report")  # RUN/report a file: said before results.json is read
     results = load_results(run_dir / "results.json")
     written = write_report(results, run_dir / "report")
     for path in written.values():

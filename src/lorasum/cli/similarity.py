@@ -6,6 +6,8 @@ import argparse
 import csv
 import io
 import json
+import math
+import os
 from pathlib import Path
 
 
@@ -46,6 +48,20 @@ def _names(paths: list[str]) -> list[str]:
     return names if len(set(names)) == len(names) else list(paths)
 
 
+def _check_plot_path(plot: str) -> None:
+    """Refuse a ``--plot`` file whose folder does not exist (or is not a folder), before any work.
+
+    Raises:
+        ConfigError: naming ``--plot`` and the folder.
+    """
+    from lorasum.errors import ConfigError
+
+    folder = Path(plot).parent
+    if not folder.is_dir():
+        what = "is not a folder" if os.path.lexists(folder) else "does not exist"
+        raise ConfigError(f"--plot {plot}: folder {folder} {what}; create it first or choose another path")
+
+
 def run(args: argparse.Namespace) -> int:
     from lorasum.adapters import load_adapter
     from lorasum.errors import ConfigError
@@ -53,16 +69,23 @@ def run(args: argparse.Namespace) -> int:
     from lorasum.geometry.export import CSV_COLUMNS, matrix_heatmap_png, similarity_rows, write_png
     from lorasum.storage import check_output
 
+    from .compose import deferred_warnings
+
     if len(args.adapters) < 2:
         raise ConfigError("similarity needs at least two adapters")
     if args.plot:
+        _check_plot_path(args.plot)
         check_output(args.plot, args.overwrite)
     names = _names(args.adapters)
-    sim = similarity(dict(zip(names, (load_adapter(p) for p in args.adapters), strict=True)))
+    # similarity() refuses adapters of different base models (check_same_base_model) before any math; its
+    # caveats (same config, other source) are shown once it succeeds
+    with deferred_warnings():
+        sim = similarity(dict(zip(names, (load_adapter(p) for p in args.adapters), strict=True)))
     if args.plot:
         write_png(matrix_heatmap_png(sim), args.plot, overwrite=args.overwrite)
     if args.format == "json":
-        print(json.dumps(sim.to_dict(), indent=2))
+        # undefined numbers (a ΔW of zero norm) are null: to_dict() maps NaN/inf to None
+        print(json.dumps(sim.to_dict(), indent=2, allow_nan=False))
     elif args.format == "csv":
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS)
@@ -74,19 +97,31 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _num(v: float, spec: str, width: int = 0) -> str:
+    """``v`` formatted with ``spec``, or ``n/a`` (right-aligned to ``width``) when it is NaN or inf."""
+    return format(v, spec) if math.isfinite(v) else format("n/a", f">{width}")
+
+
 def _print_table(sim, args) -> None:
     pairs = list(sim.pairs.values())
     width = max(len(f"{p.a} · {p.b}") for p in pairs)
     print(f"{'pair':<{width}}  {'RMS cos':>9}  {'random':>9}  {'mean|cos|':>9}  {'max|cos|':>9}  modules")
+    undefined = {}
     for p in pairs:
-        print(f"{p.a + ' · ' + p.b:<{width}}  {p.rms:>9.5f}  {p.baseline_rms:>9.5f}  {p.mean_abs:>9.5f}  "
-              f"{p.max_abs:>9.5f}  {len(p.cosines)}")
+        print(f"{p.a + ' · ' + p.b:<{width}}  {_num(p.rms, '>9.5f', 9)}  {_num(p.baseline_rms, '>9.5f', 9)}  "
+              f"{_num(p.mean_abs, '>9.5f', 9)}  {_num(p.max_abs, '>9.5f', 9)}  {len(p.cosines)}")
+        if p.undefined:
+            undefined[f"{p.a} · {p.b}"] = p.undefined
         if args.per_layer:
             for layer, v in sorted(p.layer_rms.items()):
-                print(f"    layer {layer:>3}  RMS cos {v:+.5f}")
+                print(f"    layer {layer:>3}  RMS cos {_num(v, '+.5f')}")
         if args.per_module:
             for m, c in p.cosines.items():
-                print(f"    {m}  cos {c:+.5f}  col-overlap {p.column_overlap.get(m, float('nan')):.3f}  "
-                      f"row-overlap {p.row_overlap.get(m, float('nan')):.3f}")
+                print(f"    {m}  cos {_num(c, '+.5f', 8)}  col-overlap {_num(p.column_overlap.get(m, math.nan), '.3f')}  "
+                      f"row-overlap {_num(p.row_overlap.get(m, math.nan), '.3f')}")
     print("random: RMS cosine expected for independent random matrices of the same shapes "
           "(E[cos²] = 1/(d_out·d_in)).")
+    for pair, modules in undefined.items():
+        more = f" and {len(modules) - 3} more" if len(modules) > 3 else ""
+        print(f"n/a: {pair}: the cosine is undefined in {len(modules)} module{'s' if len(modules) != 1 else ''} "
+              f"where a ΔW is zero ({', '.join(modules[:3])}{more}), so the pair's summaries are too.")

@@ -10,6 +10,7 @@ Conv1D).
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,10 @@ from lorasum.adapters import Adapter
 from lorasum.errors import AdapterError
 from lorasum.storage import atomic_write_bytes, check_output
 
-__all__ = ["DenseDelta", "save_dense_delta", "load_dense_delta", "task_vectors", "dense_result"]
+__all__ = ["DenseDelta", "save_dense_delta", "load_dense_delta", "task_vectors", "dense_result",
+           "warn_trimmed_to_zero"]
+
+log = logging.getLogger("lorasum")
 
 _FORMAT = "lorasum.dense_delta.v1"
 
@@ -70,6 +74,32 @@ def dense_result(adapters: list[Adapter], deltas: dict[str, torch.Tensor], meta:
     return DenseDelta(deltas={m: d.float().contiguous() for m, d in deltas.items()},
                       base_model=bases[0] if bases else None,
                       fan_in_fan_out=adapters[0].fan_in_fan_out, meta=meta)
+
+
+def warn_trimmed_to_zero(method: str, density: float, sizes: dict[str, int]) -> list[str]:
+    """Log one warning when ``density`` keeps no entry of some modules (⌊density · n⌋ = 0 for a
+    module of n entries, :func:`lorasum.compose.masks.keep_count`): their merged ΔW is 0. A
+    legitimate result, so not an error, but rarely what was meant.
+
+    Args:
+        method: the method's name, for the message.
+        density: the fraction kept.
+        sizes: module path → number of entries n = d_out · d_in.
+
+    Returns:
+        The modules trimmed to zero, sorted.
+    """
+    from lorasum.compose.masks import keep_count
+
+    empty = sorted(m for m, n in sizes.items() if keep_count(n, density) == 0)
+    if empty:
+        which = (f"any of the {len(sizes)} modules" if len(empty) == len(sizes)
+                 else f"{len(empty)} of {len(sizes)} modules")
+        log.warning("warning: %s: density %g keeps no entry in %s (%s%s: ⌊density·n⌋ = 0 for n up to %d "
+                    "entries), so their merged ΔW is 0; a density of at least %.3g keeps one entry in each",
+                    method, density, which, ", ".join(empty[:3]), ", …" if len(empty) > 3 else "",
+                    max(sizes[m] for m in empty), 1.0 / min(sizes[m] for m in empty))
+    return empty
 
 
 def save_dense_delta(dd: DenseDelta, path: str | Path, *, overwrite: bool = False) -> Path:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from lorasum.adapters import Adapter
-from lorasum.compose.dense import DenseDelta, dense_result, task_vectors
+from lorasum.compose.dense import DenseDelta, dense_result, task_vectors, warn_trimmed_to_zero
 from lorasum.compose.masks import check_fraction, top_magnitude_mask
 from lorasum.compose.registry import compose_method
 from lorasum.compose.sum import _check_weights, check_compatible
@@ -30,6 +30,9 @@ def compose_magnitude_prune(adapters: list[Adapter], density: float = 0.2,
         density: fraction of entries kept per module, in (0, 1] (1 keeps the exact sum).
         weights: wᵢ (default all 1).
 
+    A module so small that ⌊density · n⌋ = 0 keeps no entry and becomes 0; that is logged as a
+    warning (:func:`~lorasum.compose.dense.warn_trimmed_to_zero`), not refused.
+
     Raises:
         ConfigError: density outside (0, 1]; bad weights.
         AdapterError: incompatible adapters.
@@ -41,4 +44,5 @@ def compose_magnitude_prune(adapters: list[Adapter], density: float = 0.2,
     for module, stack in task_vectors(adapters, ws):
         total = stack.sum(dim=0)
         deltas[module] = torch.where(top_magnitude_mask(total, d), total, torch.zeros_like(total))
+    warn_trimmed_to_zero("magnitude_prune", d, {m: x.numel() for m, x in deltas.items()})
     return dense_result(adapters, deltas, {"method": "magnitude_prune", "density": d, "weights": ws})

@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from lorasum.adapters import Adapter, LoraFactor
+from lorasum.adapters import Adapter, LoraFactor, check_same_base_model
 from lorasum.compose.registry import compose_method
 from lorasum.errors import AdapterError, ConfigError
 
@@ -33,17 +33,20 @@ def _label(adapter: Adapter, i: int) -> str:
 def check_compatible(adapters: list[Adapter]) -> None:
     """Refuse to combine adapters that do not act on the same base weights.
 
+    Base models are compared by :func:`lorasum.adapters.check_same_base_model`: the source and
+    config hash recorded in ``lorasum.json`` where present (so ``./tinygpt2``, ``tinygpt2`` and
+    the absolute path of the same folder agree, and two folders called ``tinygpt2`` do not),
+    else ``base_model_name_or_path`` after path normalisation; an adapter naming no base model
+    matches any. Sources that differ with the same config hash pass with a logged warning.
+
     Raises:
-        AdapterError: the list is empty; fan_in_fan_out differs; the recorded base models
-            differ (None counts as unknown and matches anything); a module's ΔW shape
-            (d_out, d_in) differs between adapters.
+        AdapterError: the list is empty; fan_in_fan_out differs; the base models differ; a
+            module's ΔW shape (d_out, d_in) differs between adapters.
     """
     if not adapters:
         raise AdapterError("no adapters to compose")
     first = adapters[0]
-    bases = {a.base_model for a in adapters if a.base_model is not None}
-    if len(bases) > 1:
-        raise AdapterError(f"adapters were trained on different base models: {sorted(bases)}")
+    check_same_base_model(adapters)
     shapes: dict[str, tuple[tuple[int, int], str]] = {}
     for i, a in enumerate(adapters):
         if a.fan_in_fan_out != first.fan_in_fan_out:
@@ -80,7 +83,8 @@ def compose_sum(adapters: list[Adapter], weights: list[float] | None = None) -> 
         weights: wᵢ per adapter (default all 1).
 
     Returns:
-        A new Adapter; ``config`` is a copy of the first adapter's, ``path`` is None.
+        A new Adapter; ``config`` is a copy of the first adapter's, ``path`` is None,
+        ``base_model`` and ``base_record`` are the first ones the sources have.
 
     Raises:
         AdapterError: see :func:`check_compatible`.
@@ -96,8 +100,10 @@ def compose_sum(adapters: list[Adapter], weights: list[float] | None = None) -> 
         B = torch.cat([(w * f.scaling * f.B.double()).float() for w, f in parts], dim=1)
         factors[module] = LoraFactor(A=A, B=B, scaling=1.0)
     bases = [a.base_model for a in adapters if a.base_model is not None]
+    records = [a.base_record for a in adapters if a.base_record is not None]
     return Adapter(factors=factors, base_model=bases[0] if bases else None,
-                   fan_in_fan_out=adapters[0].fan_in_fan_out, config=dict(adapters[0].config), path=None)
+                   fan_in_fan_out=adapters[0].fan_in_fan_out, config=dict(adapters[0].config), path=None,
+                   base_record=records[0] if records else None)
 
 
 @compose_method(name="task_arithmetic", reference="Ilharco et al. 2023, arXiv 2212.04089, eq. 1")
@@ -105,9 +111,16 @@ def compose_task_arithmetic(adapters: list[Adapter], scale: float = 1.0) -> Adap
     """Task arithmetic: λ Σᵢ ΔWᵢ (all weights equal to ``scale`` = λ), exact.
 
     Raises:
-        AdapterError, ConfigError: as :func:`compose_sum`.
+        ConfigError: ``scale`` is not a finite number.
+        AdapterError: as :func:`compose_sum`.
     """
-    return compose_sum(adapters, weights=[scale] * len(adapters))
+    try:
+        lam = float(scale)
+    except (TypeError, ValueError):
+        raise ConfigError(f"scale must be a number, got {scale!r}") from None
+    if isinstance(scale, bool) or not math.isfinite(lam):
+        raise ConfigError(f"scale must be a finite number, got {scale!r}")
+    return compose_sum(adapters, weights=[lam] * len(adapters))
 
 
 @compose_method(name="mean", reference="Ilharco et al. 2023, arXiv 2212.04089 (task arithmetic, λ = 1/N)")

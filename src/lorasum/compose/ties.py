@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from lorasum.adapters import Adapter
-from lorasum.compose.dense import DenseDelta, dense_result, task_vectors
+from lorasum.compose.dense import DenseDelta, dense_result, task_vectors, warn_trimmed_to_zero
 from lorasum.compose.masks import check_fraction, disjoint_mean, elect_sign, top_magnitude_mask
 from lorasum.compose.registry import compose_method
 from lorasum.compose.sum import _check_weights, check_compatible
@@ -48,6 +48,9 @@ def compose_ties(adapters: list[Adapter], density: float = 0.2, weights: list[fl
             (default 0.2, the paper's k = 20 %).
         weights: wᵢ applied to ΔWᵢ before trimming (default all 1).
 
+    A module so small that ⌊density · n⌋ = 0 keeps no entry and merges to 0; that is logged as a
+    warning (:func:`~lorasum.compose.dense.warn_trimmed_to_zero`), not refused.
+
     Raises:
         ConfigError: density outside (0, 1]; bad weights.
         AdapterError: incompatible adapters.
@@ -56,4 +59,5 @@ def compose_ties(adapters: list[Adapter], density: float = 0.2, weights: list[fl
     ws = _check_weights(weights, len(adapters))
     d = check_fraction("density", density)
     deltas = {m: ties_merge(stack, d) for m, stack in task_vectors(adapters, ws)}
+    warn_trimmed_to_zero("ties", d, {m: x.numel() for m, x in deltas.items()})
     return dense_result(adapters, deltas, {"method": "ties", "density": d, "weights": ws})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,11 +56,13 @@ def resolve_path(path: str, root: Path | None) -> Path:
     """``path`` if absolute, else ``root / path``; it must exist.
 
     Raises:
-        DataError: the data root is needed but missing, or the path does not exist (the message
-            says to set LORASUM_DATA_ROOT for a relative path).
+        DataError: the data root is needed but missing or not a folder, or the path does not exist
+            (the message says to set LORASUM_DATA_ROOT for a relative path).
     """
     p = Path(path).expanduser()
     if not p.is_absolute():
+        if root is not None and os.path.lexists(root) and not root.is_dir():
+            raise DataError(f"{root}: not a folder; the data folder must be a folder; {HINT}")
         if root is None or not root.is_dir():
             raise DataError(f"{root}: data folder not found; {HINT}")
         p = root / p
@@ -118,9 +121,10 @@ def _extra(spec: SourceSpec) -> dict:
 
 
 def _read_medquad(spec: SourceSpec, root: Path | None, domain: str, skip: bool) -> LoadedSource:
-    """A folder of XML subsets (``N_Name/*.xml``), a folder of flat files, or one flat file."""
+    """A folder of XML subsets (``N_Name/*.xml``), a folder of flat files, or one flat file (anything
+    that is not a folder is read as a file, which refuses devices and pipes)."""
     folder = resolve_path(spec.path, root)
-    if folder.is_file():
+    if not folder.is_dir():
         return _file_reader(load_medquad_flat)(spec, root, domain, skip)
     out = LoadedSource()
     subsets = sorted(p for p in folder.iterdir() if p.is_dir() and any(p.glob("*.xml")))

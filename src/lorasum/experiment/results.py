@@ -35,8 +35,14 @@ _POOL = ("nll_sum", "n_tokens", "n_examples")
 
 
 def with_ppl(p: dict) -> dict:
-    """``p`` plus ``ppl`` = exp(nll_sum / n_tokens) (natural log; NaN without tokens)."""
-    return p | {"ppl": math.exp(p["nll_sum"] / p["n_tokens"]) if p["n_tokens"] else float("nan")}
+    """``p`` plus ``ppl`` = exp(nll_sum / n_tokens) (natural log; NaN without tokens, inf when a mean NLL
+    above ~709 nats overflows a float, as an adapter with exploding logits can give)."""
+    if not p["n_tokens"]:
+        return p | {"ppl": float("nan")}
+    try:
+        return p | {"ppl": math.exp(p["nll_sum"] / p["n_tokens"])}
+    except OverflowError:
+        return p | {"ppl": math.inf}
 
 
 def union_rows(evaluations: list[dict]) -> list[dict]:

@@ -11,8 +11,10 @@ that hashes everything that produced it:
 So re-running skips finished work; a setting that only affects evaluation (``data.test_size``)
 re-runs evaluations and retrains nothing; an interrupted run continues where it stopped (a missing
 adapter folder or cache entry is redone, nothing else; so is a folder whose config or weights no longer
-have the SHA-256 its cache entry recorded). ``eval.batch_size`` is not in any key: it
-changes speed, not perplexity.
+have the SHA-256 its cache entry recorded, and, with a warning naming the file, a cache entry that is not
+JSON or not of its form: an evaluation needs a finite ``nll_sum`` >= 0, ``n_tokens`` >= 1 and the
+domain's number of test examples as ``n_examples``, see :func:`eval_entry_problem`).
+``eval.batch_size`` is not in any key: it changes speed, not perplexity.
 
 Run folder layout::
 
@@ -32,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -42,7 +45,7 @@ from pathlib import Path
 
 from lorasum import __version__
 from lorasum.config import ExperimentConfig, data_root
-from lorasum.errors import OutputExistsError
+from lorasum.errors import DataError, OutputExistsError, UserError
 from lorasum.experiment.grid import AdapterJob, EvalJob, Plan, plan
 from lorasum.experiment.results import (RESULTS_SCHEMA_VERSION, combination_rows, composition_rows,
                                         geometry_rows, union_rows, with_ppl)
@@ -55,21 +58,88 @@ _KEY_VERSION = 3  # bump when what a key hashes changes
 _JOB_FILE = "lorasum_job.json"  # in composed adapter folders: the job key that made them
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def eval_entry_problem(entry) -> str | None:
+    """Why a cached evaluation (``{"nll_sum", "n_tokens", "n_examples"}``, see :meth:`_Context._evaluate`)
+    cannot be used, or None when it can.
+
+    Required: a JSON object with ``nll_sum`` a finite number >= 0 (nats), ``n_tokens`` an integer >= 1
+    and ``n_examples`` an integer >= 1. Other fields are ignored. Such an entry gives a finite
+    perplexity exp(nll_sum / n_tokens) >= 1.
+    """
+    if not isinstance(entry, dict):
+        return f"expected a JSON object, got {type(entry).__name__}"
+    nll, n_tokens, n_examples = entry.get("nll_sum"), entry.get("n_tokens"), entry.get("n_examples")
+    if isinstance(nll, bool) or not isinstance(nll, (int, float)):
+        return "nll_sum is missing or not a number"
+    try:
+        finite = math.isfinite(nll)
+    except OverflowError:  # an integer too large for a float
+        finite = False
+    if not finite or nll < 0:
+        return f"nll_sum {str(nll)[:40]} is not a finite number >= 0"
+    if not _is_int(n_tokens) or n_tokens < 1:
+        return f"n_tokens {n_tokens!r} is not an integer >= 1"
+    if not _is_int(n_examples) or n_examples < 1:
+        return f"n_examples {n_examples!r} is not an integer >= 1"
+    return None
+
+
+def _adapter_entry_problem(entry) -> str | None:
+    """Why a cached adapter entry (``{"row", "train", "files"}``) cannot be used, or None."""
+    if not isinstance(entry, dict):
+        return f"expected a JSON object, got {type(entry).__name__}"
+    if "files" in entry and not isinstance(entry["files"], dict):
+        return "files is not an object"
+    if entry.get("train") is not None and not isinstance(entry["train"], dict):
+        return "train is not an object"
+    return None
+
+
+_CHECKS = {"evals": eval_entry_problem, "adapters": _adapter_entry_problem}
+
+
 class _Cache:
-    """JSON records keyed by job hash under ``OUT/cache/<kind>/``."""
+    """JSON records keyed by job hash under ``OUT/cache/<kind>/``.
+
+    An entry that is not JSON, or fails its kind's check (:func:`eval_entry_problem` for ``evals``),
+    counts as missing: the work is done again and the entry rewritten, with a warning naming the file.
+    """
 
     def __init__(self, root: Path, enabled: bool):
         self.root, self.enabled = root, enabled  # enabled: entries of earlier runs may be reused
         self._fresh: set[tuple[str, str]] = set()  # entries written by this run (always readable)
+        self._warned: set[Path] = set()  # damaged entries already reported
 
     def get(self, kind: str, key: str) -> dict | None:
+        """The entry ``kind/key``, or None: not cached, cached by an earlier run while reuse is off
+        (``--overwrite``), or damaged (warned about once, see :meth:`reject`)."""
         path = self.root / kind / f"{key}.json"
         if not (self.enabled or (kind, key) in self._fresh) or not path.is_file():
             return None
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            return None  # a damaged cache entry is recomputed, never trusted
+            entry = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+            problem = f"not readable JSON ({type(e).__name__})"
+        else:
+            check = _CHECKS.get(kind)
+            problem = check(entry) if check else None
+            if problem is None:
+                return entry
+        # a damaged or edited cache entry is recomputed, never trusted
+        self.reject(kind, key, problem)
+        return None
+
+    def reject(self, kind: str, key: str, problem: str) -> None:
+        """Warn (once per entry) that the entry ``kind/key`` is not used because of ``problem``."""
+        path = self.root / kind / f"{key}.json"
+        if path not in self._warned:
+            self._warned.add(path)
+            log.warning("%s: damaged cache entry (%s); %s again", path, problem,
+                        "evaluating" if kind == "evals" else "making the adapter")
 
     def fresh(self, kind: str, key: str) -> bool:
         """Whether this run wrote the entry."""
@@ -89,6 +159,8 @@ def _adapter_files(path: Path) -> dict[str, str]:
 
     out = {}
     for name in _ADAPTER_FILES:
+        if not (path / name).is_file():  # missing, or a pipe or device: never read
+            continue
         try:
             out[name] = sha256_file(path / name)
         except OSError:
@@ -98,16 +170,19 @@ def _adapter_files(path: Path) -> dict[str, str]:
 
 def _prepare_run_folder(out: Path, cfg: ExperimentConfig, overwrite: bool) -> bool:
     """Check ``out`` and write ``run.json``; return whether cached work may be reused."""
+    from lorasum.report import check_report_dir
+
     marker = out / "run.json"
     if os.path.lexists(out) and not out.is_dir():
         raise OutputExistsError(f"{out}: exists and is not a folder; choose another --out")
+    check_report_dir(out / "report")  # before hours of training, not when the report is written
     if out.exists() and any(out.iterdir()) and not marker.is_file():
         raise OutputExistsError(f"{out}: exists and is not a lorasum run folder; choose another --out")
     reuse = marker.is_file() and not overwrite
     if reuse:  # continuing: a run of another model or LoRA setting would have every trained adapter replaced
         try:
             before = json.loads(marker.read_text(encoding="utf-8")).get("config") or {}
-        except (OSError, ValueError, AttributeError):
+        except (OSError, ValueError, AttributeError, RecursionError):  # damaged: nothing to compare with
             before = {}
         now = cfg.model_dump(mode="json")
         for key in ("model", "lora"):
@@ -132,6 +207,11 @@ def _load_data(cfg: ExperimentConfig, tokenizer) -> dict:
     data = load_domains(cfg, tokenizer=tokenizer)
     for name, dd in data.items():
         log.info("data %s: %d train / %d validation / %d test", name, len(dd.train), len(dd.validation), len(dd.test))
+        if not dd.test:  # every model is evaluated on every domain: fail before training, not after
+            dropped = ((dd.report.get("long_rows") or {}).get("splits") or {}).get("test", {}).get("too_long")
+            raise DataError(f"domain {name}: no test examples left"
+                            + (f" ({dropped} dropped as longer than data.max_length {cfg.data.max_length}; "
+                               "data.long_rows: drop)" if dropped else ""))
     return data
 
 
@@ -141,20 +221,30 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, overwrite: bool = 
     An existing run folder is continued (cached work reused); ``overwrite`` recomputes everything.
 
     Raises:
-        OutputExistsError: ``out`` holds files that are not a lorasum run.
-        ConfigError, DataError, ModelError: from loading the config's data and model.
+        UserError: ``out`` is empty or names no folder of its own (``""``, ``.``, ``..``, ``/``), cannot
+            be created, or ``out/report`` exists and is not a folder.
+        OutputExistsError: ``out`` is not a folder, or holds files that are not a lorasum run.
+        ConfigError, DataError, ModelError: from loading the config's data and model; a domain with
+            no test example, or no answer token to score, is a DataError.
     """
     import torch
 
     from lorasum.models import load_model
     from lorasum.report import write_report
+    from lorasum.storage import _check_named
 
+    _check_named(out)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    data_root(cfg.data)  # a missing data folder fails before the run folder is made and the model loaded
+    if os.path.lexists(out) and not out.is_dir():
+        raise OutputExistsError(f"{out}: exists and is not a folder; choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file where a folder above it should be, no permission, read-only
+        raise UserError(f"{out}: cannot create the run folder: {e.strerror or e}") from None
     cache = _Cache(out / "cache", enabled=_prepare_run_folder(out, cfg, overwrite))
     grid = plan_of(cfg)
     t0 = time.perf_counter()
-    data_root(cfg.data)  # a missing data folder fails before the model is loaded
     for name, spec in cfg.custom_domains.items():
         if name in cfg.domains and spec.max_length not in (None, cfg.data.max_length):
             log.warning("custom_domains.%s.max_length (%d) applies to `lorasum train` on that domain alone; an "
@@ -295,9 +385,11 @@ class _Context:
             return False
         for name, field in ((ADAPTER_META_FILE, lambda d: (d.get("meta") or {}).get("job_key")),
                             (_JOB_FILE, lambda d: d.get("job_key"))):
+            if not (path / name).is_file():  # missing, or a pipe or device: never read
+                continue
             try:
                 return field(json.loads((path / name).read_text(encoding="utf-8"))) == key
-            except (OSError, ValueError, AttributeError):
+            except (OSError, ValueError, AttributeError, RecursionError):
                 continue
         return False
 
@@ -483,7 +575,7 @@ class _Context:
 
         keyed = [[(job, self._eval_key(job)) for job in group]
                  for _, group in groupby(jobs, key=lambda j: (j.model, j.seed))]
-        found = {key: self.cache.get("evals", key) for group in keyed for _, key in group}
+        found = {key: self._cached_eval(job, key) for group in keyed for job, key in group}
         todo, scheduled = [], set()  # a key in several groups (the base model of each seed) is scored once
         for group in keyed:
             missing = [(job, key) for job, key in group if found[key] is None and key not in scheduled]
@@ -512,6 +604,19 @@ class _Context:
                 for t, path in slot:
                     found |= self._evaluate(t, swap(path))
         return [self._eval_row(job, key, found[key]) for group in keyed for job, key in group]
+
+    def _cached_eval(self, job: EvalJob, key: str) -> dict | None:
+        """The cached evaluation ``key`` reduced to its three numbers, or None (not cached, or damaged:
+        see :func:`eval_entry_problem`; its ``n_examples`` must also be the number of test examples)."""
+        entry = self.cache.get("evals", key)
+        if entry is None:
+            return None
+        expected = len(self.data[job.eval_domain].test)
+        if entry["n_examples"] != expected:
+            self.cache.reject("evals", key, f"n_examples {entry['n_examples']}, but the test split of "
+                              f"{job.eval_domain} has {expected} examples")
+            return None
+        return {"nll_sum": float(entry["nll_sum"]), "n_tokens": entry["n_tokens"], "n_examples": entry["n_examples"]}
 
     def _lora_folder(self, job: EvalJob) -> Path | None:
         """The PEFT folder of ``job``'s model, or None (the base model, a dense result)."""
@@ -542,7 +647,16 @@ class _Context:
                           n_examples=len(self.data[job.eval_domain].test), batch_size=self.cfg.eval.batch_size,
                           max_tokens=self.cfg.eval.max_tokens)
                 done[key] = {"nll_sum": p.nll_sum, "n_tokens": p.n_tokens, "n_examples": p.n_examples}
-                self.cache.put("evals", key, done[key])
+                if p.n_tokens == 0:  # a perplexity of nothing: the data settings leave no answer token
+                    raise DataError(f"domain {job.eval_domain}: no answer token left to score in its "
+                                    f"{p.n_examples} test examples (dropped or cut as too long: data.max_length "
+                                    f"{self.cfg.data.max_length}, data.long_rows {self.cfg.data.long_rows})")
+                problem = eval_entry_problem(done[key])
+                if problem is None:
+                    self.cache.put("evals", key, done[key])
+                else:  # reported, and not cached: a later run evaluates it again
+                    log.warning("eval    %s seed %d on %s: %s; kept as it is in results.json but not cached",
+                                job.model, job.seed, job.eval_domain, problem)
         return done
 
     def _eval_row(self, job: EvalJob, key: str, value: dict) -> dict:

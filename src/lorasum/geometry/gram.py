@@ -85,21 +85,23 @@ def inner_matrices(adapters: list[Adapter]) -> dict[str, torch.Tensor]:
 
 
 def cosine_from_gram(gram: torch.Tensor) -> torch.Tensor:
-    """Cosines Gᵢⱼ / sqrt(Gᵢᵢ Gⱼⱼ), clamped to [-1, 1]; 0 in rows/columns of a zero ΔW
-    (as :func:`lorasum.geometry.cosine`), and the diagonal exactly 1 for non-zero ΔW.
-    ``gram`` is (N, N) or batched (..., N, N)."""
+    """Cosines Gᵢⱼ / sqrt(Gᵢᵢ Gⱼⱼ), clamped to [-1, 1]; NaN in the rows and columns of a ΔW of
+    zero norm (undefined, as :func:`lorasum.geometry.cosine`), and the diagonal exactly 1 for
+    non-zero ΔW. ``gram`` is (N, N) or batched (..., N, N)."""
     norms = gram.diagonal(dim1=-2, dim2=-1).clamp(min=0.0).sqrt()
     denom = norms[..., :, None] * norms[..., None, :]
     safe = torch.where(denom > 0, denom, torch.ones_like(denom))
-    cos = torch.where(denom > 0, gram / safe, torch.zeros_like(gram)).clamp(-1.0, 1.0)
-    cos.diagonal(dim1=-2, dim2=-1).copy_((norms > 0).to(cos.dtype))
+    cos = torch.where(denom > 0, gram / safe, torch.full_like(gram, float("nan"))).clamp(-1.0, 1.0)
+    cos.diagonal(dim1=-2, dim2=-1).copy_(torch.where(norms > 0, 1.0, float("nan")).to(cos.dtype))
     return cos
 
 
 def cosine_matrices(adapters: list[Adapter]) -> dict[str, torch.Tensor]:
     """module path → N×N cosine matrix of the adapters' ΔW, over the union of modules (sorted).
 
-    Entries involving an adapter that lacks the module (or whose ΔW is zero) are 0.
+    Entries involving an adapter that lacks the module are 0 (it is not updated there: the
+    convention of :func:`lorasum.geometry.module_cosines`); the other entries involving a ΔW of
+    zero norm are NaN (undefined).
 
     Raises:
         AdapterError: a module's ΔW shape differs between adapters.
@@ -108,4 +110,6 @@ def cosine_matrices(adapters: list[Adapter]) -> dict[str, torch.Tensor]:
     if not grams:
         return {}
     cos = cosine_from_gram(torch.stack(list(grams.values())))
+    absent = torch.tensor([[m not in a.factors for a in adapters] for m in grams])  # (M, N)
+    cos = cos.masked_fill(absent[:, :, None] | absent[:, None, :], 0.0)
     return dict(zip(grams, cos.unbind(0)))

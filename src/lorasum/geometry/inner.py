@@ -11,7 +11,11 @@ never the d_out×d_in matrix ΔW. Everything is computed in float64.
 
 The cosine of two updates is ⟨ΔW₁,ΔW₂⟩_F / (‖ΔW₁‖_F ‖ΔW₂‖_F), the measure of adapter
 orthogonality used in arXiv 2508.11985. It is invariant under any reparametrisation of
-the factors that keeps ΔW (B → BM, A → M⁻¹A) and under positive rescaling.
+the factors that keeps ΔW (B → BM, A → M⁻¹A) and under positive rescaling. It is undefined
+(NaN) when a ΔW has zero norm: a zero update says nothing about orthogonality, and reporting
+0 would pass an untrained adapter off as perfectly orthogonal. A module *absent* from an
+adapter is different: by the convention of the RMS over the union of modules it counts as
+cosine 0 (:func:`module_cosines`).
 """
 
 from __future__ import annotations
@@ -48,8 +52,7 @@ def frobenius_norm(f: LoraFactor) -> float:
 def cosine(f1: LoraFactor, f2: LoraFactor) -> float:
     """Cosine similarity ⟨ΔW₁,ΔW₂⟩_F / (‖ΔW₁‖_F ‖ΔW₂‖_F), clamped to [-1, 1].
 
-    If either ΔW is zero the cosine is undefined; it is returned as 0.0 (a zero update is
-    orthogonal to everything, which is also how a module absent from an adapter counts).
+    If either ΔW has zero norm the cosine is undefined and returned as NaN (module docstring).
 
     Raises:
         AdapterError: the two ΔW shapes differ.
@@ -58,15 +61,15 @@ def cosine(f1: LoraFactor, f2: LoraFactor) -> float:
     if n1 == 0.0 or n2 == 0.0:
         if f1.shape != f2.shape:
             raise AdapterError(f"cannot compare ΔW shapes {f1.shape} and {f2.shape}")
-        return 0.0
+        return math.nan
     return max(-1.0, min(1.0, frobenius_inner(f1, f2) / (n1 * n2)))
 
 
 def module_cosines(a: Adapter, b: Adapter) -> dict[str, float]:
     """Per-module cosine of two adapters' ΔW over the union of their modules.
 
-    A module present in only one adapter has ΔW = 0 in the other, so its cosine is 0.0
-    (see :func:`cosine`).
+    A module present in only one adapter counts as cosine 0.0 (it is not updated in the other);
+    a module present in both whose ΔW has zero norm in either gets NaN (see :func:`cosine`).
 
     Returns:
         module path → cosine, sorted by module path.
@@ -82,7 +85,7 @@ def module_cosines(a: Adapter, b: Adapter) -> dict[str, float]:
 
 
 def rms(values: Iterable[float]) -> float:
-    """Root mean square sqrt(mean(v²)) of ``values``.
+    """Root mean square sqrt(mean(v²)) of ``values`` (NaN if any value is NaN).
 
     Raises:
         ValueError: ``values`` is empty.

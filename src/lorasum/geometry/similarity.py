@@ -14,14 +14,14 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from lorasum.adapters import Adapter
+from lorasum.adapters import Adapter, check_same_base_model
 from lorasum.geometry.baseline import expected_abs_cosine, expected_rms_cosine
 from lorasum.geometry.gram import cosine_matrices
 from lorasum.geometry.inner import frobenius_norm, rms
 from lorasum.geometry.layers import group_by_layer
 from lorasum.geometry.subspace import orthonormal_basis, overlap
 
-__all__ = ["PairStats", "Similarity", "similarity"]
+__all__ = ["PairStats", "Similarity", "json_safe", "similarity"]
 
 
 @dataclass(frozen=True)
@@ -31,10 +31,12 @@ class PairStats:
     Attributes:
         a, b: adapter names.
         cosines: module path → cos(ΔW_a, ΔW_b) over the union of the pair's modules
-            (0.0 where a module is absent from one adapter or a ΔW is zero).
+            (0.0 where a module is absent from one adapter; NaN, undefined, where the module's
+            ΔW has zero norm in either: see :mod:`lorasum.geometry.inner`).
         rms: sqrt(mean over modules of cos²), the pair's "RMS cosine".
         mean_abs: mean over modules of |cos|.
-        max_abs: max over modules of |cos|.
+        max_abs: max over modules of |cos|. These three are NaN when any cosine is NaN: a
+            summary over a module whose cosine is undefined is undefined too.
         column_overlap: module → mean cos² of the principal angles between the column spaces
             of B_a and B_b (0.0 where a module is absent from one adapter).
         row_overlap: the same for the row spaces of A_a and A_b.
@@ -61,13 +63,21 @@ class PairStats:
     baseline_rms: float = math.nan
     layer_rms: dict[int, float] = field(default_factory=dict)
 
+    @property
+    def undefined(self) -> list[str]:
+        """Modules whose cosine is NaN (a ΔW of zero norm), sorted."""
+        return sorted(m for m, c in self.cosines.items() if math.isnan(c))
+
     def to_dict(self) -> dict:
-        """JSON-ready dict (layer keys as strings)."""
-        return {"a": self.a, "b": self.b, "rms": self.rms, "mean_abs": self.mean_abs,
-                "max_abs": self.max_abs, "cosines": dict(self.cosines),
-                "baseline_rms": self.baseline_rms, "baseline_abs": dict(self.baseline_abs),
-                "column_overlap": dict(self.column_overlap), "row_overlap": dict(self.row_overlap),
-                "norm_ratio": dict(self.norm_ratio), "layer_rms": {str(k): v for k, v in self.layer_rms.items()}}
+        """JSON-ready dict (layer keys as strings); NaN and ±inf (undefined cosines and summaries, a
+        norm ratio with a zero ΔW) become None, so ``json.dumps(..., allow_nan=False)`` works and
+        the JSON has ``null`` where a strict reader would choke on ``NaN``/``Infinity``."""
+        return json_safe({"a": self.a, "b": self.b, "rms": self.rms, "mean_abs": self.mean_abs,
+                          "max_abs": self.max_abs, "cosines": dict(self.cosines),
+                          "baseline_rms": self.baseline_rms, "baseline_abs": dict(self.baseline_abs),
+                          "column_overlap": dict(self.column_overlap), "row_overlap": dict(self.row_overlap),
+                          "norm_ratio": dict(self.norm_ratio),
+                          "layer_rms": {str(k): v for k, v in self.layer_rms.items()}})
 
 
 @dataclass(frozen=True)
@@ -79,7 +89,8 @@ class Similarity:
         pairs: (a, b) with a before b in ``names`` → :class:`PairStats`.
         norms: name → module path → ‖ΔW‖_F.
         matrix: N×N RMS cosines, ``matrix[i][j]`` for ``names[i]``, ``names[j]``
-            (symmetric; the diagonal is an adapter's RMS cosine with itself, 1.0 unless a ΔW is zero).
+            (symmetric; the diagonal is an adapter's RMS cosine with itself, 1.0 unless a ΔW has
+            zero norm, NaN then).
         shapes: module path → ΔW shape (d_out, d_in), over all adapters' modules.
         ranks: name → module path → LoRA rank r.
     """
@@ -109,7 +120,8 @@ class Similarity:
         """RMS cosine of a set of ≥2 adapters: sqrt of the mean of cos² over all pairs in
         the set and all modules in the union of the set's modules (a module outside a
         pair's union counts as cosine 0 for that pair). For two adapters whose modules
-        coincide this is the pair's ``rms``.
+        coincide this is the pair's ``rms``. NaN when a cosine in the set is NaN (a ΔW of
+        zero norm).
 
         Raises:
             ValueError: fewer than two distinct names.
@@ -138,17 +150,31 @@ class Similarity:
         return list(group_by_layer(self.shapes))
 
     def to_dict(self) -> dict:
-        """JSON-ready dict: names, matrix, pairs (list), norms, shapes, ranks, layers."""
-        return {"names": list(self.names), "matrix": [list(row) for row in self.matrix],
-                "pairs": [p.to_dict() for p in self.pairs.values()],
-                "norms": {n: dict(m) for n, m in self.norms.items()},
-                "shapes": {m: list(s) for m, s in self.shapes.items()},
-                "ranks": {n: dict(r) for n, r in self.ranks.items()}, "layers": self.layers}
+        """JSON-ready dict: names, matrix, pairs (list), norms, shapes, ranks, layers; non-finite
+        numbers (undefined cosines) as None (see :meth:`PairStats.to_dict`)."""
+        return json_safe({"names": list(self.names), "matrix": [list(row) for row in self.matrix],
+                          "pairs": [p.to_dict() for p in self.pairs.values()],
+                          "norms": {n: dict(m) for n, m in self.norms.items()},
+                          "shapes": {m: list(s) for m, s in self.shapes.items()},
+                          "ranks": {n: dict(r) for n, r in self.ranks.items()}, "layers": self.layers})
+
+
+def json_safe(obj):
+    """``obj`` with every float that is NaN or ±inf replaced by None, through dicts, lists and
+    tuples (tuples become lists): what JSON can hold (``null``) for an undefined number."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
 
 
 def _summary(cos: dict[str, float]) -> tuple[float, float, float]:
+    """(RMS, mean |cos|, max |cos|); all NaN when there is no value or any value is NaN."""
     vals = list(cos.values())
-    if not vals:
+    if not vals or any(math.isnan(v) for v in vals):
         return math.nan, math.nan, math.nan
     return rms(vals), sum(abs(v) for v in vals) / len(vals), max(abs(v) for v in vals)
 
@@ -178,11 +204,18 @@ def similarity(adapters: dict[str, Adapter]) -> Similarity:
     norm ratios, random baselines, per-layer RMS, per-module Frobenius norms and the N×N
     matrix of RMS cosines, all from the factors (float64, no dense ΔW).
 
+    The adapters must share a base model (:func:`lorasum.adapters.check_same_base_model`: the
+    record of their ``lorasum.json``, else ``base_model_name_or_path``); a caveat (same config,
+    other source) is logged as a warning.
+
     Raises:
-        AdapterError: a shared module's ΔW shape differs between two adapters.
+        AdapterError: the adapters were trained on different base models (the message names
+            both adapters and their base models); a shared module's ΔW shape differs between
+            two adapters.
     """
     names = tuple(adapters)
     ads = [adapters[n] for n in names]
+    check_same_base_model(ads)
     cmats = cosine_matrices(ads)
     norms = {n: {m: frobenius_norm(f) for m, f in sorted(adapters[n].factors.items())} for n in names}
     bases = {(n, m): (orthonormal_basis(f.B), orthonormal_basis(f.A.T))

@@ -12,15 +12,16 @@ import csv
 import io
 import json
 import os
+import sys
 from pathlib import Path
 
 from lorasum.errors import UserError
 from lorasum.report.plots import PLOT_FILES, all_plots
 from lorasum.report.render import build_blocks, to_html, to_markdown
 from lorasum.report.tables import RESULT_COLUMNS, results_rows
-from lorasum.storage import atomic_write_bytes, atomic_write_text
+from lorasum.storage import atomic_write_bytes, atomic_write_text, read_regular_file
 
-__all__ = ["SCHEMA_VERSIONS", "REPORT_FILES", "load_results", "write_report", "results_csv"]
+__all__ = ["SCHEMA_VERSIONS", "REPORT_FILES", "load_results", "write_report", "results_csv", "check_report_dir"]
 
 SCHEMA_VERSIONS = (1, 2)
 REPORT_FILES = ("report.md", "report.html", "results.csv", *PLOT_FILES)
@@ -34,19 +35,22 @@ def load_results(path: str | os.PathLike) -> dict:
     leaves out what a version lacks.
 
     Raises:
-        UserError: the file is missing, is not JSON, is not an object, has an unknown
-            ``schema_version`` (known: ``SCHEMA_VERSIONS``) or lacks a required key; the
+        UserError: the file is missing, is not a regular file (a folder, device or pipe is refused
+            before reading), is not JSON, is nested too deeply to read, is not an object, has an
+            unknown ``schema_version`` (known: ``SCHEMA_VERSIONS``) or lacks a required key; the
             message names the file.
     """
     path = Path(path)
+    data = read_regular_file(path, error=UserError, what="results file")
     try:
-        results = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path}: results file not found") from None
+        results = json.loads(data.decode("utf-8"))
     except UnicodeDecodeError as e:
         raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    except RecursionError:
+        raise UserError(f"{path}: JSON nested too deeply to read (more than about {sys.getrecursionlimit()} "
+                        "levels of lists or objects)") from None
     if not isinstance(results, dict):
         raise UserError(f"{path}: expected a JSON object at the top level, got {type(results).__name__}")
     version = results.get("schema_version")
@@ -57,6 +61,25 @@ def load_results(path: str | os.PathLike) -> dict:
     if missing:
         raise UserError(f"{path}: missing or malformed key(s): {', '.join(missing)}")
     return results
+
+
+def check_report_dir(out_dir: str | os.PathLike) -> Path:
+    """Refuse a report folder that cannot be one: ``out_dir`` exists and is not a folder (a file, a
+    broken symlink, a device). Nothing is changed; a missing ``out_dir`` is fine (it is created).
+
+    Returns:
+        ``out_dir`` as a Path.
+
+    Raises:
+        UserError: ``out_dir`` is not a folder; the message names it and says what it is.
+    """
+    out = Path(out_dir)
+    if os.path.lexists(out) and not out.is_dir():
+        what = ("a broken symlink" if out.is_symlink() and not out.exists() else
+                "a file" if out.is_file() else "not a folder")
+        raise UserError(f"{out}: exists and is {what}; the report is written into a folder of that name "
+                        "(move or remove it)")
+    return out
 
 
 def results_csv(results: dict) -> str:
@@ -77,9 +100,17 @@ def write_report(results: dict, out_dir: str | os.PathLike) -> dict[str, Path]:
     Returns:
         file name → path of each written file: ``REPORT_FILES``, then the per-layer cosine heatmaps
         (``layer_cosines*.png``) when the results hold per-module geometry (schema 2).
+
+    Raises:
+        UserError: ``out_dir`` (or a folder above it) exists and is not a folder, or the file system
+            refuses the writes (no permission, no space, read-only); the message names the path.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    check_report_dir(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{out}: cannot create the report folder: {e.strerror or e}") from None
     images = all_plots(results)
     blocks = build_blocks(results, images)
     title = f"lorasum report: {(results.get('config') or {}).get('name', 'experiment')}"

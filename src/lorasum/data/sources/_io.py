@@ -10,11 +10,13 @@ import csv
 import io
 import json
 import os
+import sys
 from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
 from lorasum.errors import DataError
+from lorasum.storage import read_regular_file
 
 __all__ = [
     "TABLE_FORMATS",
@@ -37,20 +39,17 @@ MAX_EXAMPLES = 3
 
 
 def read_bytes(path: str | os.PathLike) -> bytes:
-    """Read a whole file.
+    """Read a whole regular file (symlinks are followed).
+
+    Anything else is refused before a byte is read (:func:`lorasum.storage.read_regular_file`): a
+    device (a symlink to ``/dev/zero`` would be read until memory runs out), a named pipe (would
+    wait for a writer forever) or a socket.
 
     Raises:
-        DataError: the file is missing, is a folder, or cannot be read.
+        DataError: the file is missing, is a folder, is not a regular file (device, pipe, socket),
+            or cannot be read; the message names the file.
     """
-    path = Path(path)
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: expected a file, found a folder") from None
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+    return read_regular_file(path, error=DataError)
 
 
 def read_text(path: str | os.PathLike) -> str:
@@ -75,13 +74,17 @@ def load_json(path: str | os.PathLike) -> Any:
     """Parse a whole JSON file.
 
     Raises:
-        DataError: as :func:`read_text`, or malformed JSON (with line and column).
+        DataError: as :func:`read_text`, malformed JSON (with line and column), or JSON nested too
+            deeply for Python's parser (a ``RecursionError``).
     """
     text = read_text(path)
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: malformed JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    except RecursionError:
+        raise DataError(f"{path}: JSON nested too deeply to read (more than about "
+                        f"{sys.getrecursionlimit()} levels of lists or objects)") from None
 
 
 def iter_jsonl(
@@ -112,6 +115,8 @@ def iter_jsonl(
             problem = f"invalid UTF-8 ({e.reason} at column {e.start + 1})"
         except json.JSONDecodeError as e:
             problem = f"malformed JSON ({e.msg} at column {e.colno})"
+        except RecursionError:
+            problem = "JSON nested too deeply to read"
         else:
             if not isinstance(obj, dict):
                 problem = f"expected a JSON object, got {type(obj).__name__}"
