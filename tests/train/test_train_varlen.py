@@ -127,3 +127,43 @@ def test_negative_zero_is_zero():
     """-0.0 and 0.0 are one setting, so one cache key."""
     assert str(TrainSpec(attention_dropout=-0.0).attention_dropout) == "0.0"
     assert TrainSpec(attention_dropout=0).attention_dropout == 0.0
+
+
+def test_flash_varlen_op_shapes_and_autograd_on_the_meta_device():
+    """lorasum::flash_varlen's fake kernels and autograd registration (the CUDA kernels are tested in
+    test_train_cuda.py): output (T, H, D) in the input dtype, gradients of q, k and v of their shapes."""
+    from lorasum.train.varlen import flash_varlen_attention
+
+    q, k, v = (torch.empty(10, 2, 16, device="meta", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    cu = torch.tensor([0, 4, 10], dtype=torch.int32, device="meta")
+    out = flash_varlen_attention(q, k, v, cu, 6, dropout_p=0.1)
+    assert out.shape == (10, 2, 16) and out.dtype == torch.bfloat16 and out.device.type == "meta"
+    out.sum().backward()
+    assert all(t.grad is not None and t.grad.shape == t.shape for t in (q, k, v))
+
+
+def test_varlen_reference_applies_attention_dropout(tmp_path, tiny_tokenizer, tiny_gpt2):
+    """Variable-length attention with GPT-2's attention dropout on (CPU reference: SDPA per example with
+    dropout_p): training is reproducible under a seed, and the dropout acts (other losses than with p = 0)."""
+    from lorasum.config import LoraSpec, TrainSpec
+    from lorasum.data.records import Record
+    from lorasum.models import describe_model
+    from lorasum.train import AdapterTask, train_adapters
+
+    model = tiny_gpt2
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.Dropout) and not name.endswith("attn_dropout"):
+            m.p = 0.0
+    records = [Record(id=f"r{i}", domain="d", question=f"what is {i} plus {i} ?", answer=f"it is {2 * i}")
+               for i in range(8)]
+    info = describe_model(model, name="tiny")
+    losses = {}
+    for run, p in (("a", 0.3), ("b", 0.3), ("c", 0.0)):
+        res = train_adapters(model, tiny_tokenizer, [AdapterTask(records=records, seed=0, out_dir=tmp_path / run)],
+                             lora=LoraSpec(r=4, lora_alpha=8, lora_dropout=0.0),
+                             train=TrainSpec(learning_rate=1e-2, max_steps=4, batch_size=4, pack_length=64,
+                                             attention_dropout=p),
+                             max_length=64, model_info=info, progress=False, varlen=True)
+        losses[run] = res[0].losses
+    assert losses["a"] == losses["b"]
+    assert losses["a"] != pytest.approx(losses["c"], rel=1e-4)

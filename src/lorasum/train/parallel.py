@@ -409,7 +409,8 @@ def train_adapters(
         progress: show a progress bar.
         on_saved: called after each adapter is saved.
         varlen: compute attention per example (:mod:`lorasum.train.varlen`); None: where
-            :func:`~lorasum.train.varlen.varlen_supported` (CUDA, SDPA, no attention dropout).
+            :func:`~lorasum.train.varlen.varlen_supported` (CUDA, SDPA; attention dropout through
+            FlashAttention-2's kernels).
         checkpoint: the group's checkpoint folder (:mod:`lorasum.train.parallel_checkpoint`),
             written every ``train.checkpoint_every`` steps and on SIGINT / SIGTERM (then
             :class:`ParallelInterrupted` is raised) and removed when the group is done; None: no
@@ -489,7 +490,8 @@ def train_adapters(
                 use_graphs = False
             if is_cuda and not use_varlen and varlen is None:
                 log.info("variable-length attention and CUDA graphs off: %s", "the model has attention dropout "
-                         "(train.attention_dropout: 0 turns it off)" if has_attention_dropout(model) else
+                         "and this torch has no FlashAttention-2 operators (train.attention_dropout: 0 turns it "
+                         "off)" if has_attention_dropout(model) else
                          "the model's attention is not SDPA or this torch has no varlen_attn")
             compile_layers = train.compile and is_cuda
             with varlen_attention(model, use_varlen), compiled_layers(model, compile_layers):
@@ -665,8 +667,8 @@ def _loop(model, tokenizer, tasks, outs, encoded, layers, router, config, lora, 
                                               [outs[j] for j in range(k) if totals[j] <= step + 1], path)
         _log_phase(phase, max(totals), 0, static)
         if static is not None and static.capture:
-            log.info("CUDA graphs: %d shapes captured, %d passes padded to a captured shape", static.captured,
-                     static.padded)
+            log.info("CUDA graphs: %d shapes captured, %d passes padded to a captured shape, %d run eagerly (GPU "
+                     "memory)", static.captured, static.padded, static.eager)
         if ckpt is not None:
             shutil.rmtree(ckpt[0], ignore_errors=True)  # every adapter is saved: the checkpoint has served
         if "signum" in stop:  # asked to stop while the last adapters were validated and saved: they are

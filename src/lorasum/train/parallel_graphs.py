@@ -25,6 +25,11 @@ changes nothing; all graphs share one memory pool (a pass leaves no tensor alive
 :data:`_MAX_GRAPHS` shapes a pass is padded to the smallest captured shape that holds it (a pass
 larger than all of them is still captured): a pass never falls back to the eager launches, which
 are bound by the host (about 200 ms a step for SmolLM2 with any number of tokens). The
+GPU memory bounds the graphs too: each shape adds to the pool (blocks of a larger pass do not fit the
+holes that smaller ones left), so once the memory left is less than twice what a capture has taken, a
+pass of a new shape is padded to a captured shape that holds it or, if none does, runs eagerly (the
+graphs stay); a capture that runs out of memory anyway releases every graph and their pool before the
+eager passes take over. The
 optimiser step (per-adapter gradient clip and AdamW, :class:`lorasum.train.parallel._AdamW`, with
 the learning rates and bias corrections in device tensors) is one more graph. A capture that
 fails (an older PyTorch, a model that synchronises with the host) turns the graphs off with one
@@ -207,7 +212,10 @@ class GraphedPasses:
         self.captured = 0  # graphs captured
         self.capture_seconds = 0.0  # wall time of the captures (warm-up passes included)
         self.padded = 0  # passes laid out in a larger captured shape (past _MAX_GRAPHS)
+        self.eager = 0  # passes run eagerly because too little GPU memory was left for a new capture
         self._warned_cap = False
+        self._warned_memory = False
+        self._capture_bytes = 0  # the most one capture added to the memory reserved (warm-up and the pool's growth)
 
     # -- one pass -------------------------------------------------------------------------
     def _body(self, s: dict[str, torch.Tensor]) -> None:
@@ -228,17 +236,38 @@ class GraphedPasses:
         out in the smallest captured shape that holds it, if one does."""
         host = static_layout(part, pad_id, n_answer, self.k, self.max_seqlen)
         key = shape_of(host)
-        if self.capture and key not in self._graphs and len(self._graphs) >= _MAX_GRAPHS:
-            if not self._warned_cap:
+        if self.capture and key not in self._graphs:
+            short = self._graphs and not self._room_for_capture()
+            if len(self._graphs) >= _MAX_GRAPHS and not self._warned_cap:
                 self._warned_cap = True
                 log.info("%d CUDA graphs captured; from now on a pass of a new shape is padded to a captured one "
                          "that holds it (or captured, if none does)", len(self._graphs))
-            held = [shape for shape in self._graphs if fits(part, host, shape, self.max_seqlen)]
-            if held:  # the least padding: fewest tokens, then fewest scored positions
-                key = min(held)
-                host = static_layout(part, pad_id, n_answer, self.k, self.max_seqlen, shape=key)
-                self.padded += 1
+            if short or len(self._graphs) >= _MAX_GRAPHS:
+                held = [shape for shape in self._graphs if fits(part, host, shape, self.max_seqlen)]
+                if held:  # the least padding: fewest tokens, then fewest scored positions
+                    key = min(held)
+                    host = static_layout(part, pad_id, n_answer, self.k, self.max_seqlen, shape=key)
+                    self.padded += 1
+                elif short:  # no memory for another graph: this pass runs eagerly, the graphs stay
+                    self.eager += 1
+                    self._body({n: _to(t, self.device) for n, t in host.items()})
+                    self.router.clear()
+                    return
         self.run_pass(host)
+
+    def _room_for_capture(self) -> bool:
+        """Whether the GPU has memory left for one more capture: twice the most a capture has added so far to
+        the memory PyTorch reserves (its eager warm-up and the growth of the graphs' pool), and 1 GiB. When not, passes of new shapes are
+        padded to a captured shape or run eagerly, rather than running out of memory in a capture."""
+        free, _ = torch.cuda.mem_get_info(self.device)
+        room = free + torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
+        enough = room >= 2 * self._capture_bytes + (1 << 30)
+        if not enough and not self._warned_memory:
+            self._warned_memory = True
+            log.info("%d CUDA graphs captured and %.1f GiB of GPU memory left (a capture took up to %.1f GiB): a "
+                     "pass of a new shape is now padded to a captured one that holds it, or run eagerly",
+                     len(self._graphs), room / 2 ** 30, self._capture_bytes / 2 ** 30)
+        return enough
 
     def run_pass(self, host: dict[str, torch.Tensor]) -> None:
         """Run one pass laid out by :func:`static_layout`: gradients and ``step_nll`` accumulate."""
@@ -252,12 +281,16 @@ class GraphedPasses:
             for n, t in host.items():
                 static[n].copy_(_pinned(t), non_blocking=True)
             started = time.perf_counter()
+            before = torch.cuda.memory_reserved(self.device)
             graph = self._capture_pass(static)
             self.capture_seconds += time.perf_counter() - started
-            if graph is None:  # capture failed: eager from now on
-                self._body(static)
+            if graph is None:  # capture failed: its memory released, eager from now on
+                del static
+                self._release()
+                self._body({n: _to(t, self.device) for n, t in host.items()})
                 self.router.clear()
                 return
+            self._capture_bytes = max(self._capture_bytes, torch.cuda.memory_reserved(self.device) - before)
             self._graphs[key] = (graph, static)
         graph, static = self._graphs[key]
         for n, t in host.items():
@@ -300,6 +333,20 @@ class GraphedPasses:
         self.capture = False
         self._graphs.clear()
         return None
+
+    def _release(self) -> None:
+        """Drop every graph and the memory pool they share, and return the cached memory to the device
+        (after a failed capture, e.g. out of memory, so that the eager passes have it)."""
+        import gc
+
+        self._graphs.clear()
+        if self._opt:
+            self._opt = None
+        self._pool = None
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.empty_cache()
 
     # -- the optimiser step ---------------------------------------------------------------------
     def _opt_body(self, scalars: torch.Tensor) -> None:

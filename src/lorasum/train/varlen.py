@@ -14,6 +14,14 @@ The attention function is registered with transformers' ``AttentionInterface`` u
 with the batch as the keyword arguments transformers passes down to attention
 (``cu_seq_lens_q`` …, see :func:`varlen_kwargs`). On the CPU (tests) the same function runs a
 reference: SDPA example by example.
+
+Attention dropout (GPT-2's ``attn_pdrop`` is 0.1) has no argument in ``varlen_attn``; with dropout on a
+CUDA model the same flattened tokens go through FlashAttention-2's own kernels with their dropout
+(``aten._flash_attention_forward`` / ``_flash_attention_backward``, as SDPA's flash path calls them),
+wrapped in the custom operator ``lorasum::flash_varlen`` (:func:`flash_varlen_attention`) so that
+autograd, ``torch.compile`` and CUDA graph capture see one opaque op whose backward reuses the
+forward's random seed and offset. The CPU reference then applies SDPA's dropout per example: the
+same distribution, other random draws.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["VARLEN", "varlen_kwargs", "varlen_attention", "varlen_supported", "attention_implementation",
-           "attention_dropout", "has_attention_dropout"]
+           "attention_dropout", "has_attention_dropout", "flash_varlen_attention"]
 
 #: the name under which the attention function is registered with transformers.
 VARLEN = "lorasum_varlen"
@@ -71,12 +79,104 @@ def _varlen_call():
     return varlen_attn, causal, "scale" in params
 
 
+def _flash_available() -> bool:
+    """Whether this torch has FlashAttention-2's variable-length kernels as aten operators."""
+    return hasattr(torch.ops.aten, "_flash_attention_forward") and hasattr(torch.ops.aten, "_flash_attention_backward")
+
+
+def _define_flash_ops():
+    """Define ``lorasum::flash_varlen`` (forward) and ``lorasum::flash_varlen_backward`` once; return the forward."""
+    from torch.library import custom_op
+
+    @custom_op("lorasum::flash_varlen", mutates_args=())
+    def flash_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
+                     dropout_p: float, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        out, lse, rng_state, unused, _ = torch.ops.aten._flash_attention_forward(
+            q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, dropout_p, True, False, scale=scale)
+        return out, lse, rng_state, unused
+
+    @flash_varlen.register_fake
+    def _(q, k, v, cu_seqlens, max_seqlen, dropout_p, scale):
+        out, lse, rng_state, unused, _ = torch.ops.aten._flash_attention_forward(
+            q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, dropout_p, True, False, scale=scale)
+        return out, lse, rng_state, unused
+
+    @custom_op("lorasum::flash_varlen_backward", mutates_args=())
+    def flash_varlen_backward(grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                              out: torch.Tensor, lse: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
+                              dropout_p: float, scale: float, rng_state: torch.Tensor, unused: torch.Tensor
+                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        dq, dk, dv = torch.ops.aten._flash_attention_backward(
+            grad.contiguous(), q, k, v, out, lse, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, dropout_p, True,
+            rng_state, unused, scale=scale)
+        return dq, dk, dv
+
+    @flash_varlen_backward.register_fake
+    def _(grad, q, k, v, out, lse, cu_seqlens, max_seqlen, dropout_p, scale, rng_state, unused):
+        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+    def setup_context(ctx, inputs, output):
+        q, k, v, cu_seqlens, max_seqlen, dropout_p, scale = inputs
+        out, lse, rng_state, unused = output
+        ctx.save_for_backward(q, k, v, out, lse, cu_seqlens, rng_state, unused)
+        ctx.max_seqlen, ctx.dropout_p, ctx.scale = max_seqlen, dropout_p, scale
+
+    def backward(ctx, grad, *_):
+        q, k, v, out, lse, cu_seqlens, rng_state, unused = ctx.saved_tensors
+        dq, dk, dv = flash_varlen_backward(grad, q, k, v, out, lse, cu_seqlens, ctx.max_seqlen, ctx.dropout_p,
+                                           ctx.scale, rng_state, unused)
+        return dq, dk, dv, None, None, None, None
+
+    flash_varlen.register_autograd(backward, setup_context=setup_context)
+    return flash_varlen
+
+
+_FLASH_OP = None
+
+
+def flash_varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
+                           max_seqlen: int, dropout_p: float = 0.0, scale: float | None = None) -> torch.Tensor:
+    """Causal attention of packed examples with dropout on the attention probabilities (FlashAttention-2).
+
+    Each of the n examples (tokens ``cu_seqlens[i]:cu_seqlens[i+1]`` of the flattened batch) attends
+    causally to itself only; each attention probability is zeroed with probability ``dropout_p`` and the
+    others scaled by 1 / (1 - ``dropout_p``) (Srivastava et al. 2014, as ``nn.Dropout`` and SDPA do).
+    The backward pass regenerates the forward's dropout mask from the random seed and offset the
+    forward recorded (Dao 2023, FlashAttention-2, § 3.1): one custom operator, ``lorasum::flash_varlen``,
+    so ``torch.compile`` treats it as opaque and a CUDA graph replay draws a new mask each time.
+
+    Args:
+        q, k, v: (T, H, D) float16 or bfloat16 on a CUDA device with FlashAttention-2 (sm80 or newer),
+            T the total number of tokens, H heads (keys and values repeated to H for grouped-query
+            attention), D ≤ 256.
+        cu_seqlens: (n + 1,) int32 on the same device: 0, the end of each example, T.
+        max_seqlen: the longest example (tokens).
+        dropout_p: probability in [0, 1).
+        scale: the softmax scale (default 1/√D).
+
+    Returns:
+        (T, H, D), the dtype of ``q``.
+
+    Raises:
+        RuntimeError: no FlashAttention-2 in this torch or on this device, or the inputs are outside
+            what its kernels take (the message is torch's).
+    """
+    global _FLASH_OP
+    if _FLASH_OP is None:
+        if not _flash_available():
+            raise RuntimeError("this torch has no FlashAttention-2 operators (aten._flash_attention_forward)")
+        _FLASH_OP = _define_flash_ops()
+    scale = float(scale) if scale is not None else 1 / math.sqrt(q.shape[-1])
+    return _FLASH_OP(q, k, v, cu_seqlens, int(max_seqlen), float(dropout_p), scale)[0]
+
+
 def _attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """transformers attention function: (B, H, W, D) query, (B, H_kv, W, D) key and value → (B, W, H, D)."""
+    """transformers attention function: (B, H, W, D) query, (B, H_kv, W, D) key and value → (B, W, H, D).
+
+    ``dropout`` (the attention-probability dropout, 0 outside training) goes to :func:`flash_varlen_attention`
+    on CUDA, to SDPA per example on the CPU."""
     if "cu_seq_lens_q" not in kwargs:
         raise RuntimeError(f"{VARLEN} attention needs the packed batch's boundaries (varlen_kwargs)")
-    if dropout:
-        raise RuntimeError(f"{VARLEN} attention has no attention dropout")
     B, H, W, D = query.shape
     groups = H // key.shape[1]
     cu, longest = kwargs["cu_seq_lens_q"], int(kwargs["max_length_q"])
@@ -85,9 +185,12 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
     v = value.transpose(1, 2).reshape(B * W, value.shape[1], D).repeat_interleave(groups, dim=1)
     scale = scaling if scaling is not None else 1 / math.sqrt(D)
     call = _varlen_call() if q.is_cuda else None
-    if call is not None and (call[2] or math.isclose(scale, 1 / math.sqrt(D))):
+    dtype = q.dtype if q.dtype in (torch.float16, torch.bfloat16) else torch.bfloat16
+    if dropout and q.is_cuda:
+        out = flash_varlen_attention(q.to(dtype), k.to(dtype), v.to(dtype), cu.to(q.device), longest,
+                                     dropout_p=dropout, scale=scale).to(query.dtype)
+    elif call is not None and (call[2] or math.isclose(scale, 1 / math.sqrt(D))):
         varlen_attn, causal, has_scale = call
-        dtype = q.dtype if q.dtype in (torch.float16, torch.bfloat16) else torch.bfloat16
         extra = {"scale": scale} if has_scale else {}
         out = varlen_attn(q.to(dtype), k.to(dtype), v.to(dtype), cu.to(q.device), cu.to(q.device), longest, longest,
                           **causal, **extra).to(query.dtype)
@@ -95,7 +198,7 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
         bounds = cu.tolist()
         out = torch.cat([
             F.scaled_dot_product_attention(q[a:b].transpose(0, 1), k[a:b].transpose(0, 1), v[a:b].transpose(0, 1),
-                                           is_causal=True, scale=scale).transpose(0, 1)
+                                           is_causal=True, scale=scale, dropout_p=dropout).transpose(0, 1)
             for a, b in zip(bounds[:-1], bounds[1:]) if b > a])  # zero-length segments: static padding
     return out.reshape(B, W, H, D), None
 
@@ -107,12 +210,13 @@ def _register() -> None:
 
 
 def varlen_supported(model: torch.nn.Module) -> bool:
-    """Whether :func:`varlen_attention` applies: a CUDA model that uses transformers' SDPA attention
-    with no attention dropout, and a torch with ``varlen_attn``."""
+    """Whether :func:`varlen_attention` applies: a CUDA model that uses transformers' SDPA attention and a
+    torch with ``varlen_attn``; with attention dropout, also FlashAttention-2's operators
+    (:func:`flash_varlen_attention`)."""
     config = getattr(model, "config", None)
     if config is None or getattr(config, "_attn_implementation", None) != "sdpa":
         return False
-    if has_attention_dropout(model):
+    if has_attention_dropout(model) and not _flash_available():
         return False
     return next(model.parameters()).is_cuda and _varlen_call() is not None
 
@@ -158,7 +262,7 @@ def attention_dropout(model: torch.nn.Module, p: float | None) -> Iterator[None]
 
     Sets the config fields ``attn_pdrop`` / ``attention_dropout`` and what transformers' attention modules
     read from them: ``attn_dropout`` (an ``nn.Dropout``, GPT-2) and the float ``attention_dropout`` (Llama
-    and most others). With ``p = 0``, :func:`varlen_supported` holds for GPT-2 too.
+    and most others).
 
     Raises:
         ValueError: ``p`` is outside [0, 1), or ``model`` has neither (an architecture whose attention
