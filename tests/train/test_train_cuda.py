@@ -397,7 +397,7 @@ def test_graphs_bounded_by_gpu_memory_give_the_eager_adapters(monkeypatch, tmp_p
     monkeypatch.setattr(pg.GraphedPasses, "run_part", run_part)
     monkeypatch.setattr(pg.GraphedPasses, "_body", body)
     if limit == "memory":
-        monkeypatch.setattr(pg.GraphedPasses, "_room_for_capture", lambda self: False)
+        monkeypatch.setattr(pg.GraphedPasses, "_room_for_capture", lambda self, tokens: False)
     runs = {}
     with caplog.at_level(logging.INFO, logger="lorasum"):
         for graphs in (False, True):

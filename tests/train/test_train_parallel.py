@@ -667,3 +667,23 @@ def test_stretch_log_counts_the_graph_captures_of_the_stretch(caplog):
     assert lines[0].startswith("steps 0-197: 21 adapters, ") and lines[0].endswith("(14 CUDA graphs captured in 9.2 s)")
     assert lines[1].startswith("steps 197-300: 18 adapters, ") and "captured" not in lines[1]
     assert lines[2].startswith("steps 300-310: 3 adapters, ") and "captured" not in lines[2]
+
+
+def test_graph_capture_needs_the_memory_measured_per_token(monkeypatch):
+    """GraphedPasses._room_for_capture: a new shape is captured only while free GPU memory covers 1.25 × the
+    largest per-token growth of earlier captures × its tokens, plus 1 GiB (the CUDA calls are stubbed here; the
+    path through training is tested on the GPU in test_train_cuda.py)."""
+    import lorasum.train.parallel_graphs as pg
+
+    gib = 1 << 30
+    free = {"bytes": 0}
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free["bytes"], 80 * gib))
+    static = object.__new__(pg.GraphedPasses)
+    static.device, static._graphs, static._warned_memory = torch.device("cuda"), {(1024, 64, 8): None}, False
+    static._bytes_per_token = 20 * gib / 32768  # a capture of 32k tokens added 20 GiB
+    free["bytes"] = 26 * gib  # 1.25 * 20 + 1 = 26 GiB needed for 32k tokens
+    assert static._room_for_capture(32768)
+    free["bytes"] = 26 * gib - 1
+    assert not static._room_for_capture(32768)
+    assert static._room_for_capture(16384)  # half the tokens: 13.5 GiB

@@ -26,10 +26,11 @@ changes nothing; all graphs share one memory pool (a pass leaves no tensor alive
 larger than all of them is still captured): a pass never falls back to the eager launches, which
 are bound by the host (about 200 ms a step for SmolLM2 with any number of tokens). The
 GPU memory bounds the graphs too: each shape adds to the pool (blocks of a larger pass do not fit the
-holes that smaller ones left), so once the memory left is less than twice what a capture has taken, a
-pass of a new shape is padded to a captured shape that holds it or, if none does, runs eagerly (the
-graphs stay); a capture that runs out of memory anyway releases every graph and their pool before the
-eager passes take over. The
+holes that smaller ones left; on an 80 GB H100, twelve shapes of GPT-2 passes held 52 GiB), so once the
+free memory is less than a new shape would take by the captures' measured memory per token, a pass of
+a new shape is padded to a captured shape that holds it or, if none does, runs eagerly (the graphs
+stay); a capture that runs out of memory anyway releases every graph and their pool, and the eager
+passes take over. The
 optimiser step (per-adapter gradient clip and AdamW, :class:`lorasum.train.parallel._AdamW`, with
 the learning rates and bias corrections in device tensors) is one more graph. A capture that
 fails (an older PyTorch, a model that synchronises with the host) turns the graphs off with one
@@ -215,7 +216,7 @@ class GraphedPasses:
         self.eager = 0  # passes run eagerly because too little GPU memory was left for a new capture
         self._warned_cap = False
         self._warned_memory = False
-        self._capture_bytes = 0  # the most one capture added to the memory reserved (warm-up and the pool's growth)
+        self._bytes_per_token = 0.0  # the most a capture added to the memory reserved (warm-up and pool), per token
 
     # -- one pass -------------------------------------------------------------------------
     def _body(self, s: dict[str, torch.Tensor]) -> None:
@@ -237,7 +238,7 @@ class GraphedPasses:
         host = static_layout(part, pad_id, n_answer, self.k, self.max_seqlen)
         key = shape_of(host)
         if self.capture and key not in self._graphs:
-            short = self._graphs and not self._room_for_capture()
+            short = self._graphs and not self._room_for_capture(key[0])
             if len(self._graphs) >= _MAX_GRAPHS and not self._warned_cap:
                 self._warned_cap = True
                 log.info("%d CUDA graphs captured; from now on a pass of a new shape is padded to a captured one "
@@ -255,18 +256,21 @@ class GraphedPasses:
                     return
         self.run_pass(host)
 
-    def _room_for_capture(self) -> bool:
-        """Whether the GPU has memory left for one more capture: twice the most a capture has added so far to
-        the memory PyTorch reserves (its eager warm-up and the growth of the graphs' pool), and 1 GiB. When not, passes of new shapes are
-        padded to a captured shape or run eagerly, rather than running out of memory in a capture."""
+    def _room_for_capture(self, tokens: int) -> bool:
+        """Whether the GPU has memory left to capture a pass of ``tokens`` tokens: 1.25 times what the
+        captures so far added, per token, to the memory PyTorch reserves (the eager warm-up and the growth of
+        the graphs' pool), and 1 GiB. Cached blocks are returned to the device first (a capture allocates its
+        pool from free device memory). When not, passes of new shapes are padded to a captured shape or run
+        eagerly, rather than running out of memory in a capture."""
+        torch.cuda.empty_cache()
         free, _ = torch.cuda.mem_get_info(self.device)
-        room = free + torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
-        enough = room >= 2 * self._capture_bytes + (1 << 30)
+        need = 1.25 * self._bytes_per_token * tokens + (1 << 30)
+        enough = free >= need
         if not enough and not self._warned_memory:
             self._warned_memory = True
-            log.info("%d CUDA graphs captured and %.1f GiB of GPU memory left (a capture took up to %.1f GiB): a "
-                     "pass of a new shape is now padded to a captured one that holds it, or run eagerly",
-                     len(self._graphs), room / 2 ** 30, self._capture_bytes / 2 ** 30)
+            log.info("%d CUDA graphs captured and %.1f GiB of GPU memory free (a pass of %d tokens would take about "
+                     "%.1f GiB to capture): a pass of a new shape is now padded to a captured one that holds it, or "
+                     "run eagerly", len(self._graphs), free / 2 ** 30, tokens, need / 2 ** 30)
         return enough
 
     def run_pass(self, host: dict[str, torch.Tensor]) -> None:
@@ -281,6 +285,8 @@ class GraphedPasses:
             for n, t in host.items():
                 static[n].copy_(_pinned(t), non_blocking=True)
             started = time.perf_counter()
+            if not self._graphs:  # later captures were preceded by _room_for_capture, which emptied the cache
+                torch.cuda.empty_cache()
             before = torch.cuda.memory_reserved(self.device)
             graph = self._capture_pass(static)
             self.capture_seconds += time.perf_counter() - started
@@ -290,7 +296,8 @@ class GraphedPasses:
                 self._body({n: _to(t, self.device) for n, t in host.items()})
                 self.router.clear()
                 return
-            self._capture_bytes = max(self._capture_bytes, torch.cuda.memory_reserved(self.device) - before)
+            self._bytes_per_token = max(self._bytes_per_token,
+                                        (torch.cuda.memory_reserved(self.device) - before) / max(1, key[0]))
             self._graphs[key] = (graph, static)
         graph, static = self._graphs[key]
         for n, t in host.items():
