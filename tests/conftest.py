@@ -86,3 +86,31 @@ def tiny_llama(tiny_tokenizer):
         **_ids(tiny_tokenizer),
     )
     return LlamaForCausalLM(config).eval()
+
+
+def _run_in_thread(fn, timeout: float = 20.0):
+    """``fn()``'s result or exception; a test failure, not a hung suite, if it blocks for ``timeout`` seconds
+    (a read of a FIFO or a device that was not refused before it began)."""
+    import threading
+
+    box: dict = {}
+
+    def target():
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the test
+            box["error"] = e
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(timeout)
+    assert not t.is_alive(), "the call blocked: the file was opened or read before it was checked"
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+@pytest.fixture
+def in_thread():
+    """:func:`_run_in_thread`: call ``in_thread(lambda: ...)`` around a read that must not block."""
+    return _run_in_thread

@@ -4,7 +4,6 @@ files, values given by flags, and data folders that are files."""
 from __future__ import annotations
 
 import os
-import threading
 
 import pytest
 
@@ -59,34 +58,16 @@ def test_yaml_nested_too_deeply_is_a_config_error(tmp_path, text):
         load_config(path)
 
 
-def _in_thread(fn, timeout: float = 20.0):
-    box: dict = {}
-
-    def target():
-        try:
-            box["value"] = fn()
-        except BaseException as e:  # noqa: BLE001 - handed to the test
-            box["error"] = e
-
-    t = threading.Thread(target=target, daemon=True)
-    t.start()
-    t.join(timeout)
-    assert not t.is_alive(), "reading the config blocked"
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
-
-
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
-def test_a_config_that_is_a_pipe_or_device_is_refused_without_waiting(tmp_path):
+def test_a_config_that_is_a_pipe_or_device_is_refused_without_waiting(tmp_path, in_thread):
     fifo = tmp_path / "config.yaml"
     os.mkfifo(fifo)
     with pytest.raises(ConfigError, match=f"{fifo}: expected a regular file, found a named pipe"):
-        _in_thread(lambda: load_config(fifo))
+        in_thread(lambda: load_config(fifo))
     if os.path.exists("/dev/zero"):
         (tmp_path / "zero.yaml").symlink_to("/dev/zero")
         with pytest.raises(ConfigError, match="found a character device"):
-            _in_thread(lambda: load_config(tmp_path / "zero.yaml"))
+            in_thread(lambda: load_config(tmp_path / "zero.yaml"))
 
 
 def test_values_given_by_flags_are_reported_as_the_flags(tmp_path):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import stat
-import threading
 
 import pytest
 
@@ -109,44 +108,26 @@ def test_a_saved_adapter_is_readable_as_the_umask_says(tmp_path, umask):
 
 # -- reading regular files only ----------------------------------------------------------------------------
 
-def _in_thread(fn, timeout: float = 20.0):
-    """``fn()``'s result or exception, or a failure after ``timeout`` seconds (a read that blocks forever)."""
-    box: dict = {}
-
-    def target():
-        try:
-            box["value"] = fn()
-        except BaseException as e:  # noqa: BLE001 - handed to the test
-            box["error"] = e
-
-    t = threading.Thread(target=target, daemon=True)
-    t.start()
-    t.join(timeout)
-    assert not t.is_alive(), "the read blocked: the file was opened or read before it was checked"
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
-
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
-def test_a_named_pipe_is_refused_before_reading(tmp_path):
+def test_a_named_pipe_is_refused_before_reading(tmp_path, in_thread):
     fifo = tmp_path / "data.jsonl"
     os.mkfifo(fifo)
     with pytest.raises(UserError, match=r"data.jsonl: expected a regular file, found a named pipe \(FIFO\); "
                                         "refused before reading"):
-        _in_thread(lambda: read_regular_file(fifo))
+        in_thread(lambda: read_regular_file(fifo))
     link = tmp_path / "link.jsonl"
     link.symlink_to(fifo)
     with pytest.raises(ConfigError, match="named pipe"):
-        _in_thread(lambda: read_regular_file(link, error=ConfigError))
+        in_thread(lambda: read_regular_file(link, error=ConfigError))
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="no /dev/zero here")
-def test_a_symlink_to_a_device_is_refused(tmp_path):
+def test_a_symlink_to_a_device_is_refused(tmp_path, in_thread):
     link = tmp_path / "train.jsonl"
     link.symlink_to("/dev/zero")
     with pytest.raises(UserError, match=r"train.jsonl: expected a regular file, found a character device"):
-        _in_thread(lambda: read_regular_file(link))
+        in_thread(lambda: read_regular_file(link))
 
 
 def test_missing_folder_loop_and_a_good_file(tmp_path):

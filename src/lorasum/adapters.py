@@ -199,21 +199,29 @@ def _need_file(path: Path, missing: str = "missing") -> Path:
     raise AdapterError(f"{path}: {missing}")
 
 
+def _read_small_json(path: Path, what: str):
+    """Parse the small JSON file ``path`` (at most ``_MAX_CONFIG_BYTES``; ``what`` names it in messages).
+
+    Raises:
+        AdapterError: too large, unreadable, invalid UTF-8, malformed or too deeply nested JSON.
+    """
+    try:
+        if path.stat().st_size > _MAX_CONFIG_BYTES:
+            raise AdapterError(f"{path}: {path.stat().st_size} bytes; too large for {what}")
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise AdapterError(f"{path}: cannot read ({exc.strerror})") from exc
+    except UnicodeDecodeError as exc:
+        raise AdapterError(f"{path}: invalid UTF-8 ({exc.reason} at byte {exc.start})") from exc
+    except json.JSONDecodeError as exc:
+        raise AdapterError(f"{path}: malformed JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from exc
+    except RecursionError:
+        raise AdapterError(f"{path}: JSON nested too deeply") from None
+
+
 def _read_config(folder: Path) -> dict:
     cfg_path = _need_file(folder / CONFIG_NAME, "missing; not a PEFT adapter folder")
-    try:
-        if cfg_path.stat().st_size > _MAX_CONFIG_BYTES:
-            raise AdapterError(f"{cfg_path}: {cfg_path.stat().st_size} bytes; too large for an adapter config")
-        cfg = json.loads(cfg_path.read_bytes().decode("utf-8"))
-    except OSError as exc:
-        raise AdapterError(f"{cfg_path}: cannot read ({exc.strerror})") from exc
-    except UnicodeDecodeError as exc:
-        raise AdapterError(f"{cfg_path}: invalid UTF-8 ({exc.reason} at byte {exc.start})") from exc
-    except json.JSONDecodeError as exc:
-        raise AdapterError(f"{cfg_path}: malformed JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from exc
-    except RecursionError:
-        raise AdapterError(f"{cfg_path}: JSON nested too deeply") from None
-    return validate_adapter_config(cfg, cfg_path)
+    return validate_adapter_config(_read_small_json(cfg_path, "an adapter config"), cfg_path)
 
 
 def _read_meta(folder: Path) -> BaseModelRecord | None:
@@ -227,19 +235,7 @@ def _read_meta(folder: Path) -> BaseModelRecord | None:
     if not os.path.lexists(meta_path):
         return None
     meta_path = _need_file(meta_path)
-    try:
-        if meta_path.stat().st_size > _MAX_CONFIG_BYTES:
-            raise AdapterError(f"{meta_path}: {meta_path.stat().st_size} bytes; too large for lorasum metadata")
-        meta = json.loads(meta_path.read_bytes().decode("utf-8"))
-    except OSError as exc:
-        raise AdapterError(f"{meta_path}: cannot read ({exc.strerror})") from exc
-    except UnicodeDecodeError as exc:
-        raise AdapterError(f"{meta_path}: invalid UTF-8 ({exc.reason} at byte {exc.start})") from exc
-    except json.JSONDecodeError as exc:
-        raise AdapterError(f"{meta_path}: malformed JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
-                           ) from exc
-    except RecursionError:
-        raise AdapterError(f"{meta_path}: JSON nested too deeply") from None
+    meta = _read_small_json(meta_path, "lorasum metadata")
     if not isinstance(meta, dict):
         raise AdapterError(f"{meta_path}: expected a JSON object, got {type(meta).__name__}")
     base = meta.get("base_model")

@@ -5,7 +5,6 @@ are named pipes or symlinks to devices (refused before a byte is read), through 
 from __future__ import annotations
 
 import os
-import threading
 import time
 from pathlib import Path
 
@@ -24,29 +23,10 @@ needs_fifo = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipe
 needs_dev_zero = pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="no /dev/zero here")
 
 
-def _in_thread(fn, timeout: float = 20.0):
-    """``fn()``'s result or exception; a failure (not a hung test) if it blocks for ``timeout`` seconds."""
-    box: dict = {}
-
-    def target():
-        try:
-            box["value"] = fn()
-        except BaseException as e:  # noqa: BLE001 - handed to the test
-            box["error"] = e
-
-    t = threading.Thread(target=target, daemon=True)
-    t.start()
-    t.join(timeout)
-    assert not t.is_alive(), "the reader blocked: the file was read before it was checked"
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
-
-
-def _stats(capsys, root: Path, domain: str = "math") -> tuple[int, str]:
+def _stats(capsys, in_thread, root: Path, domain: str = "math") -> tuple[int, str]:
     """``lorasum data stats`` on ``root`` in a thread (it must not block); (exit code, stderr)."""
     capsys.readouterr()
-    rc = _in_thread(lambda: main(["data", "stats", "-q", "--no-tokens", "--domains", domain,
+    rc = in_thread(lambda: main(["data", "stats", "-q", "--no-tokens", "--domains", domain,
                                   "--data-root", str(root)]))
     return rc, capsys.readouterr().err
 
@@ -80,62 +60,62 @@ def test_deep_json_line_is_a_bad_row_naming_its_line(tmp_path):
     assert stats["bad_rows"] == 1
 
 
-def test_data_stats_on_deep_json_is_one_line(fake_root, capsys):
+def test_data_stats_on_deep_json_is_one_line(fake_root, capsys, in_thread):
     (fake_root / "tatqa/dataset_raw/tatqa_dataset_dev.json").write_text(DEEP)
-    rc, err = _stats(capsys, fake_root, "finance")
+    rc, err = _stats(capsys, in_thread, fake_root, "finance")
     _one_line_error(rc, err, "tatqa_dataset_dev.json", "nested too deeply")
 
 
 # -- pipes and devices ---------------------------------------------------------------------------------
 
 @needs_fifo
-def test_a_fifo_data_file_is_refused_before_reading(fake_root, capsys):
+def test_a_fifo_data_file_is_refused_before_reading(fake_root, capsys, in_thread):
     train = fake_root / GSM_TRAIN
     train.unlink()
     os.mkfifo(train)
     t0 = time.perf_counter()
-    rc, err = _stats(capsys, fake_root)
+    rc, err = _stats(capsys, in_thread, fake_root)
     _one_line_error(rc, err, str(train), "named pipe (FIFO)", "refused before reading")
     assert time.perf_counter() - t0 < 15
 
 
 @needs_dev_zero
-def test_a_symlink_to_dev_zero_is_refused_before_reading(fake_root, capsys):
+def test_a_symlink_to_dev_zero_is_refused_before_reading(fake_root, capsys, in_thread):
     train = fake_root / GSM_TRAIN
     train.unlink()
     train.symlink_to("/dev/zero")
-    rc, err = _stats(capsys, fake_root)
+    rc, err = _stats(capsys, in_thread, fake_root)
     _one_line_error(rc, err, str(train), "character device")
     with pytest.raises(DataError, match="character device"):
-        _in_thread(lambda: load_domain("math", fake_root))
+        in_thread(lambda: load_domain("math", fake_root))
 
 
 @needs_fifo
 @pytest.mark.parametrize(("fmt", "name"), [("tabular", "rows.jsonl"), ("tabular", "rows.csv"), ("tatqa", "t.json"),
                                            ("pubmedqa", "p.json"), ("medquad", "m.csv"), ("gsm8k", "g.jsonl"),
                                            ("mathqa", "m.json")])
-def test_every_reader_refuses_a_fifo(tmp_path, fmt, name):
+def test_every_reader_refuses_a_fifo(tmp_path, fmt, name, in_thread):
     """Each format's reader goes through the checked read (MedQuAD's path, which may be a folder, too)."""
     fifo = tmp_path / name
     os.mkfifo(fifo)
     with pytest.raises(DataError, match=f"{fifo}: expected a regular file, found a named pipe"):
-        _in_thread(lambda: read_source(SourceSpec(format=fmt, path=name), tmp_path, "d", skip_bad_rows=True))
+        in_thread(lambda: read_source(SourceSpec(format=fmt, path=name), tmp_path, "d", skip_bad_rows=True))
 
 
 @needs_fifo
-def test_a_medquad_path_that_is_a_fifo_is_not_taken_for_a_folder(tmp_path):
+def test_a_medquad_path_that_is_a_fifo_is_not_taken_for_a_folder(tmp_path, in_thread):
     fifo = tmp_path / "medquad"
     os.mkfifo(fifo)
     with pytest.raises(DataError, match=f"{fifo}: unknown format"):  # read as a flat file: refused by its name
-        _in_thread(lambda: read_source(SourceSpec(format="medquad", path="medquad"), tmp_path, "d", skip_bad_rows=True))
+        in_thread(lambda: read_source(SourceSpec(format="medquad", path="medquad"), tmp_path, "d", skip_bad_rows=True))
 
 
 # -- the data root ---------------------------------------------------------------------------------------
 
-def test_a_data_root_that_is_a_file(tmp_path, capsys):
+def test_a_data_root_that_is_a_file(tmp_path, capsys, in_thread):
     afile = tmp_path / "root.txt"
     afile.write_text("x")
     with pytest.raises(DataError, match=f"{afile}: not a folder; the data folder must be a folder"):
         resolve_path("gsm8k/x.jsonl", afile)
-    rc, err = _stats(capsys, afile)
+    rc, err = _stats(capsys, in_thread, afile)
     _one_line_error(rc, err, str(afile), "is a file", "must be a folder", "--data-root")
