@@ -26,3 +26,26 @@ def test_a_closed_pipe_ends_quietly_and_other_os_errors_do_not(monkeypatch, caps
         assert code == 0 and "error" not in err
     else:
         assert code == 1 and "internal error" in err
+
+
+@pytest.mark.parametrize("command", ["train", "reproduce"])
+def test_training_stopped_in_its_last_step_exits_128_plus_the_signal(monkeypatch, capsys, tmp_path, command):
+    """TrainingStopped (the adapter was saved): `train` says so and exits 130; `reproduce` adds that running it
+    again continues the run."""
+    import signal
+    from pathlib import Path
+
+    import lorasum.cli.reproduce as reproduce_cli
+    import lorasum.cli.train as train_cli
+    from lorasum.train.checkpoint import TrainingStopped
+
+    def run(args):
+        raise TrainingStopped(signal.SIGINT, Path("adapters/math"))
+
+    monkeypatch.setattr(train_cli if command == "train" else reproduce_cli, "run", run)
+    argv = (["train", "--domain", "math", "--out", str(tmp_path / "a")] if command == "train"
+            else ["reproduce", "--config", "c.yaml", "--out", str(tmp_path / "r")])
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 130 and "the adapter is complete and was saved in adapters/math" in err
+    assert ("run the same command again" in err) == (command == "reproduce")

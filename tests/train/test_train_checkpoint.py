@@ -17,7 +17,7 @@ from lorasum.data.records import Record
 from lorasum.errors import OutputExistsError
 from lorasum.models import describe_model
 from lorasum.train import train_adapter
-from lorasum.train.checkpoint import CheckpointError, TrainingInterrupted, checkpoint_dir
+from lorasum.train.checkpoint import CheckpointError, TrainingInterrupted, TrainingStopped, checkpoint_dir
 
 RECORDS = [Record(id=f"r{i}", domain="d", question=q, answer=a, context=c) for i, (q, a, c) in enumerate([
     ("what is the dose ?", "the dose is 5", ""), ("is the sun red ?", "no the sun is not red", ""),
@@ -90,6 +90,21 @@ def test_signal_saves_a_checkpoint_and_resume_gives_the_same_adapter(model, tiny
     monkeypatch.undo()
     res = _train(model, tiny_tokenizer, out, resume=True)
     assert res.steps == 9 and not checkpoint_dir(out).exists()  # removed once the adapter is saved
+    _assert_same_adapter(out, reference.out_dir)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_in_the_last_step_saves_the_adapter_then_stops(model, tiny_tokenizer, tmp_path, reference,
+                                                               monkeypatch, sig):
+    """A signal during the last step (forward pass 17 of 18) is not lost: the adapter, complete, is saved and equals
+    the uninterrupted one, no checkpoint is left, and TrainingStopped stops the caller (exit 128 + signal)."""
+    out = tmp_path / "last"
+    _stop_at_call(monkeypatch, 2 * TRAIN.max_steps - 1, signal_self(sig))
+    with pytest.raises(TrainingStopped) as info:
+        _train(model, tiny_tokenizer, out)
+    assert info.value.signum == sig and info.value.out_dir == out and info.value.complete
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert not checkpoint_dir(out).exists()
     _assert_same_adapter(out, reference.out_dir)
 
 

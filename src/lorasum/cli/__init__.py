@@ -114,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lorasum: error: {e.filename}: {e.strerror or errno.errorcode.get(e.errno, e.errno)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
+        if getattr(e, "complete", False):  # TrainingStopped: the signal came in the last step; the adapter is saved
+            more = "" if args.command == "train" else "; run the same command again to continue"
+            print(f"lorasum: {e}{more}", file=sys.stderr)
+            return 128 + e.signum
         if getattr(e, "checkpoint", None) is not None:  # TrainingInterrupted: a checkpoint was saved
             again = "run the same command with --resume" if args.command == "train" else "run the same command again"
             print(f"lorasum: {e}; {again} to continue", file=sys.stderr)

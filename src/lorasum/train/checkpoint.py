@@ -38,7 +38,7 @@ from safetensors.torch import load_file, save_file
 from lorasum.errors import OutputExistsError, UserError
 from lorasum.storage import atomic_dir, atomic_write_json, sha256_file, sha256_json
 
-__all__ = ["Checkpoint", "CheckpointError", "TrainingDiverged", "TrainingInterrupted", "checkpoint_dir", "fingerprint",
+__all__ = ["Checkpoint", "CheckpointError", "TrainingDiverged", "TrainingInterrupted", "TrainingStopped", "checkpoint_dir", "fingerprint",
            "save_checkpoint", "load_checkpoint", "restore_checkpoint", "prepare_checkpoint"]
 
 FORMAT = "lorasum-train-checkpoint/1"
@@ -71,6 +71,28 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.signum, self.step, self.total, self.checkpoint = signum, step, total, checkpoint
         name = signal.Signals(signum).name if signum in signal.Signals._value2member_map_ else f"signal {signum}"
         super().__init__(f"training stopped by {name} after step {step} of {total}; checkpoint saved in {checkpoint}")
+
+
+class TrainingStopped(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived during the last step of training: the adapter was finished, validated and
+    saved (no checkpoint is needed), then the command stops rather than going on to other work.
+
+    Attributes:
+        signum: the signal number.
+        out_dir: the saved adapter folder.
+        complete: True (the adapter is complete; nothing is to be resumed).
+    """
+
+    complete = True
+    checkpoint = None
+
+    def __init__(self, signum: int, out_dir: Path):
+        import signal
+
+        self.signum, self.out_dir = signum, out_dir
+        name = signal.Signals(signum).name if signum in signal.Signals._value2member_map_ else f"signal {signum}"
+        super().__init__(f"training stopped by {name} during its last step; the adapter is complete and was saved "
+                         f"in {out_dir}")
 
 
 @dataclass

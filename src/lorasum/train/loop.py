@@ -47,6 +47,7 @@ from lorasum.train.checkpoint import (
     Checkpoint,
     TrainingDiverged,
     TrainingInterrupted,
+    TrainingStopped,
     checkpoint_dir,
     fingerprint,
     load_checkpoint,
@@ -59,7 +60,7 @@ from lorasum.models import ModelInfo, check_context, compiled_layers, weights_di
 from lorasum.storage import atomic_dir, atomic_write_json, check_output
 from lorasum.train.varlen import attention_dropout
 
-__all__ = ["TrainResult", "train_adapter", "ADAPTER_META_FILE", "TrainingInterrupted"]
+__all__ = ["TrainResult", "train_adapter", "ADAPTER_META_FILE", "TrainingInterrupted", "TrainingStopped"]
 
 log = logging.getLogger("lorasum")
 
@@ -236,7 +237,7 @@ def _stop_on_signals() -> Iterator[dict[str, int]]:
 
 def _optimise(
     peft_model: PeftModel, encoded: list[Encoded], train: TrainSpec, seed: int, pad_id: int, progress: bool,
-    packed: bool, ckpt: _Checkpointing | None = None,
+    packed: bool, ckpt: _Checkpointing | None = None, stop: dict | None = None,
 ) -> tuple[list[float], int, float]:
     """The training loop. Returns (per-step losses, input tokens processed, seconds).
 
@@ -284,29 +285,29 @@ def _optimise(
 
     bar = tqdm(range(first, total), desc="train", unit="step", disable=not progress, leave=False,
                initial=first, total=total)
-    with _stop_on_signals() if ckpt is not None else contextlib.nullcontext({}) as stop:
-        for step in bar:
-            group = next(steps)
-            # token-weighted mean over the whole accumulation window
-            n_answer = max(1, sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b, _ in group))
-            step_nll = torch.zeros((), device=device)
-            for batch, n_real in group:
-                nll, _ = answer_token_nll(peft_model, batch)
-                (nll / n_answer).backward()
-                step_nll += nll.detach()
-                tokens += n_real
-            if train.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(params, train.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(step_nll / n_answer)
-            if progress and (step % 20 == 0 or step == total - 1):  # reading the loss waits for the GPU
-                bar.set_postfix(loss=f"{float(losses[-1]):.3f} (step {step + 1})", tok_s=f"{tokens / elapsed():.0f}")
-            if step + 1 < total and "signum" in stop:
-                raise TrainingInterrupted(stop["signum"], step + 1, total, save(step + 1))
-            if ckpt is not None and ckpt.every and (step + 1) % ckpt.every == 0 and step + 1 < total:
-                save(step + 1)
+    stop = {} if stop is None else stop  # receives "signum" from _stop_on_signals (set up by the caller)
+    for step in bar:
+        group = next(steps)
+        # token-weighted mean over the whole accumulation window
+        n_answer = max(1, sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b, _ in group))
+        step_nll = torch.zeros((), device=device)
+        for batch, n_real in group:
+            nll, _ = answer_token_nll(peft_model, batch)
+            (nll / n_answer).backward()
+            step_nll += nll.detach()
+            tokens += n_real
+        if train.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params, train.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(step_nll / n_answer)
+        if progress and (step % 20 == 0 or step == total - 1):  # reading the loss waits for the GPU
+            bar.set_postfix(loss=f"{float(losses[-1]):.3f} (step {step + 1})", tok_s=f"{tokens / elapsed():.0f}")
+        if step + 1 < total and "signum" in stop:
+            raise TrainingInterrupted(stop["signum"], step + 1, total, save(step + 1))
+        if ckpt is not None and ckpt.every and (step + 1) % ckpt.every == 0 and step + 1 < total:
+            save(step + 1)
     values = so_far()  # waits for the last step
     if not all(bool(torch.isfinite(p).all()) for p in params):
         raise TrainingDiverged(f"training diverged: LoRA weights became NaN or infinite (learning rate "
@@ -448,7 +449,9 @@ def train_adapter(
         OutputExistsError: ``out_dir`` exists and ``overwrite`` is False (checked before training);
             a checkpoint exists and neither ``resume`` nor ``overwrite`` is set.
         CheckpointError: ``resume`` and the checkpoint is unreadable or from another run.
-        TrainingInterrupted: SIGINT / SIGTERM arrived (the checkpoint is saved).
+        TrainingInterrupted: SIGINT / SIGTERM arrived before the last step (the checkpoint is saved).
+        TrainingStopped: SIGINT / SIGTERM arrived during the last step, validation or saving: the adapter
+            was finished and saved first.
         DataError: ``records`` is empty.
         ConfigError: no target modules, or target modules not found in the model.
     """
@@ -477,13 +480,18 @@ def train_adapter(
             _seed_everything(seed)  # ... dropout and data order from the run seed, as without
     except ValueError as e:
         raise ConfigError(f"lora.target_modules {config.target_modules}: {str(e).splitlines()[0]}") from None
+    signals: dict[str, int] = {}
+    stack_signals = contextlib.ExitStack()
     try:
         _check_linear_targets(peft_model, config)
         packed = train.packing and packing_is_exact(model)
+        # a signal during the last step is kept until the adapter is saved, then stops the command
+        signals = stack_signals.enter_context(_stop_on_signals())
         with training_attention_dropout(model, train), \
                 compiled_layers(model, train.compile and next(model.parameters()).is_cuda):
             try:
-                losses, tokens, seconds = _optimise(peft_model, encoded, train, seed, pad_id, progress, packed, ckpt)
+                losses, tokens, seconds = _optimise(peft_model, encoded, train, seed, pad_id, progress, packed, ckpt,
+                                                    signals)
             except TrainingDiverged as e:
                 raise TrainingDiverged(f"{out_dir}: {e}") from None
         val_loss = None
@@ -503,9 +511,12 @@ def train_adapter(
             atomic_write_json(tmp / ADAPTER_META_FILE, info)
         shutil.rmtree(ckpt_path, ignore_errors=True)  # the adapter is safe: the checkpoint has served
     finally:
+        stack_signals.close()  # the previous SIGINT / SIGTERM handlers back
         peft_model.unload()  # removes the LoRA layers from the caller's model
         for name, p in model.named_parameters():
             p.requires_grad_(requires_grad.get(name, p.requires_grad))
         model.train(was_training)
+    if "signum" in signals:  # asked to stop during the last step: the adapter is saved, the command stops
+        raise TrainingStopped(signals["signum"], out_dir)
     return TrainResult(out_dir=out_dir, steps=len(losses), tokens=tokens, seconds=seconds,
                        losses=losses, final_loss=final_loss, val_loss=val_loss)
