@@ -19,9 +19,11 @@ def add_parser(sub, common) -> None:
     p.add_argument("--domain", required=True, type=csv_list, help="domain(s): math, medicine, finance, pubmedqa")
     p.add_argument("--out", required=True, help="adapter folder to create")
     p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out (and start over from step 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out when the new adapter is saved; "
+                   "without --resume, also start over from step 0, discarding a checkpoint in OUT.ckpt")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in OUT.ckpt (left by an "
-                   "interrupted run with the same settings); without one, start from step 0")
+                   "interrupted run with the same settings); without one, start from step 0. An interrupted "
+                   "--overwrite run is continued with --resume --overwrite (its old --out is still there)")
     add_model_options(p)
     add_data_options(p)
     add_train_options(p)
