@@ -39,6 +39,7 @@ __all__ = [
     "atomic_write_json",
     "atomic_dir",
     "check_output",
+    "check_writable_parent",
     "read_regular_file",
     "sha256_file",
     "sha256_json",
@@ -150,16 +151,62 @@ def check_output(path: str | os.PathLike, overwrite: bool = False) -> Path:
         UserError: ``path`` is empty or blank, or names no file or folder of its own.
         OutputExistsError: ``path`` exists (and holds something) and ``overwrite`` is False, or it is a
             device, pipe or socket (never replaced).
+        UserError: the folder that would hold ``path`` cannot take it (:func:`check_writable_parent`):
+            checked here so that a command refuses such an output before its slow steps, not when it
+            writes the result.
     """
     _check_named(path)
     path = Path(path)
     if os.path.lexists(path) and not overwrite:
         if path.is_dir() and not path.is_symlink() and not any(path.iterdir()):
+            check_writable_parent(path)
             return path
         raise OutputExistsError(f"{path}: already exists; pass --overwrite (overwrite=True from Python) to replace it")
     if os.path.lexists(path) and not path.is_symlink() and not (path.is_dir() or path.is_file()):
         raise OutputExistsError(f"{path}: exists and is neither a file nor a folder (a device, pipe or socket); "
                                 "not replaced, even with --overwrite")
+    check_writable_parent(path)
+    return path
+
+
+def _nearest_existing(path: Path) -> Path:
+    """``path`` itself if it exists (a broken symlink counts), else its nearest existing ancestor."""
+    probe = path
+    while not os.path.lexists(probe) and probe != probe.parent:
+        probe = probe.parent
+    return probe
+
+
+def check_writable_parent(path: str | os.PathLike) -> Path:
+    """Refuse an output that the file system will not let lorasum create, before any slow work.
+
+    Every output is written as a temporary sibling (``PARENT/.NAME.*.tmp``) renamed into place, and
+    missing folders above it are created (``--out runs/a/b`` makes ``runs/a``). So the output can be
+    written exactly when the nearest existing ancestor of its parent folder is a folder that accepts
+    a new entry. That is tested by creating (and at once removing) a hidden temporary folder there: the
+    permission bits alone do not tell (root passes ``os.access`` on ``/proc``, where nothing can be
+    created; a read-only mount; an ACL).
+
+    Returns:
+        ``path`` as a Path.
+
+    Raises:
+        UserError: that ancestor is not a folder (a file, a broken symlink, a device) or refuses a new
+            entry (no permission, read-only, ``/proc``, no space); one line naming ``path``.
+    """
+    path = Path(path)
+    parent = _nearest_existing(path.parent)
+    if not parent.is_dir():
+        what = ("a broken symlink" if parent.is_symlink() and not parent.exists() else
+                "a file" if parent.is_file() else "not a folder")
+        raise _WriteError(path, f"{parent} is {what}, not a folder")
+    try:
+        trial = tempfile.mkdtemp(prefix=".lorasum-check.", suffix=".tmp", dir=parent)
+    except OSError as exc:
+        raise _WriteError(path, f"the folder {parent} does not accept new files or folders "
+                                f"({exc.strerror or os.strerror(exc.errno)}); choose another output path") from None
+    with contextlib.suppress(OSError):
+        os.rmdir(trial)
     return path
 
 

@@ -36,14 +36,15 @@ def add_parser(sub, common) -> None:
     # numbers are parsed in run(), so that a bad value is one line naming the flag (exit 2)
     p.add_argument("--weights", help="one weight wᵢ per adapter, comma-separated finite numbers (default 1 each; "
                    "write --weights=-1,1 when the first is negative)")
-    p.add_argument("--rank", help="svd: target rank k per module (a positive integer)")
+    p.add_argument("--rank", help="svd: target rank k per module (a positive integer); a module whose summed rank "
+                   "Σ rᵢ is lower keeps that (the exact sum), with a warning")
     p.add_argument("--density", help="ties, magnitude_prune: fraction of entries kept (0, 1]; default 0.2")
     p.add_argument("--drop-prob", help="dare_linear, dare_ties: drop probability p in [0, 1); default 0.9")
     p.add_argument("--scale", help="task_arithmetic: scale λ, a finite number; default 1.0")
     p.add_argument("--seed", type=_seed, help="dare_*: seed of the random drop mask (0 to 2**63 - 1); default 0")
     p.add_argument("--merge-into-base", action="store_true", help="write a merged full model instead")
-    p.add_argument("--model", help="base model for --merge-into-base (default: the base model recorded in the "
-                   "adapters' lorasum.json, else their base_model_name_or_path)")
+    p.add_argument("--model", help="base model for --merge-into-base, and only with it (default: the base model "
+                   "recorded in the adapters' lorasum.json, else their base_model_name_or_path)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.set_defaults(func=run)
 
@@ -170,6 +171,9 @@ def run(args: argparse.Namespace) -> int:
                                  save_dense_delta)
     from lorasum.storage import atomic_dir, atomic_write_json, check_not_inputs, check_output, write_manifest
 
+    if args.model is not None and not args.merge_into_base:
+        raise ConfigError("--model applies only with --merge-into-base (it names the base model to merge into); "
+                          "add --merge-into-base or drop --model")
     check_output(args.out, args.overwrite)
     check_not_inputs(args.out, args.adapters)
     params = _params(args)
@@ -214,32 +218,48 @@ def _looks_local(ref: str) -> bool:
     return os.path.isabs(ref) or ref.startswith(("~", ".")) or ref.endswith(".gguf")
 
 
-def _base_name(args: argparse.Namespace, adapters: list) -> str:
-    """The base model to load for --merge-into-base: ``--model``; else the ``source`` recorded in
-    the first adapter's ``lorasum.json`` that has one (what the model resolved to when it was
-    trained: a folder, ``.gguf`` file or hub id); else, or when that recorded path is not on this
-    machine (warning), the first ``base_model_name_or_path``.
+def recorded_base_model(adapters: list) -> tuple[str | None, str | None]:
+    """The base model the adapters record, as (model to load, warning or None): the ``source``
+    recorded in the first adapter's ``lorasum.json`` that has one (what the model resolved to when it
+    was trained: a folder, ``.gguf`` file or hub id); else, or when that recorded path is not on this
+    machine (then with a warning that says so), the first ``base_model_name_or_path``; (None, None)
+    when neither is recorded. Used by ``compose --merge-into-base`` and ``eval --adapter`` without
+    ``--model``.
 
     Raises:
-        ConfigError: no model is given or recorded.
+        ConfigError: the recorded path is not on this machine and no base_model_name_or_path is
+            recorded to fall back to.
     """
-    if args.model:
-        return args.model
     typed = next((a.base_model for a in adapters if a.base_model), None)
     for a in adapters:
         rec = a.base_record
         if rec is None or not rec.source:
             continue
         if not _looks_local(rec.source) or os.path.exists(os.path.expanduser(rec.source)):
-            return rec.source
+            return rec.source, None
         if typed:
-            log.warning("warning: %s records base model %s, which is not on this machine; loading %s "
-                        "(base_model_name_or_path) instead; pass --model to choose", a.path, rec.source, typed)
-            return typed
+            return typed, (f"warning: {a.path} records base model {rec.source}, which is not on this machine; "
+                           f"loading {typed} (base_model_name_or_path) instead; pass --model to choose")
         raise ConfigError(f"{a.path}: the base model recorded in its lorasum.json ({rec.source}) is not on this "
                           "machine; pass --model with the base model")
-    if typed:
-        return typed
+    return typed, None
+
+
+def _base_name(args: argparse.Namespace, adapters: list) -> str:
+    """The base model to load for --merge-into-base: ``--model``, else :func:`recorded_base_model`
+    (its warning is logged).
+
+    Raises:
+        ConfigError: no model is given or recorded; the recorded one is missing (see
+            :func:`recorded_base_model`).
+    """
+    if args.model:
+        return args.model
+    name, note = recorded_base_model(adapters)
+    if note:
+        log.warning("%s", note)
+    if name:
+        return name
     raise ConfigError("--merge-into-base needs --model: the adapters do not record their base model")
 
 

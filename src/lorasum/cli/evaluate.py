@@ -20,13 +20,26 @@ def add_parser(sub, common) -> None:
                        description="Perplexity = exp(token-weighted mean NLL over answer tokens) on each domain's "
                        "test split, and on their union.")
     add_model_options(p)
+    for action in p._actions:  # the shared help names gpt2 as the default, which --adapter changes here
+        if action.dest == "model":
+            action.help = ("hub id, local folder, .gguf file, or smollm2-135m (default: the config's model; else, "
+                           "with --adapter, the base model recorded in the adapter's lorasum.json, else gpt2)")
     add_data_options(p)
     p.add_argument("--adapter", help="PEFT LoRA adapter folder to apply (default: the base model alone); one "
-                   "trained on another base model (per its lorasum.json) is refused")
+                   "trained on another base model (per its lorasum.json) is refused; without --model (and no "
+                   "model in --config) its recorded base model is loaded, as compose --merge-into-base does")
     p.add_argument("--domain", required=True, type=csv_list, help="domain(s): math, medicine, finance, pubmedqa")
     p.add_argument("--batch-size", type=int, help="examples per forward pass (default 8)")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.set_defaults(func=run)
+
+
+def _model_given(args: argparse.Namespace) -> bool:
+    """Whether the model was chosen: by ``--model``, or by a ``model:`` key in the ``--config`` file
+    (not by the schema's default)."""
+    from lorasum.config import load_config
+
+    return args.model is not None or bool(args.config and "model" in load_config(args.config).model_fields_set)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -34,9 +47,21 @@ def run(args: argparse.Namespace) -> int:
     from lorasum.models import load_model
 
     cfg = build_config(args)
+    adapter, recorded_note = None, None
+    if args.adapter and not _model_given(args):
+        # no model chosen: the adapter's own base model (as compose --merge-into-base finds it), not the schema's
+        # default; read before the data, which may need the model's tokenizer (data.long_rows: drop)
+        from lorasum.adapters import load_adapter
+
+        from .compose import recorded_base_model
+
+        adapter = load_adapter(args.adapter)
+        recorded, recorded_note = recorded_base_model([adapter])
+        if recorded:
+            cfg = cfg.model_copy(update={"model": recorded})
+            log.info("base model %s, as recorded by %s (pass --model to choose another)", recorded, args.adapter)
     data = _load_data(cfg, args.domain)  # before the slow model load: data errors come first
-    adapter = None
-    if args.adapter:
+    if args.adapter and adapter is None:
         from lorasum.adapters import load_adapter
 
         adapter = load_adapter(args.adapter)  # a broken folder is reported before the model load
@@ -51,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
         # AdapterError, exit 2), and its shapes must fit, with a clear error before PEFT sees it; a caveat
         # is shown only when the adapter passes
         with deferred_warnings():
+            if recorded_note:  # the recorded source is missing and its typed name was loaded instead
+                log.warning("%s", recorded_note)
             note = check_adapter_base(adapter, info)
             if note:
                 log.warning("warning: %s", note)

@@ -19,10 +19,14 @@ def add_parser(sub, common) -> None:
                        "mean squared cosine), next to the RMS expected for independent random matrices of "
                        "the same shapes.")
     p.add_argument("adapters", nargs="+", help="two or more PEFT LoRA adapter folders")
-    p.add_argument("--format", choices=("table", "json", "csv"), default="table")
-    p.add_argument("--per-module", action="store_true", help="table: every module's cosine and subspace overlaps")
+    p.add_argument("--format", choices=("table", "json", "csv"), default="table",
+                   help="table (default); json (everything); csv: one row per pair (RMS cosine, random baseline, "
+                   "mean and max |cos|, modules), or with --per-module one row per pair and module")
+    p.add_argument("--per-module", action="store_true", help="table: every module's cosine and subspace overlaps; "
+                   "csv: one row per pair and module (modules in natural order: layer 2 before layer 10)")
     p.add_argument("--per-layer", action="store_true", help="table: RMS cosine per layer")
-    p.add_argument("--plot", metavar="FILE.png", help="write a heatmap of the N×N RMS-cosine matrix")
+    p.add_argument("--plot", metavar="FILE", help="write a heatmap of the N×N RMS-cosine matrix; the format is "
+                   "the extension's: .png, .pdf or .svg (the folder must exist and lie outside the adapters)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --plot file")
     p.set_defaults(func=run)
 
@@ -48,25 +52,42 @@ def _names(paths: list[str]) -> list[str]:
     return names if len(set(names)) == len(names) else list(paths)
 
 
-def _check_plot_path(plot: str) -> None:
-    """Refuse a ``--plot`` file whose folder does not exist (or is not a folder), before any work.
+def _check_plot_path(plot: str, adapters: list[str]) -> str:
+    """Refuse a ``--plot`` file with an extension other than .png, .pdf, .svg, whose folder does not
+    exist (or is not a folder), or that is, holds or lies inside an input adapter, before any work.
+
+    Returns:
+        The figure format (``png``, ``pdf`` or ``svg``).
 
     Raises:
-        ConfigError: naming ``--plot`` and the folder.
+        ConfigError: naming ``--plot`` and the extension or the folder.
+        OutputExistsError: the file overlaps an input adapter (named in the message).
     """
-    from lorasum.errors import ConfigError
+    from lorasum.errors import ConfigError, OutputExistsError
+    from lorasum.geometry.export import figure_format
+    from lorasum.storage import check_not_inputs
 
+    try:
+        fmt = figure_format(plot)
+    except ValueError as e:
+        raise ConfigError(f"--plot {plot}: {e}") from None
     folder = Path(plot).parent
     if not folder.is_dir():
         what = "is not a folder" if os.path.lexists(folder) else "does not exist"
         raise ConfigError(f"--plot {plot}: folder {folder} {what}; create it first or choose another path")
+    try:
+        check_not_inputs(plot, adapters)  # the README's rule: outputs never touch what the command reads
+    except OutputExistsError as e:
+        raise OutputExistsError(f"--plot {e}") from None
+    return fmt
 
 
 def run(args: argparse.Namespace) -> int:
     from lorasum.adapters import load_adapter
     from lorasum.errors import ConfigError
     from lorasum.geometry import similarity
-    from lorasum.geometry.export import CSV_COLUMNS, matrix_heatmap_png, similarity_rows, write_png
+    from lorasum.geometry.export import (CSV_COLUMNS, PAIR_CSV_COLUMNS, matrix_heatmap, pair_rows, similarity_rows,
+                                        write_figure)
     from lorasum.storage import check_output
 
     from .compose import deferred_warnings
@@ -74,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     if len(args.adapters) < 2:
         raise ConfigError("similarity needs at least two adapters")
     if args.plot:
-        _check_plot_path(args.plot)
+        fmt = _check_plot_path(args.plot, args.adapters)
         check_output(args.plot, args.overwrite)
     names = _names(args.adapters)
     # similarity() refuses adapters of different base models (check_same_base_model) before any math; its
@@ -82,15 +103,16 @@ def run(args: argparse.Namespace) -> int:
     with deferred_warnings():
         sim = similarity(dict(zip(names, (load_adapter(p) for p in args.adapters), strict=True)))
     if args.plot:
-        write_png(matrix_heatmap_png(sim), args.plot, overwrite=args.overwrite)
+        write_figure(matrix_heatmap(sim, fmt), args.plot, overwrite=args.overwrite)
     if args.format == "json":
         # undefined numbers (a ΔW of zero norm) are null: to_dict() maps NaN/inf to None
         print(json.dumps(sim.to_dict(), indent=2, allow_nan=False))
     elif args.format == "csv":
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS)
+        columns, rows = (CSV_COLUMNS, similarity_rows(sim)) if args.per_module else (PAIR_CSV_COLUMNS, pair_rows(sim))
+        w = csv.DictWriter(buf, fieldnames=columns)
         w.writeheader()
-        w.writerows(similarity_rows(sim))
+        w.writerows(rows)
         print(buf.getvalue(), end="")
     else:
         _print_table(sim, args)
@@ -103,6 +125,8 @@ def _num(v: float, spec: str, width: int = 0) -> str:
 
 
 def _print_table(sim, args) -> None:
+    from lorasum.geometry.layers import natural_key
+
     pairs = list(sim.pairs.values())
     width = max(len(f"{p.a} · {p.b}") for p in pairs)
     print(f"{'pair':<{width}}  {'RMS cos':>9}  {'random':>9}  {'mean|cos|':>9}  {'max|cos|':>9}  modules")
@@ -116,7 +140,8 @@ def _print_table(sim, args) -> None:
             for layer, v in sorted(p.layer_rms.items()):
                 print(f"    layer {layer:>3}  RMS cos {_num(v, '+.5f')}")
         if args.per_module:
-            for m, c in p.cosines.items():
+            for m in sorted(p.cosines, key=natural_key):
+                c = p.cosines[m]
                 print(f"    {m}  cos {_num(c, '+.5f', 8)}  col-overlap {_num(p.column_overlap.get(m, math.nan), '.3f')}  "
                       f"row-overlap {_num(p.row_overlap.get(m, math.nan), '.3f')}")
     print("random: RMS cosine expected for independent random matrices of the same shapes "

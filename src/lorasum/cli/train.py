@@ -46,12 +46,14 @@ def run(args: argparse.Namespace) -> int:
         prepare_checkpoint(ckpt, resume=False, overwrite=False)  # raises: say so before loading anything
     data = _load_data(cfg, args.domain)  # before the slow model load: data errors come first
     model, tokenizer, info = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    max_length = _max_length(cfg, data)
+    _show(_truncation_warnings(data, tokenizer, max_length))  # before training: a long run is not wasted unawares
     records = [r for dd in data for r in dd.train]
     validation = [r for dd in data for r in dd.validation]
     meta = {"domains": args.domain,
             "data": {dd.name: {"content_hash": dd.content_hash, "sources": dd.sources} for dd in data}}
     res = train_adapter(model, tokenizer, records, lora=cfg.lora, train=cfg.train, seed=args.seed,
-                        out_dir=args.out, max_length=_max_length(cfg, data), model_info=info, meta=meta,
+                        out_dir=args.out, max_length=max_length, model_info=info, meta=meta,
                         validation=validation or None, overwrite=args.overwrite, progress=not args.quiet,
                         resume=args.resume)
     write_manifest(args.out, config=cfg.model_dump(mode="json") | {"domains": args.domain, "seed": args.seed},
@@ -69,6 +71,30 @@ def _inputs(cfg, data) -> dict[str, Path]:
     root = data_root(cfg.data)
     return {f"data/{dd.name}/{s['path']}": root / s["path"] for dd in data for s in dd.sources
             if (root / s["path"]).exists()}
+
+
+def _truncation_warnings(data, tokenizer, max_length: int) -> list[str]:
+    """One warning per domain and split (train, validation) whose examples are cut at ``max_length``: how
+    many, what they lose (answer tokens, or only context and question) and how to avoid it.
+
+    They are shown before training starts (on a failure the one-line error follows them)."""
+    from lorasum.data.lengths import domain_truncation, truncation_warning
+
+    own = getattr(data[0], "max_length", None) if len(data) == 1 else None
+    setting, flag = (f"custom_domains.{data[0].name}.max_length", None) if own else ("data.max_length", "--max-length")
+    out = []
+    for dd in data:
+        counts = domain_truncation(dd, tokenizer, max_length, splits=("train", "validation"))
+        for split, c in counts["splits"].items():
+            message = truncation_warning(dd.name, split, c, max_length, setting=setting, flag=flag)
+            if message:
+                out.append(message)
+    return out
+
+
+def _show(warnings: list[str]) -> None:
+    for message in warnings:
+        log.warning("%s", message)
 
 
 def _max_length(cfg, data) -> int:

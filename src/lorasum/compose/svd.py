@@ -20,13 +20,16 @@ products that form ΔW, so that a sum that cancels, ``a − a``, is 0 and not σ
 noise). They are float64 rounding of a sum whose rank is below R (``a + a``, or sources
 that share directions), and their singular vectors are arbitrary directions, not part of
 ΔW. So the result's rank is min(k, numerical rank of ΔW); a ΔW that is zero to rounding is
-written as one zero direction, so that the module is still saved. The weighted factors are
+written as one zero direction, so that the module is still saved. A k above a module's summed
+rank Σᵢ rᵢ is capped there (the module keeps its exact sum): :func:`compose_svd_report` logs
+one warning on the ``lorasum`` logger, with the largest such Σᵢ rᵢ. The weighted factors are
 formed in float64 from the sources (not from :func:`compose_sum`'s float32 factors), so
 that the weights add no float32 rounding either.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import asdict, dataclass
 
@@ -36,6 +39,8 @@ from lorasum.adapters import Adapter, LoraFactor
 from lorasum.compose.registry import compose_method
 from lorasum.compose.sum import _check_weights, check_compatible
 from lorasum.errors import ConfigError
+
+log = logging.getLogger("lorasum")
 
 __all__ = ["SvdModuleReport", "svd_truncate", "rounding_tolerance", "compose_svd", "compose_svd_report"]
 
@@ -119,6 +124,9 @@ def compose_svd_report(adapters: list[Adapter], rank: int,
                        weights: list[float] | None = None) -> tuple[Adapter, dict[str, SvdModuleReport]]:
     """Σᵢ wᵢ ΔWᵢ truncated to rank ``rank`` per module, and the per-module report.
 
+    A module whose summed rank Σᵢ rᵢ is below ``rank`` keeps Σᵢ rᵢ (its exact sum, less rounding-level
+    directions); one warning on the ``lorasum`` logger says so, with the largest such Σᵢ rᵢ.
+
     Returns:
         (adapter, module → :class:`SvdModuleReport`); the adapter is that of :func:`compose_svd`.
 
@@ -135,6 +143,12 @@ def compose_svd_report(adapters: list[Adapter], rank: int,
         B = torch.cat([(w * f.scaling) * f.B.double() for w, f in parts], dim=1)
         A = torch.cat([f.A.double() for _, f in parts], dim=0)
         factors[module], reports[module] = _truncate(B, A, k)
+    capped = [r.rank_in for r in reports.values() if r.rank_in < k]
+    if capped:
+        n = len(capped)
+        whole = "every module" if n == len(reports) else f"{n} of {len(reports)} modules"
+        log.warning("warning: svd: rank %d capped at the summed rank of the adapters (Σ rᵢ, at most %d per module) "
+                    "in %s: no compression there, the exact sum is kept", k, max(capped), whole)
     bases = [a.base_model for a in adapters if a.base_model is not None]
     records = [a.base_record for a in adapters if a.base_record is not None]
     adapter = Adapter(factors=factors, base_model=bases[0] if bases else None,
@@ -148,9 +162,9 @@ def compose_svd_report(adapters: list[Adapter], rank: int,
 def compose_svd(adapters: list[Adapter], rank: int, weights: list[float] | None = None) -> Adapter:
     """Σᵢ wᵢ ΔWᵢ re-compressed to rank ``rank`` per module by truncated SVD, without forming ΔW.
 
-    Exact when ``rank`` ≥ Σᵢ rᵢ. The per-module truncation report (:class:`SvdModuleReport`)
-    comes from :func:`compose_svd_report`; it is not written into the adapter's config, because
-    PEFT warns about unknown keys in adapter_config.json.
+    Exact when ``rank`` ≥ Σᵢ rᵢ (capped there, with a warning). The per-module truncation report
+    (:class:`SvdModuleReport`) comes from :func:`compose_svd_report`; it is not written into the
+    adapter's config, because PEFT warns about unknown keys in adapter_config.json.
 
     Raises:
         ConfigError, AdapterError: as :func:`compose_svd_report`.

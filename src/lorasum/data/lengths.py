@@ -1,4 +1,4 @@
-"""Token lengths of examples: percentiles, truncation rate, and dropping over-long rows.
+"""Token lengths of examples: percentiles, truncation rate, what truncation cuts, and dropping over-long rows.
 
 The length of a record is the number of tokens :func:`~lorasum.data.tokenize.encode_record`
 gives it without truncation (special tokens, prompt, answer and eos), so it is exactly what
@@ -16,7 +16,8 @@ from lorasum.data.records import Record
 from lorasum.data.tokenize import encode_records
 from lorasum.errors import ConfigError
 
-__all__ = ["PERCENTILES", "token_lengths", "length_summary", "drop_long_records", "describe_domain"]
+__all__ = ["PERCENTILES", "token_lengths", "length_summary", "drop_long_records", "describe_domain",
+           "truncation_counts", "domain_truncation", "truncation_warning", "TRUNCATION_SPLITS"]
 
 #: Percentiles reported by :func:`length_summary`.
 PERCENTILES = (50, 90, 99)
@@ -95,3 +96,98 @@ def describe_domain(data: Any, tokenizer: Any = None, max_length: int | None = N
         "max_length": limit,
         "splits": rows,
     }
+
+
+#: The splits :func:`domain_truncation` counts by default.
+TRUNCATION_SPLITS = ("train", "validation", "test")
+
+
+def truncation_counts(records: Sequence[Record], tokenizer: Any, max_length: int) -> dict[str, int]:
+    """What cutting ``records`` to ``max_length`` tokens loses, exactly as training and evaluation cut them
+    (:func:`~lorasum.data.tokenize.encode_records`: the context's end first, then the answer's end, then the
+    question's beginning).
+
+    Returns:
+        ``{"examples", "truncated"`` (examples over ``max_length``), ``"answer_cut"`` (of those, the ones
+        that lose answer tokens: the answer's end or its eos), ``"prompt_only"`` (the ones that lose only
+        context or question tokens; their answer is whole), ``"question_cut"`` (the ones that lose the
+        beginning of their question, which is cut last), ``"answer_tokens"`` (answer tokens, eos included,
+        of all the examples before cutting) and ``"answer_tokens_cut"`` (of those, the ones cut)``}``.
+    """
+    encoded = encode_records(tokenizer, list(records), max_length)
+    cut = [e for e in encoded if e.truncated]
+    answer = sum(1 for e in cut if e.answer_cut)
+    return {"examples": len(encoded), "truncated": len(cut), "answer_cut": answer, "prompt_only": len(cut) - answer,
+            "question_cut": sum(1 for e in cut if e.question_cut),
+            "answer_tokens": sum(e.n_answer_tokens + e.answer_cut for e in encoded),
+            "answer_tokens_cut": sum(e.answer_cut for e in cut)}
+
+
+def domain_truncation(data: Any, tokenizer: Any, max_length: int, *, splits: Sequence[str] = TRUNCATION_SPLITS,
+                      windows: Sequence[str] = ()) -> dict[str, Any]:
+    """:func:`truncation_counts` of each of ``splits`` of a :class:`~lorasum.data.presets.DomainData`, with its
+    ``long_rows`` policy (what results.json's data section and the report show).
+
+    Args:
+        max_length: the limit the examples are cut at.
+        windows: splits that are scored in sliding windows (``eval.stride``) and so never cut: counted as
+            whole, with ``"sliding_windows": True``, without tokenising them.
+
+    Returns:
+        ``{"max_length", "long_rows"`` (``"truncate"`` or ``"drop"``), ``"splits": {split: counts}}``; each
+        split's counts also hold ``"dropped"``, the examples left out as too long (``data.long_rows: drop``,
+        at the domain's limit; 0 otherwise).
+    """
+    long_rows = data.report.get("long_rows") or {}
+    dropped = long_rows.get("splits") or {}
+    out: dict[str, Any] = {"max_length": max_length, "long_rows": long_rows.get("policy", "truncate"), "splits": {}}
+    for split in splits:
+        records = getattr(data, split)
+        if split in windows:
+            counts = {"examples": len(records), "truncated": 0, "answer_cut": 0, "prompt_only": 0, "question_cut": 0,
+                      "sliding_windows": True}
+        else:
+            counts = truncation_counts(records, tokenizer, max_length)
+        counts["dropped"] = int((dropped.get(split) or {}).get("too_long") or 0)
+        out["splits"][split] = counts
+    return out
+
+
+def truncation_warning(domain: str, split: str, counts: dict[str, int], max_length: int, *,
+                       setting: str = "data.max_length", flag: str | None = None) -> str | None:
+    """One line saying how many examples of a split are cut, what they lose and how to avoid it; None when
+    none is cut.
+
+    Args:
+        counts: :func:`truncation_counts` of the split.
+        setting: the config key that sets ``max_length`` (``custom_domains.NAME.max_length`` for a custom
+            domain's own limit).
+        flag: the command-line flag that sets it too, if any (``--max-length``).
+    """
+    n, k = counts.get("examples") or 0, counts.get("truncated") or 0
+    if not k or not n:
+        return None
+    parts = []
+    answer, prompt = counts.get("answer_cut") or 0, counts.get("prompt_only") or 0
+    if answer:
+        total, lost = counts.get("answer_tokens") or 0, counts.get("answer_tokens_cut") or 0
+        share = f", {100 * lost / total:.1f} %" if total else ""
+        unused = _UNUSED.get(split, "not used")
+        parts.append(f"{answer} lose the end of their answer ({lost} of the split's {total} answer tokens{share}, "
+                     f"{unused})")
+    if prompt:
+        parts.append(f"{prompt} lose only context or question tokens (their answer is whole)")
+    question = counts.get("question_cut") or 0
+    if question:
+        parts.append(f"{question} of them also lose the beginning of their question")
+    how = f"{setting} ({flag})" if flag else setting
+    drop = ("data.long_rows: drop would leave none" if k == n else
+            "or set data.long_rows: drop to leave them out")
+    return (f"data {domain} {split}: {k} of {n} examples ({100 * k / n:.1f} %) are longer than {max_length} tokens "
+            f"({setting}) and are cut: {'; '.join(parts)}. To keep them whole, raise {how} (`lorasum data stats` "
+            f"shows the token lengths){'; ' if k == n else ', '}{drop}")
+
+
+#: What happens to the answer tokens cut from an example of each split.
+_UNUSED = {"train": "never trained on", "validation": "left out of the validation loss",
+           "test": "never scored"}

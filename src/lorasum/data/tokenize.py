@@ -31,7 +31,7 @@ overlapping windows that score each token once (for texts longer than the model 
 from __future__ import annotations
 
 import string
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import torch
@@ -89,11 +89,18 @@ class Encoded:
         input_ids: prompt + answer (+ eos) token ids, length T <= max_length.
         labels: same length; the token id on answer positions, ``-100`` on prompt positions.
         truncated: True if the example was cut to fit ``max_length``.
+        context_cut, question_cut, answer_cut: tokens cut from the context's end, the question's
+            beginning and the answer's end (its eos included) to fit ``max_length``; 0 when not
+            cut. What was lost, for the warnings and counts of :mod:`lorasum.data.lengths`; left
+            out of ``==`` (two examples with the same tokens and labels are equal).
     """
 
     input_ids: list[int]
     labels: list[int]
     truncated: bool = False
+    context_cut: int = field(default=0, compare=False)
+    question_cut: int = field(default=0, compare=False)
+    answer_cut: int = field(default=0, compare=False)
 
     @property
     def n_answer_tokens(self) -> int:
@@ -197,18 +204,21 @@ def _assemble(prefix: list[int], suffix: list[int], context: list[int], question
         raise ValueError(f"max_length={max_length} is too small for {fixed} special tokens plus question and answer")
     excess = fixed + len(context) + len(question) + len(answer) - max_length
     truncated = excess > 0
+    context_cut = answer_cut = question_cut = 0
     if excess > 0:  # 1. cut the context's end
-        cut = min(excess, len(context))
-        context, excess = context[: len(context) - cut], excess - cut
+        context_cut = min(excess, len(context))
+        context, excess = context[: len(context) - context_cut], excess - context_cut
     if excess > 0:  # 2. cut the answer's end, keeping one token
-        cut = min(excess, max(len(answer) - 1, 0))
-        answer, excess = answer[: len(answer) - cut], excess - cut
+        answer_cut = min(excess, max(len(answer) - 1, 0))
+        answer, excess = answer[: len(answer) - answer_cut], excess - answer_cut
     if excess > 0:  # 3. keep the question's last tokens
+        question_cut = excess
         question = question[excess:]
 
     prompt = prefix + context + question + suffix
     labels = list(prompt) if loss_on == "all" else [IGNORE_INDEX] * len(prompt)
-    return Encoded(input_ids=prompt + answer, labels=labels + list(answer), truncated=truncated)
+    return Encoded(input_ids=prompt + answer, labels=labels + list(answer), truncated=truncated,
+                   context_cut=context_cut, question_cut=question_cut, answer_cut=answer_cut)
 
 
 def sliding_windows(example: Encoded, window: int, stride: int) -> list[Encoded]:

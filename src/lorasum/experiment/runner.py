@@ -215,6 +215,24 @@ def _load_data(cfg: ExperimentConfig, tokenizer) -> dict:
     return data
 
 
+def _truncation(cfg: ExperimentConfig, data: dict, tokenizer) -> dict:
+    """Per domain, what cutting its examples at ``data.max_length`` loses in each split
+    (:func:`lorasum.data.lengths.domain_truncation`; results.json's ``data.<domain>.truncation``), with a
+    warning for each split whose examples are cut. Test examples scored in sliding windows (``eval.stride``)
+    are never cut."""
+    from lorasum.data.lengths import domain_truncation, truncation_warning
+
+    windows = ("test",) if cfg.eval.stride is not None else ()
+    out = {}
+    for name, dd in data.items():
+        out[name] = domain_truncation(dd, tokenizer, cfg.data.max_length, windows=windows)
+        for split, counts in out[name]["splits"].items():
+            message = truncation_warning(name, split, counts, cfg.data.max_length)
+            if message:
+                log.warning("%s", message)
+    return out
+
+
 def run_experiment(cfg: ExperimentConfig, out: str | Path, *, overwrite: bool = False, progress: bool = True) -> dict:
     """Run the whole grid of ``cfg`` in ``out`` and write the report; return the results dict.
 
@@ -262,6 +280,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, overwrite: bool = 
     model, tokenizer, info = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
     lap("load_model")
     data = _load_data(cfg, tokenizer)
+    truncation = _truncation(cfg, data, tokenizer)
     ctx = _Context(cfg, out, cache, data, model, tokenizer, info, progress)
     lap("data")
 
@@ -282,7 +301,8 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, overwrite: bool = 
         "model": asdict(info) | {"target_modules": list(info.target_modules)},
         "data": {n: {"content_hash": dd.content_hash, "train_hash": ctx.hashes[n]["train"],
                      "test_hash": ctx.hashes[n]["test"], "train": len(dd.train), "validation": len(dd.validation),
-                     "test": len(dd.test), "sources": dd.sources, "report": dd.report} for n, dd in data.items()},
+                     "test": len(dd.test), "sources": dd.sources, "report": dd.report,
+                     "truncation": truncation[n]} for n, dd in data.items()},
         "adapters": adapters,
         "evaluations": evaluations + union_rows(evaluations),
         "combinations": combination_rows(grid, evaluations, ctx.keys, geometry),

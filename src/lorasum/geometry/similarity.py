@@ -18,7 +18,7 @@ from lorasum.adapters import Adapter, check_same_base_model
 from lorasum.geometry.baseline import expected_abs_cosine, expected_rms_cosine
 from lorasum.geometry.gram import cosine_matrices
 from lorasum.geometry.inner import frobenius_norm, rms
-from lorasum.geometry.layers import group_by_layer
+from lorasum.geometry.layers import group_by_layer, natural_key
 from lorasum.geometry.subspace import orthonormal_basis, overlap
 
 __all__ = ["PairStats", "Similarity", "json_safe", "similarity"]
@@ -65,8 +65,8 @@ class PairStats:
 
     @property
     def undefined(self) -> list[str]:
-        """Modules whose cosine is NaN (a ΔW of zero norm), sorted."""
-        return sorted(m for m, c in self.cosines.items() if math.isnan(c))
+        """Modules whose cosine is NaN (a ΔW of zero norm), in natural order (``h.2`` before ``h.10``)."""
+        return sorted((m for m, c in self.cosines.items() if math.isnan(c)), key=natural_key)
 
     def to_dict(self) -> dict:
         """JSON-ready dict (layer keys as strings); NaN and ±inf (undefined cosines and summaries, a

@@ -14,7 +14,17 @@ import re
 from dataclasses import dataclass
 
 from lorasum.experiment.stats import mean_std_ci
-from lorasum.report.summary import combos, compositions, finite, fmt, parallel_groups, seeds_of
+from lorasum.report.summary import (
+    combos,
+    compositions,
+    domains_of,
+    finite,
+    fmt,
+    parallel_groups,
+    seeds_of,
+    truncation_counts,
+    truncation_limit,
+)
 from lorasum.report.tables import (
     Table,
     change_by_domain_table,
@@ -184,6 +194,9 @@ def verdict(results: dict) -> str:
     sizes = [d.get("train") for d in (results.get("data") or {}).values() if finite(d.get("train"))]
     if sizes and min(sizes) < 1000:
         caveats.append(f"adapters were trained on as few as {min(sizes)} examples per domain")
+    cut = _answers_cut(results)
+    if cut:
+        caveats.append(cut)
     lora = (results.get("config") or {}).get("lora") or {}
     if lora and not lora.get("init_per_adapter", False):
         caveats.append("the adapters of a seed started from the same random LoRA A (lora.init_per_adapter: false), "
@@ -191,6 +204,26 @@ def verdict(results: dict) -> str:
     if caveats:
         text += " Caveat: " + "; ".join(caveats) + "."
     return text
+
+
+def _answers_cut(results: dict) -> str:
+    """The caveat of answers cut short at data.max_length: per domain, the share of training and test examples
+    that lost the end of their answer ("" where none did, or results.json has no counts)."""
+    parts = []
+    for dom in domains_of(results):
+        shares = []
+        for split, what in (("train", "training"), ("test", "test")):
+            c = truncation_counts(results, dom, split)
+            if c is not None and c["answer_cut"] and c["examples"]:
+                shares.append(f"{100 * c['answer_cut'] / c['examples']:.0f} % of its {what}")
+        if shares:
+            parts.append(f"{dom} ({' and '.join(shares)} examples)")
+    if not parts:
+        return ""
+    limit = truncation_limit(results)
+    at = f"data.max_length ({limit} tokens)" if limit is not None else "data.max_length"
+    return (f"examples longer than {at} were cut, and the end of the answer was lost in {_join(parts)}: the "
+            "adapters never learned those tokens and the perplexities leave them out (table Data)")
 
 
 def _source_name(dom: str, results: dict) -> str:

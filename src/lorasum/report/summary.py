@@ -34,6 +34,8 @@ __all__ = [
     "fmt",
     "cell",
     "ci_cell",
+    "truncation_counts",
+    "truncation_limit",
 ]
 
 UNION = "union"
@@ -281,3 +283,46 @@ def parallel_groups(results: dict) -> str | None:
         return None
     return (f"{len(together)} of the {len(sizes)} trained adapters trained together in groups of "
             f"{', '.join(str(n) for n in sorted(set(together), reverse=True))}")
+
+
+def _count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def truncation_counts(results: dict, domain: str, split: str) -> dict | None:
+    """How many of a domain's ``split`` examples were cut at ``data.max_length`` (results.json's
+    ``data.<domain>.truncation.splits.<split>``), or None where results.json has no such counts (runs
+    written before the field was added) or they are not counts (a hand-edited file).
+
+    Returns:
+        ``{"examples", "truncated", "answer_cut", "dropped", "sliding_windows"}``: ``answer_cut`` is None
+        where unknown; ``dropped`` 0 where absent.
+    """
+    data = results.get("data")
+    entry = data.get(domain) if isinstance(data, dict) else None
+    trunc = entry.get("truncation") if isinstance(entry, dict) else None
+    splits = trunc.get("splits") if isinstance(trunc, dict) else None
+    counts = splits.get(split) if isinstance(splits, dict) else None
+    if not isinstance(counts, dict):
+        return None
+    n, k = counts.get("examples"), counts.get("truncated")
+    if not (_count(n) and _count(k)) or k > n:
+        return None
+    answer = counts.get("answer_cut")
+    dropped = counts.get("dropped")
+    return {"examples": n, "truncated": k, "answer_cut": answer if _count(answer) and answer <= k else None,
+            "dropped": dropped if _count(dropped) else 0, "sliding_windows": counts.get("sliding_windows") is True}
+
+
+def truncation_limit(results: dict) -> int | None:
+    """The token limit examples were cut at: a domain's ``truncation.max_length``, else ``config.data.max_length``."""
+    data = results.get("data")
+    for entry in data.values() if isinstance(data, dict) else ():
+        trunc = entry.get("truncation") if isinstance(entry, dict) else None
+        limit = trunc.get("max_length") if isinstance(trunc, dict) else None
+        if _count(limit):
+            return limit
+    cfg = results.get("config")
+    section = cfg.get("data") if isinstance(cfg, dict) else None
+    limit = section.get("max_length") if isinstance(section, dict) else None
+    return limit if _count(limit) else None

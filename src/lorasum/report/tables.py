@@ -25,6 +25,8 @@ from lorasum.report.summary import (
     models,
     parallel_groups,
     points,
+    truncation_counts,
+    truncation_limit,
 )
 
 __all__ = [
@@ -253,17 +255,49 @@ def training_table(results: dict) -> Table:
                      "loop's time until each was saved." if parallel_groups(results) else ""))
 
 
+def _truncation_cell(results: dict, domain: str, split: str) -> str:
+    """``24 of 40 (60 %), 24 answers cut``: the split's examples cut at the token limit, and how many of them
+    lost answer tokens ("context/question only": none did); "—" where results.json has no counts."""
+    c = truncation_counts(results, domain, split)
+    if c is None:
+        return MISSING
+    n, k, answer = c["examples"], c["truncated"], c["answer_cut"]
+    if c["sliding_windows"]:
+        text = "0 (sliding windows)"
+    elif k == 0:
+        text = f"0 of {n}"
+    else:
+        what = ("" if answer is None else f", {answer} answer{'s' if answer != 1 else ''} cut" if answer
+                else ", context/question only")
+        text = f"{k} of {n} ({100 * k / n:.0f} %){what}"
+    return text + (f"; {c['dropped']} dropped" if c["dropped"] else "")
+
+
 def data_table(results: dict) -> Table:
-    """Per domain: split sizes, content hash and source files."""
+    """Per domain: split sizes, content hash and source files; and, where results.json has the counts, the
+    training and test examples cut at ``data.max_length``."""
     rows = []
     data = results.get("data") or {}
-    for dom in [*(d for d in domains_of(results) if d in data), *(d for d in data if d not in domains_of(results))]:
+    order = [*(d for d in domains_of(results) if d in data), *(d for d in data if d not in domains_of(results))]
+    cuts = any(truncation_counts(results, d, s) is not None for d in order for s in ("train", "test"))
+    for dom in order:
         d = data[dom]
         srcs = ", ".join(f"`{s.get('path', '?')}` ({fmt(s.get('records'), 'int')})" for s in d.get("sources", []))
+        cut = [_truncation_cell(results, dom, "train"), _truncation_cell(results, dom, "test")] if cuts else []
         rows.append([dom, fmt(d.get("train"), "int"), fmt(d.get("validation"), "int"), fmt(d.get("test"), "int"),
-                     f"`{d['content_hash']}`" if d.get("content_hash") else MISSING, srcs or MISSING])
-    return Table("Data", ["domain", "train", "validation", "test", "content hash", "sources (records)"], rows,
-                 align=["l", "r", "r", "r", "l", "l"])
+                     f"`{d['content_hash']}`" if d.get("content_hash") else MISSING, srcs or MISSING, *cut])
+    headers = ["domain", "train", "validation", "test", "content hash", "sources (records)"]
+    note = ""
+    if cuts:
+        headers += ["train cut", "test cut"]
+        limit = truncation_limit(results)
+        note = (f"train cut / test cut: examples longer than data.max_length ({limit if limit is not None else '?'} "
+                "tokens), cut to fit it: first the context's end, then the answer's end, then the question's "
+                "beginning. \"answers cut\": examples that lost the end of their answer (those tokens are never "
+                "trained on or scored); \"context/question only\": every answer is whole. To keep the examples "
+                "whole, raise data.max_length; data.long_rows: drop leaves them out instead (\"dropped\").")
+    return Table("Data", headers, rows, align=["l", "r", "r", "r", "l", "l"] + (["r", "r"] if cuts else []),
+                 note=note)
 
 
 RESULT_COLUMNS = ["model", "kind", "method", "domains", "seed", "eval_domain", "nll_sum", "n_tokens", "n_examples",
