@@ -9,7 +9,7 @@ import stat
 import pytest
 
 from lorasum.errors import ConfigError, UserError
-from lorasum.storage import _check_named, atomic_dir, check_output, read_regular_file
+from lorasum.storage import check_output_name, atomic_dir, check_output, read_regular_file
 
 
 @pytest.fixture
@@ -30,12 +30,12 @@ def _mode(path) -> int:
 @pytest.mark.parametrize("path", ["", " ", "\t", ".", "..", "/", "./", "a/..", "runs/x/..", b""])
 def test_output_paths_that_name_nothing_are_refused(path):
     with pytest.raises(UserError, match="output path .* (is empty or blank|names no file or folder of its own)"):
-        _check_named(path)
+        check_output_name(path)
 
 
 @pytest.mark.parametrize("path", ["x", "runs/x", "runs/x/", "runs/x/.", "./x", "/tmp/x", "..x", "a b"])
 def test_output_paths_with_a_name_are_accepted(path):
-    _check_named(path)
+    check_output_name(path)
 
 
 @pytest.mark.parametrize("path", ["", ".", ".."])

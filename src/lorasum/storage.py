@@ -39,6 +39,7 @@ __all__ = [
     "atomic_write_json",
     "atomic_dir",
     "check_output",
+    "check_output_name",
     "check_writable_parent",
     "read_regular_file",
     "sha256_file",
@@ -155,7 +156,7 @@ def check_output(path: str | os.PathLike, overwrite: bool = False) -> Path:
             checked here so that a command refuses such an output before its slow steps, not when it
             writes the result.
     """
-    _check_named(path)
+    check_output_name(path)
     path = Path(path)
     if os.path.lexists(path) and not overwrite:
         if path.is_dir() and not path.is_symlink() and not any(path.iterdir()):
@@ -210,7 +211,7 @@ def check_writable_parent(path: str | os.PathLike) -> Path:
     return path
 
 
-def _check_named(path: str | os.PathLike) -> None:
+def check_output_name(path: str | os.PathLike) -> None:
     """Refuse an output path that names no entry of its own: empty or blank (``--out ""``, which
     ``Path`` reads as the current folder), or one whose last part is ``.`` or ``..``, or the root
     ``/`` (``Path`` drops a trailing ``/`` and a ``/.``, so ``runs/x/`` is ``runs/x`` and is fine).

@@ -36,9 +36,9 @@ _OVERRIDE_FLAGS = {"seeds": "--seeds", "domains": "--domains", "model": "--model
 def run(args: argparse.Namespace) -> int:
     from lorasum.config import load_config
     from lorasum.experiment import run_experiment
-    from lorasum.storage import _check_named
+    from lorasum.storage import check_output_name
 
-    _check_named(args.out)  # `--out ""` would be the current folder: refused before the config is read
+    check_output_name(args.out)  # `--out ""` would be the current folder: refused before the config is read
     cfg = load_config(args.config, flags=_OVERRIDE_FLAGS, seeds=args.seeds, domains=args.domains, model=args.model,
                       device=args.device)
     results = run_experiment(cfg, args.out, overwrite=args.overwrite, progress=not args.quiet)

@@ -249,9 +249,9 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, overwrite: bool = 
 
     from lorasum.models import load_model
     from lorasum.report import write_report
-    from lorasum.storage import _check_named
+    from lorasum.storage import check_output_name
 
-    _check_named(out)
+    check_output_name(out)
     out = Path(out)
     data_root(cfg.data)  # a missing data folder fails before the run folder is made and the model loaded
     if os.path.lexists(out) and not out.is_dir():
