@@ -188,6 +188,38 @@ def test_train_stopped_by_sigterm_resumes_to_the_same_adapter(tiny_model_dir, tm
     assert ref.keys() == got.keys() and all(torch.allclose(ref[k], got[k], rtol=0, atol=1e-6) for k in ref)
 
 
+def test_train_resume_of_a_checkpoint_with_a_field_of_the_wrong_type_exits_2(tiny_model_dir, tmp_path, capsys,
+                                                                              monkeypatch):
+    """A state.json whose learning rate is a string used to end `train --resume` in a TypeError (exit 1); now one
+    line naming the checkpoint and the field (exit 2), the checkpoint kept; --overwrite then starts over."""
+    import os
+    import signal
+
+    from tiny_models import at_forward_pass, signal_self
+
+    if not os.environ.get("LORASUM_DATA_ROOT"):
+        pytest.skip("LORASUM_DATA_ROOT is not set")
+    argv = ["train", "-q", "--domain", "math", "--model", str(tiny_model_dir), "--lr", "1e-2", "--max-steps", "4",
+            *SMALL, "--out", str(tmp_path / "a")]
+    at_forward_pass(monkeypatch, 2, signal_self(signal.SIGTERM))
+    assert main(argv) == 128 + signal.SIGTERM
+    monkeypatch.undo()
+    ckpt = tmp_path / "a.ckpt"
+    state = json.loads((ckpt / "state.json").read_text())
+    state["optimizer"]["param_groups"][0]["lr"] = "x"
+    (ckpt / "state.json").write_text(json.dumps(state))
+    capsys.readouterr()
+    assert main([*argv, "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    errors = [line for line in err.splitlines() if not line.startswith("data ")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    assert (f"{ckpt}: unreadable training checkpoint (state.json: optimizer.param_groups[0].lr: expected a finite "
+            'number >= 0, got the string "x"); delete it or pass --overwrite to start over') in errors[0]
+    assert (ckpt / "state.json").is_file() and not (tmp_path / "a").exists()
+    assert main([*argv, "--resume", "--overwrite"]) == 2  # --resume still reads it
+    assert main([*argv, "--overwrite"]) == 0 and not ckpt.exists() and (tmp_path / "a").is_dir()
+
+
 def test_bad_values_found_by_a_hostile_tester_exit_2(trained, tiny_model_dir, tmp_path, capsys):
     """Each of these used to end in an internal error (exit 1), a NaN adapter written with exit 0, or a crash
     after the training of a whole experiment."""

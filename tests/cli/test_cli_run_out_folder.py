@@ -130,3 +130,46 @@ def test_reproduce_out_that_cannot_be_made_is_refused_before_the_model(out, work
         pytest.skip("no /proc here")
     _refused(["reproduce", "-q", "--config", "config.yaml", "--out", out], capsys, f"{out}: cannot create the run "
              "folder")
+
+
+def _not_a_checkpoint(work, kind):
+    """Put something of the user's at ``adapter.ckpt`` (train's checkpoint path for --out adapter); returns a
+    function giving what is there (to check it is unchanged) and the words the message must use for it."""
+    ckpt = work / "adapter.ckpt"
+    if kind == "file":
+        ckpt.write_text("my notes\n")
+        return lambda: ckpt.read_text(), "(a file)"
+    if kind == "folder":  # no state.json: not a checkpoint, whatever its other files are called
+        ckpt.mkdir()
+        (ckpt / "rng.safetensors").write_bytes(b"mine")
+        (ckpt / "notes.txt").write_text("mine")
+        return lambda: sorted((p.name, p.read_bytes()) for p in ckpt.iterdir()), "(a folder holding files that a " \
+            "checkpoint does not have: notes.txt)"
+    if kind == "folder-own-state":  # a state.json of the user's (not lorasum's format), nothing else
+        ckpt.mkdir()
+        (ckpt / "state.json").write_text('{"format": "my-tool/2"}')
+        return lambda: (ckpt / "state.json").read_text(), "(a folder whose state.json is not a lorasum checkpoint's)"
+    if kind == "fifo":
+        os.mkfifo(ckpt)
+        return lambda: ckpt.is_fifo(), "(a named pipe (FIFO))"
+    (work / "target").mkdir()
+    (work / "target" / "keep.txt").write_text("mine")
+    ckpt.symlink_to(work / "target")
+    return lambda: (ckpt.is_symlink(), (work / "target" / "keep.txt").read_text()), "(a symbolic link)"
+
+
+@pytest.mark.parametrize("kind", ["file", "folder", "folder-own-state", "fifo", "symlink"])
+def test_train_never_deletes_what_is_not_a_checkpoint_at_out_ckpt(kind, work, capsys):
+    """--overwrite (and --resume) used to delete whatever was at OUT.ckpt: a file, a folder of the user's, a
+    FIFO. Only a lorasum checkpoint may go; anything else is refused before the data or the model, with or
+    without the flags, and a plain file is no longer called "a checkpoint"."""
+    if kind == "fifo" and not hasattr(os, "mkfifo"):
+        pytest.skip("no named pipes here")
+    what, words = _not_a_checkpoint(work, kind)
+    before = what()
+    for flags in ([], ["--overwrite"], ["--resume"], ["--resume", "--overwrite"]):
+        line = _refused([*_train("adapter"), *flags], capsys,
+                        f"adapter.ckpt: exists and is not a lorasum training checkpoint {words}; move it away")
+        assert "pass --resume" not in line, line
+        assert what() == before, flags
+    assert not (work / "adapter").exists()

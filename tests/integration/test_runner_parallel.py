@@ -149,9 +149,9 @@ def test_sigterm_during_parallel_training_continues_from_the_group_checkpoint(ru
 
 
 def test_group_checkpoints_overwrite_stale_and_damaged(runs, tmp_path, monkeypatch, capsys):
-    """After a stop: --overwrite starts the group over; a damaged checkpoint, or a file in its place, is
-    replaced and the whole group retrained (the same adapters as an uninterrupted run, dropout on); a
-    checkpoint of other settings is removed."""
+    """After a stop: --overwrite starts the group over; a damaged checkpoint is replaced and the whole group
+    retrained (the same adapters as an uninterrupted run, dropout on); a checkpoint of other settings is
+    removed; a file in the checkpoint's place is not a checkpoint: it is kept and the run refused (exit 2)."""
     import shutil
     import signal
 
@@ -180,8 +180,6 @@ def test_group_checkpoints_overwrite_stale_and_damaged(runs, tmp_path, monkeypat
         "overwrite": (lambda out: None, ["--overwrite"], 9, "earlier run (--overwrite)"),
         "damaged": (lambda out: (out / ckpt.relative_to(stopped) / "group.safetensors").write_bytes(b"x"), [], 9,
                     "training the group from the start"),
-        "file": (lambda out: (shutil.rmtree(out / ckpt.relative_to(stopped)),
-                              (out / ckpt.relative_to(stopped)).write_text("hi")), [], 9, "from the start"),
         "other": (lambda out: shutil.copytree(out / ckpt.relative_to(stopped), out / "adapters/parallel-0.ckpt"), [], 4,
                   "other settings"),
     }
@@ -196,3 +194,14 @@ def test_group_checkpoints_overwrite_stale_and_damaged(runs, tmp_path, monkeypat
         assert message in capsys.readouterr().err, name
         assert len(calls) == steps, name  # 9: the whole group again; 4: steps 6-9 from the checkpoint
         same_as_ref(out)
+    out = tmp_path / "file"  # only lorasum's own checkpoints are ever deleted, even in the run folder
+    shutil.copytree(stopped, out)
+    shutil.rmtree(out / ckpt.relative_to(stopped))
+    (out / ckpt.relative_to(stopped)).write_text("hi")
+    calls = at_forward_pass(monkeypatch, 0, lambda: None, parallel=True)
+    capsys.readouterr()
+    assert main(["reproduce", "-q", "--config", str(cfg), "--out", str(out)]) == 2
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    assert f"{out / ckpt.relative_to(stopped)}: exists and is not a lorasum training checkpoint (a file)" in err
+    assert (out / ckpt.relative_to(stopped)).read_text() == "hi" and not calls

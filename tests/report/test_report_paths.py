@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 
 import pytest
-from report_fixtures import make_results
+from report_fixtures import make_results, md_tables
 
 from lorasum.cli import main
 from lorasum.errors import UserError
@@ -108,3 +109,89 @@ def test_results_that_is_a_pipe_is_refused_without_waiting(tmp_path):
     assert "expected a regular file, found a named pipe" in str(box["error"])
     with pytest.raises(UserError, match="results file not found"):
         load_results(tmp_path / "nope.json")
+
+
+def _geometry_pair(results) -> dict:
+    return results["geometry"][0]["pairs"][0]
+
+
+# A damaged results.json used to end `lorasum report` in an internal error (exit 1: TypeError, AttributeError,
+# KeyError, ValueError) part-way through the report; now: exit 2, one line naming the file and the JSON path.
+DAMAGED = {
+    "data not an object": (lambda r: r.update(data="x"), 'malformed: data: expected an object, got the string "x"'),
+    "a domain's data null": (lambda r: r["data"].update(math=None),
+                             "malformed: data.math: expected an object, got null"),
+    "a combination not an object": (lambda r: r.update(combinations=[1]),
+                                    "malformed: combinations[0]: expected an object, got the number 1"),
+    "pair without cosines": (lambda r: _geometry_pair(r).update(cosines={}),
+                             "malformed: geometry[0].pairs[0].cosines: no cosine of a module path with a layer index"),
+    "layer_rms key not a layer": (lambda r: _geometry_pair(r)["layer_rms"].update(x=0.1),
+                                  "malformed: geometry[0].pairs[0].layer_rms.x: key is not a layer index"),
+    "pair name that leaves the folder": (lambda r: _geometry_pair(r).update(a="../../evil"),
+                                         'malformed: geometry[0].pairs[0].a: adapter name "../../evil" is not a name'),
+    "evaluation without model": (lambda r: r["evaluations"][0].pop("model"),
+                                 "malformed: evaluations[0].model: missing"),
+    "evaluation domains a number": (lambda r: r["evaluations"][2].update(domains=3),
+                                    "malformed: evaluations[2].domains: expected a list, got the number 3"),
+    "composition domains null": (lambda r: r["compositions"][0].update(domains=None),
+                                 "malformed: compositions[0].domains: expected a list, got null"),
+    "compositions an object": (lambda r: r.update(compositions={"a": 1}),
+                               "malformed: compositions: expected a list, got an object"),
+    "ppl_sum a list": (lambda r: r["combinations"][0].update(ppl_sum=[1.0]),
+                       "malformed: combinations[0].ppl_sum: expected an object, got a list"),
+    "adapter name a number": (lambda r: r["adapters"][0].update(name=7),
+                              "malformed: adapters[0].name: expected a string, got the number 7"),
+    "parallel_adapters a string": (lambda r: r["adapters"][0]["train"].update(parallel_adapters="2"),
+                                   "malformed: adapters[0].train.parallel_adapters: expected an integer, got the "
+                                   'string "2"'),
+    "config domains a number": (lambda r: r["config"].update(domains=2),
+                                "malformed: config.domains: expected a list, got the number 2"),
+    "method_params of a list": (lambda r: r["config"].update(method_params={"ties": [1]}),
+                                "malformed: config.method_params.ties: expected an object, got a list"),
+    "source path a number": (lambda r: r["data"]["math"]["sources"][0].update(path=1),
+                             "malformed: data.math.sources[0].path: expected a string, got the number 1"),
+    "lone surrogate": (lambda r: r["config"].update(name="\ud800"),
+                       "malformed: config.name: the string holds an unpaired UTF-16 surrogate"),
+}
+
+
+@pytest.mark.parametrize("how", sorted(DAMAGED))
+def test_damaged_results_is_a_one_line_user_error(how, tmp_path, capsys):
+    damage, fragment = DAMAGED[how]
+    results = make_results(seeds=(0,), domains=("math", "medicine"), hybrids=False)
+    damage(results)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.json").write_text(json.dumps(results), encoding="utf-8", errors="surrogatepass")
+    with pytest.raises(UserError, match=re.escape(f"{run / 'results.json'}: {fragment}")):
+        load_results(run / "results.json")
+    rc, out, err = _report(capsys, run)
+    _one_line_error(rc, err, f"{run / 'results.json'}: {fragment}")
+    assert out == "" and sorted(p.name for p in run.iterdir()) == ["results.json"]  # no report half-written
+
+
+def test_hand_edited_values_that_the_report_can_show_still_render(tmp_path, capsys):
+    """Not every oddity is an error: numbers the report cannot use show as "—" (an integer too large for a float
+    among them, which used to raise OverflowError), and text is drawn as it is ($ signs are not TeX)."""
+    results = make_results(seeds=(0,), domains=("math", "medicine"), hybrids=False)
+    results["evaluations"][0]["ppl"] = 10**400
+    results["combinations"][0]["rms_cosine"] = "n/a"
+    results["config"]["name"] = "$x^$ run"
+    for e in results["evaluations"]:
+        if e["model"] == "math":
+            e["model"] = "$math^$"
+    run = _run_folder(tmp_path, results)
+    rc, out, err = _report(capsys, run)
+    assert rc == 0, err
+    md = (run / "report" / "report.md").read_text(encoding="utf-8")
+    assert "$x^$ run" in md and "$math^$" in md
+    base = next(r for r in md_tables(md)["Perplexity by model and evaluation domain"] if r[0] == "base")
+    assert base[2] == "—" and base[3] != "—"  # math: the huge integer; medicine: a number
+
+
+def test_results_with_an_integer_too_long_to_read(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.json").write_text('{"schema_version": 2, "x": ' + "9" * 5000 + "}")
+    rc, _, err = _report(capsys, run)
+    _one_line_error(rc, err, f"{run / 'results.json'}: cannot read the JSON (Exceeds the limit")

@@ -4,6 +4,8 @@ that was never stopped (issue 7: 1e-6; on the CPU it is bit for bit)."""
 from __future__ import annotations
 
 import json
+import os
+import re
 import signal
 
 import pytest
@@ -233,18 +235,145 @@ def test_tampered_checkpoint_is_refused_and_the_model_untouched(tiny_gpt2, tiny_
     assert not out.exists() and checkpoint_dir(out).is_dir()  # nothing written, nothing deleted
 
 
-def test_overwrite_replaces_a_checkpoint_that_is_a_file_or_a_link(tiny_gpt2, tiny_tokenizer, tmp_path):
-    target = tmp_path / "elsewhere"
-    target.mkdir()
-    (target / "keep.txt").write_text("mine")
-    (tmp_path / "a.ckpt").symlink_to(target)
-    (tmp_path / "b.ckpt").write_text("hello")
-    for name in ("a", "b"):
-        with pytest.raises(OutputExistsError):
-            _train(tiny_gpt2, tiny_tokenizer, tmp_path / name)
-        _train(tiny_gpt2, tiny_tokenizer, tmp_path / name, overwrite=True)
-        assert (tmp_path / name / "adapter_model.safetensors").is_file()
-    assert (target / "keep.txt").read_text() == "mine"  # the link went, not what it pointed to
+def _set(path, value):
+    """A state.json editor: ``path`` is a tuple of keys and indices into the state."""
+    def edit(state):
+        for key in path[:-1]:
+            state = state[key]
+        state[path[-1]] = value
+    return edit
+
+
+# found by a fuzzing colleague: fields of the wrong type in state.json used to end in an internal error (a
+# TypeError, OverflowError or IndexError, exit 1) or to be taken as they were; (edit, JSON path in the message)
+WRONG_TYPES = {
+    "lr a string": (_set(("optimizer", "param_groups", 0, "lr"), "x"), "optimizer.param_groups[0].lr"),
+    "lr a huge integer": (_set(("optimizer", "param_groups", 0, "lr"), 10**400), "optimizer.param_groups[0].lr"),
+    "initial_lr null": (_set(("optimizer", "param_groups", 0, "initial_lr"), None),
+                        "optimizer.param_groups[0].initial_lr"),
+    "params strings": (_set(("optimizer", "param_groups", 0, "params"), ["a", "b"]),
+                       "optimizer.param_groups[0].params"),
+    "param_groups empty": (_set(("optimizer", "param_groups"), []), "optimizer.param_groups"),
+    "scalars a list": (_set(("optimizer", "scalars"), [1]), "optimizer.scalars"),
+    "step a string": (_set(("step",), "3"), "step"),
+    "step true": (_set(("step",), True), "step"),
+    "losses with a string": (lambda s: s["losses"].__setitem__(1, "0.5"), "losses[1]"),
+    "loss a huge integer": (lambda s: s["losses"].__setitem__(0, 10**400), "losses[0]"),
+    "tokens a float": (_set(("tokens",), 12.5), "tokens"),
+    "seconds a huge integer": (_set(("seconds",), 10**400), "seconds"),
+    "seconds missing": (lambda s: s.pop("seconds"), "seconds: missing"),
+    "sha256 a list": (_set(("sha256",), []), "sha256"),
+    "scheduler base_lrs a string": (_set(("scheduler", "base_lrs"), "x"), "scheduler.base_lrs"),
+    "scheduler last_epoch a float": (_set(("scheduler", "last_epoch"), 3.0), "scheduler.last_epoch"),
+    "scheduler lr_lambdas of code": (_set(("scheduler", "lr_lambdas"), [{"__code__": 1}]), "scheduler.lr_lambdas"),
+    "python rng word too large": (lambda s: s["rng"]["python"][1].__setitem__(0, 2**64), "rng.python[1][0]"),
+    "python rng word negative": (lambda s: s["rng"]["python"][1].__setitem__(5, -1), "rng.python[1][5]"),
+    "python rng not a list": (_set(("rng", "python"), "x"), "rng.python"),
+    "numpy rng position past the end": (lambda s: s["rng"]["numpy"].__setitem__(1, 10**6), "rng.numpy[1]"),
+    "numpy rng gauss a string": (lambda s: s["rng"]["numpy"].__setitem__(3, "x"), "rng.numpy[3]"),
+    "rng missing": (lambda s: s.pop("rng"), "rng: missing"),
+}
+# found at restore time, against the freshly built run (the state is of the right types but does not fit it)
+DO_NOT_FIT = {
+    "scheduler _last_lr a string": _set(("scheduler", "_last_lr"), "x"),
+    "scheduler lr_lambdas one too many": _set(("scheduler", "lr_lambdas"), [None, None]),
+    "params in another order": lambda s: s["optimizer"]["param_groups"][0]["params"].reverse(),
+}
+
+
+def test_state_json_of_the_wrong_types_is_a_clear_user_error(tiny_gpt2, tiny_tokenizer, tmp_path, monkeypatch):
+    """Every field of state.json is checked when the checkpoint is read: a CheckpointError (a UserError: exit 2)
+    naming the checkpoint and the field's JSON path, saying to delete it or pass --overwrite; nothing changed."""
+    import shutil
+
+    from lorasum.errors import UserError
+
+    out = tmp_path / "a"
+    _interrupted(tiny_gpt2, tiny_tokenizer, out, monkeypatch, at=7)
+    good = tmp_path / "good.ckpt"
+    shutil.copytree(checkpoint_dir(out), good)
+    before = {k: v.clone() for k, v in tiny_gpt2.state_dict().items()}
+    cases = {name: (fn, f"unreadable training checkpoint (state.json: {where}") for name, (fn, where)
+             in WRONG_TYPES.items()} | {name: (fn, "differ") if "params" in name else (fn, "scheduler state")
+                                          for name, fn in DO_NOT_FIT.items()}
+    for name, (edit, fragment) in cases.items():
+        shutil.rmtree(checkpoint_dir(out))
+        shutil.copytree(good, checkpoint_dir(out))
+        _edit_state(checkpoint_dir(out), edit)
+        with pytest.raises(CheckpointError) as info:
+            _train(tiny_gpt2, tiny_tokenizer, out, resume=True)
+        message = str(info.value)
+        assert isinstance(info.value, UserError) and "\n" not in message, name
+        assert message.startswith(f"{checkpoint_dir(out)}: ") and fragment in message, (name, message)
+        assert "delete" in message and "--overwrite" in message, (name, message)
+        assert not out.exists() and checkpoint_dir(out).is_dir(), name  # nothing written, nothing deleted
+    after = tiny_gpt2.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    shutil.rmtree(checkpoint_dir(out))
+    shutil.copytree(good, checkpoint_dir(out))
+    _edit_state(checkpoint_dir(out), WRONG_TYPES["lr a string"][0])
+    with pytest.raises(CheckpointError, match=re.escape(
+            'a.ckpt: unreadable training checkpoint (state.json: optimizer.param_groups[0].lr: expected a finite '
+            'number >= 0, got the string "x"); delete it or pass --overwrite to start over')):
+        _train(tiny_gpt2, tiny_tokenizer, out, resume=True)
+    _train(tiny_gpt2, tiny_tokenizer, out, overwrite=True)  # a damaged checkpoint is still one: --overwrite discards it
+    assert (out / "adapter_model.safetensors").is_file() and not checkpoint_dir(out).exists()
+
+
+def _user_thing(tmp_path, kind):
+    """Something of the user's at ``a.ckpt`` that is not a lorasum checkpoint; returns a snapshot function."""
+    ckpt = tmp_path / "a.ckpt"
+    if kind == "file":
+        ckpt.write_text("hello")
+        return lambda: ckpt.read_text()
+    if kind == "symlink":
+        (tmp_path / "elsewhere").mkdir()
+        (tmp_path / "elsewhere" / "keep.txt").write_text("mine")
+        ckpt.symlink_to(tmp_path / "elsewhere")
+        return lambda: (ckpt.is_symlink(), (tmp_path / "elsewhere" / "keep.txt").read_text())
+    if kind == "fifo":
+        os.mkfifo(ckpt)
+        return lambda: ckpt.is_fifo()
+    ckpt.mkdir()
+    if kind == "folder without state.json":
+        (ckpt / "trainable.safetensors").write_bytes(b"my own")
+        (ckpt / "optimizer.safetensors").write_bytes(b"my own")
+    elif kind == "empty folder":
+        pass
+    return lambda: sorted((p.name, p.read_bytes()) for p in ckpt.iterdir())
+
+
+@pytest.mark.parametrize("kind", ["file", "symlink", "fifo", "folder without state.json", "empty folder"])
+def test_overwrite_never_deletes_what_is_not_a_checkpoint(tiny_gpt2, tiny_tokenizer, tmp_path, kind):
+    """--overwrite used to delete whatever was at OUT.ckpt (a file, a link, a FIFO, a folder of the user's): only a
+    checkpoint lorasum wrote may go. Anything else is refused with or without the flags, and left as it was."""
+    if kind == "fifo" and not hasattr(os, "mkfifo"):
+        pytest.skip("no named pipes here")
+    snapshot = _user_thing(tmp_path, kind)
+    before = snapshot()
+    for flags in ({}, {"overwrite": True}, {"resume": True}, {"resume": True, "overwrite": True}):
+        with pytest.raises(OutputExistsError, match=r"a\.ckpt: exists and is not a lorasum training checkpoint "
+                                                    r"\(.+\); move it away") as info:
+            _train(tiny_gpt2, tiny_tokenizer, tmp_path / "a", **flags)
+        assert "\n" not in str(info.value) and "--resume" not in str(info.value), str(info.value)
+        assert snapshot() == before, flags
+        assert not (tmp_path / "a").exists()
+
+
+def test_a_checkpoint_holding_a_file_of_the_users_is_not_deleted(tiny_gpt2, tiny_tokenizer, tmp_path, monkeypatch):
+    """A real checkpoint into which the user put a file of their own: deleting it would lose that file."""
+    out = tmp_path / "a"
+    _interrupted(tiny_gpt2, tiny_tokenizer, out, monkeypatch)
+    (checkpoint_dir(out) / "notes.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match="a folder holding files that a checkpoint does not have: notes.txt"):
+        _train(tiny_gpt2, tiny_tokenizer, out, overwrite=True)
+    assert (checkpoint_dir(out) / "notes.txt").read_text() == "mine" and (checkpoint_dir(out) / "state.json").is_file()
+    (checkpoint_dir(out) / "notes.txt").unlink()
+    (checkpoint_dir(out) / "state.json").write_text("{not json")  # damaged, still recognisably a checkpoint
+    with pytest.raises(OutputExistsError, match=r"a\.ckpt: a checkpoint of an interrupted training run exists"):
+        _train(tiny_gpt2, tiny_tokenizer, out)
+    _train(tiny_gpt2, tiny_tokenizer, out, overwrite=True)
+    assert not checkpoint_dir(out).exists() and (out / "adapter_model.safetensors").is_file()
 
 
 @pytest.mark.parametrize("per_adapter", [False, True])

@@ -6,7 +6,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from ._options import add_data_options, add_model_options, add_train_options, build_config, csv_list
+from ._options import (add_data_options, add_model_options, add_train_options, build_config, check_max_length, csv_list,
+                       nonempty, seed)
 from ._options import load_data as _load_data
 
 log = logging.getLogger("lorasum")
@@ -17,8 +18,8 @@ def add_parser(sub, common) -> None:
                        description="Train a LoRA adapter on one domain's training set, or with --domain a,b on the "
                        "union of several (the merged-data baseline). Writes a PEFT adapter folder plus lorasum.json.")
     p.add_argument("--domain", required=True, type=csv_list, help="domain(s): math, medicine, finance, pubmedqa")
-    p.add_argument("--out", required=True, help="adapter folder to create")
-    p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+    p.add_argument("--out", required=True, type=nonempty, help="adapter folder to create")
+    p.add_argument("--seed", type=seed, default=0, help="training seed, 0 to 2**63 - 1 (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out when the new adapter is saved; "
                    "without --resume, also start over from step 0, discarding a checkpoint in OUT.ckpt")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in OUT.ckpt (left by an "
@@ -34,19 +35,20 @@ def run(args: argparse.Namespace) -> int:
     from lorasum.models import load_model
     from lorasum.storage import check_output, write_manifest
     from lorasum.train import train_adapter
-    from lorasum.train.checkpoint import checkpoint_dir, prepare_checkpoint
+    from lorasum.train.checkpoint import check_checkpoint, checkpoint_dir
 
     cfg = build_config(args)
     if cfg.train.parallel_adapters != 1:
         logging.getLogger("lorasum").warning(
             "train.parallel_adapters applies to `lorasum reproduce`; `lorasum train` trains one adapter")
     check_output(args.out, args.overwrite)  # fail before the slow steps
-    ckpt = checkpoint_dir(args.out)
-    if (ckpt.exists() or ckpt.is_symlink()) and not (args.resume or args.overwrite):
-        prepare_checkpoint(ckpt, resume=False, overwrite=False)  # raises: say so before loading anything
+    # something in the checkpoint's place that is not one (kept whatever the flags), or a checkpoint without
+    # --resume / --overwrite: said before loading anything
+    check_checkpoint(checkpoint_dir(args.out), resume=args.resume, overwrite=args.overwrite)
     data = _load_data(cfg, args.domain)  # before the slow model load: data errors come first
     model, tokenizer, info = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
     max_length = _max_length(cfg, data)
+    check_max_length(args, model, max_length, data[0].name if _own_max_length(data) else None)  # before tokenising
     _show(_truncation_warnings(data, tokenizer, max_length))  # before training: a long run is not wasted unawares
     records = [r for dd in data for r in dd.train]
     validation = [r for dd in data for r in dd.validation]
@@ -97,7 +99,11 @@ def _show(warnings: list[str]) -> None:
         log.warning("%s", message)
 
 
+def _own_max_length(data) -> int | None:
+    """A single custom domain's own max_length, if it sets one (several domains share ``data.max_length``)."""
+    return getattr(data[0], "max_length", None) if len(data) == 1 else None
+
+
 def _max_length(cfg, data) -> int:
     """A single custom domain's own max_length if it sets one, else ``data.max_length``."""
-    own = getattr(data[0], "max_length", None) if len(data) == 1 else None
-    return own or cfg.data.max_length
+    return _own_max_length(data) or cfg.data.max_length

@@ -461,7 +461,7 @@ class _Context:
             if old not in current or not self.cache.enabled:  # other settings, or --overwrite
                 log.warning("%s: removing the checkpoint of %s", old,
                             "an earlier run (--overwrite)" if old in current else "other settings")
-                prepare_checkpoint(old, resume=False, overwrite=True)  # a folder, file or link: removed
+                prepare_checkpoint(old, resume=False, overwrite=True)  # a checkpoint; anything else is refused
         for group in groups:
             if all(self._adapter_done(key, path) for _, key, path in group):
                 continue
@@ -484,7 +484,7 @@ class _Context:
 
     def _train_group(self, group: list, ckpt: Path, resume: bool) -> None:
         from lorasum.train import AdapterTask, train_adapters
-        from lorasum.train.checkpoint import checkpoint_dir
+        from lorasum.train.checkpoint import checkpoint_dir, remove_checkpoint
 
         log.info("train   %d adapters together: %s", len(group),
                  ", ".join(f"{job.name} (seed {job.seed})" for job, _, _ in group))
@@ -494,7 +494,7 @@ class _Context:
 
         def saved(i: int, res) -> None:
             job, key, path = group[i]
-            shutil.rmtree(checkpoint_dir(path), ignore_errors=True)  # of an earlier one-at-a-time run
+            remove_checkpoint(checkpoint_dir(path))  # of an earlier one-at-a-time run (only a checkpoint)
             self._put_adapter(key, path, {"row": self._row(job, key, path), "train": self._summary(res, job)})
 
         train_adapters(self.model, self.tokenizer, tasks, lora=self.cfg.lora, train=self.cfg.train,
@@ -540,7 +540,7 @@ class _Context:
     def _train(self, job: AdapterJob, path: Path, key: str) -> dict:
         from lorasum.train import train_adapter
 
-        from lorasum.train.checkpoint import CheckpointError, checkpoint_dir
+        from lorasum.train.checkpoint import CheckpointError, checkpoint_dir, remove_checkpoint
 
         records, validation, meta = self._records(job, "train"), self._records(job, "validation"), self._train_meta(job, key)
 
@@ -554,7 +554,7 @@ class _Context:
             res = train(resume=True)
         except CheckpointError as e:  # the run folder is ours: a stale checkpoint (other settings) goes
             log.warning("%s; training %s from the start", e, job.name)
-            shutil.rmtree(checkpoint_dir(path), ignore_errors=True)
+            remove_checkpoint(checkpoint_dir(path))  # anything else there is refused by train(resume=False)
             res = train(resume=False)
         return self._summary(res, job)
 

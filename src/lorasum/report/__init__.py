@@ -18,6 +18,7 @@ from pathlib import Path
 from lorasum.errors import UserError
 from lorasum.report.plots import PLOT_FILES, all_plots
 from lorasum.report.render import build_blocks, to_html, to_markdown
+from lorasum.report.schema import MalformedResults, check_results
 from lorasum.report.tables import RESULT_COLUMNS, results_rows
 from lorasum.storage import atomic_write_bytes, atomic_write_text, read_regular_file
 
@@ -37,8 +38,9 @@ def load_results(path: str | os.PathLike) -> dict:
     Raises:
         UserError: the file is missing, is not a regular file (a folder, device or pipe is refused
             before reading), is not JSON, is nested too deeply to read, is not an object, has an
-            unknown ``schema_version`` (known: ``SCHEMA_VERSIONS``) or lacks a required key; the
-            message names the file.
+            unknown ``schema_version`` (known: ``SCHEMA_VERSIONS``), lacks a required key, or a field
+            that the report reads is of the wrong kind (:func:`lorasum.report.schema.check_results`:
+            ``<file>: malformed: <JSON path>: <what>``); the message names the file.
     """
     path = Path(path)
     data = read_regular_file(path, error=UserError, what="results file")
@@ -51,6 +53,8 @@ def load_results(path: str | os.PathLike) -> dict:
     except RecursionError:
         raise UserError(f"{path}: JSON nested too deeply to read (more than about {sys.getrecursionlimit()} "
                         "levels of lists or objects)") from None
+    except ValueError as e:  # e.g. an integer of more digits than Python converts
+        raise UserError(f"{path}: cannot read the JSON ({str(e).split(';')[0]})") from None
     if not isinstance(results, dict):
         raise UserError(f"{path}: expected a JSON object at the top level, got {type(results).__name__}")
     version = results.get("schema_version")
@@ -60,6 +64,10 @@ def load_results(path: str | os.PathLike) -> dict:
     missing = [k for k in _REQUIRED if not isinstance(results.get(k), dict if k == "config" else list)]
     if missing:
         raise UserError(f"{path}: missing or malformed key(s): {', '.join(missing)}")
+    try:
+        check_results(results)
+    except MalformedResults as e:
+        raise UserError(f"{path}: malformed: {e}") from None
     return results
 
 

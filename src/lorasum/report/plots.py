@@ -38,6 +38,12 @@ def _png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
+def _text(name: str) -> str:
+    """A name from results.json as matplotlib text, drawn as it is: ``$`` escaped, so that a hand-edited name
+    holding two of them is not parsed as a TeX formula (which fails on one that is not)."""
+    return str(name).replace("$", r"\$")
+
+
 def _no_data(ax, what: str) -> None:
     ax.text(0.5, 0.5, f"no {what} in results", ha="center", va="center", transform=ax.transAxes)
     ax.set_xticks([])
@@ -56,9 +62,9 @@ def scatter_png(results: dict) -> bytes:
     colors = _cycle(len(labels))
     for lab, col in zip(labels, colors, strict=True):
         mine = [p for p in pts if p[0] == lab]
-        ax.scatter([p[2] for p in mine], [p[3] for p in mine], color=col, label=lab, s=40, zorder=3)
+        ax.scatter([p[2] for p in mine], [p[3] for p in mine], color=col, label=_text(lab), s=40, zorder=3)
         for _, _, x, y in mine:
-            ax.annotate(lab, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=6, color=col)
+            ax.annotate(_text(lab), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=6, color=col)
     s = correlation_stats(results)["all"]
     if finite(s["slope"]):
         xs = np.linspace(min(p[2] for p in pts), max(p[2] for p in pts), 101)
@@ -119,11 +125,11 @@ def perplexity_bars_png(results: dict) -> bytes:
             std.append(float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0)
         allv += [v for v in mean if finite(v)]
         x = np.arange(len(cols)) + (i - (len(ms) - 1) / 2) * width
-        ax.bar(x, mean, width, yerr=std, color=col, label=m.name, edgecolor="k", linewidth=0.3,
+        ax.bar(x, mean, width, yerr=std, color=col, label=_text(m.name), edgecolor="k", linewidth=0.3,
                hatch="//" if m.kind == "sum" else None, error_kw={"elinewidth": 0.6})
     if allv and max(allv) / max(min(allv), 1e-12) > 20:
         ax.set_yscale("log")
-    ax.set_xticks(np.arange(len(cols)), cols)
+    ax.set_xticks(np.arange(len(cols)), [_text(c) for c in cols])
     ax.set_ylabel("perplexity")
     ax.set_title("Perplexity by evaluation domain")
     ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
@@ -153,8 +159,8 @@ def transfer_png(results: dict) -> bytes:
         for j in range(len(doms)):
             ax.text(j, i, fmt(mat[i, j], "ppl"), ha="center", va="center", fontsize=8,
                     color="w" if ok.size and finite(mat[i, j]) and mat[i, j] > np.sqrt(ok.min() * ok.max()) else "k")
-    ax.set_xticks(range(len(doms)), doms)
-    ax.set_yticks(range(len(ms)), [m.name for m in ms])
+    ax.set_xticks(range(len(doms)), [_text(d) for d in doms])
+    ax.set_yticks(range(len(ms)), [_text(m.name) for m in ms])
     ax.set_xlabel("evaluation domain")
     ax.set_title("Transfer: perplexity of base and single adapters")
     fig.colorbar(im, ax=ax, label="perplexity (log scale)")
@@ -181,7 +187,8 @@ def _mean_similarity(results: dict):
     stats = {}
     for (a, b), ps in pairs.items():
         scalars = mean([{k: p.get(k) for k in ("rms", "mean_abs", "max_abs")} for p in ps])
-        stats[(a, b)] = PairStats(a, b, mean([p.get("cosines") or {} for p in ps]), scalars["rms"],
+        cosines = {_text(m): v for m, v in mean([p.get("cosines") or {} for p in ps]).items()}  # module kinds: labels
+        stats[(a, b)] = PairStats(a, b, cosines, scalars["rms"],
                                   scalars["mean_abs"], scalars["max_abs"],
                                   layer_rms={int(k): v for k, v in mean([p.get("layer_rms") or {} for p in ps]).items()})
     shapes = {m: tuple(s) for g in geo for m, s in (g.get("shapes") or {}).items()}

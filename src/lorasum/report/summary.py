@@ -54,8 +54,13 @@ MISSING = "—"
 
 
 def finite(v: Any) -> bool:
-    """True for a real, finite number (not None, NaN, inf or a string)."""
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    """True for a real, finite number (not None, NaN, inf, a string, or an integer too large for a float)."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an int beyond ~1.8e308 (a hand-edited results.json)
+        return False
 
 
 def fmt(v: Any, kind: str = "num") -> str:
@@ -200,8 +205,9 @@ def compositions(results: dict) -> list[CompositionSummary]:
     by_name: dict[str, CompositionSummary] = {}
     for r in _composition_rows(results):
         doms = tuple(r.get("domains", []))
-        s = by_name.setdefault(r.get("name") or combo_label(doms), CompositionSummary(
-            domains=doms, kind=r.get("kind", "sum"), method=r.get("method", "sum"), name=r.get("name", ""),
+        name = r.get("name") or combo_label(doms)
+        s = by_name.setdefault(name, CompositionSummary(
+            domains=doms, kind=r.get("kind", "sum"), method=r.get("method", "sum"), name=name,
             single=r.get("single")))
         i = len(s.seeds)
         s.seeds.append(r.get("seed"))

@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import shutil
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,10 +38,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from lorasum.errors import OutputExistsError, UserError
-from lorasum.storage import atomic_dir, atomic_write_json, sha256_file, sha256_json
+from lorasum.storage import _kind, atomic_dir, atomic_write_json, sha256_file, sha256_json
 
 __all__ = ["Checkpoint", "CheckpointError", "TrainingDiverged", "TrainingInterrupted", "TrainingStopped", "checkpoint_dir", "fingerprint",
-           "save_checkpoint", "load_checkpoint", "restore_checkpoint", "prepare_checkpoint"]
+           "save_checkpoint", "load_checkpoint", "restore_checkpoint", "check_checkpoint", "prepare_checkpoint",
+           "remove_checkpoint"]
 
 FORMAT = "lorasum-train-checkpoint/1"
 _STATE = "state.json"
@@ -121,27 +124,112 @@ def fingerprint(**parts: Any) -> str:
     return sha256_json({"format": FORMAT, **parts})
 
 
+def _checkpoint_files() -> dict[str, tuple[str, ...]]:
+    """Format → the tensor files of a checkpoint of that format (besides ``state.json``): this module's
+    and :mod:`lorasum.train.parallel_checkpoint`'s (whose checkpoints go through :func:`prepare_checkpoint` too)."""
+    from lorasum.train.parallel_checkpoint import _FILES as GROUP_FILES
+    from lorasum.train.parallel_checkpoint import FORMAT as GROUP_FORMAT
+
+    return {FORMAT: _TENSOR_FILES, GROUP_FORMAT: GROUP_FILES}
+
+
+def _not_a_checkpoint(path: Path) -> str | None:
+    """None where ``path`` is recognisably a checkpoint folder that lorasum wrote, else what is there, in words.
+
+    A checkpoint is a real folder (not a symlink) holding ``state.json`` and nothing but the files a
+    checkpoint has (all regular files), with either the tensor files of a checkpoint format or a
+    ``state.json`` that names the format: so a damaged checkpoint (a garbled ``state.json``, a lost tensor
+    file) is still one, while a file, a link, a pipe, or a folder holding anything else is not.
+    """
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError as e:
+        return f"something that cannot be examined ({e.strerror or e})"
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISREG(mode):
+        return "a file"
+    if not stat.S_ISDIR(mode):
+        return _kind(mode)
+    formats = _checkpoint_files()
+    known = {_STATE, *(f for files in formats.values() for f in files)}
+    try:
+        names = sorted(os.listdir(path))
+        irregular = [n for n in names if n in known and not stat.S_ISREG(os.lstat(path / n).st_mode)]
+    except OSError as e:
+        return f"a folder that cannot be read ({e.strerror or e})"
+    other = [n for n in names if n not in known]
+    if other:
+        shown = ", ".join(n if n.isprintable() else repr(n) for n in other[:3]) + (", ..." if len(other) > 3 else "")
+        return f"a folder holding files that a checkpoint does not have: {shown}"
+    if irregular:
+        return f"a folder whose {irregular[0]} is not a regular file"
+    if _STATE not in names:
+        return f"a folder without a checkpoint's {_STATE}" if names else "an empty folder"
+    if any(set(files) <= set(names) for files in formats.values()):
+        return None
+    try:
+        with open(path / _STATE, "rb") as fh:
+            head = fh.read(1 << 20)
+    except OSError as e:
+        return f"a folder whose {_STATE} cannot be read ({e.strerror or e})"
+    if any(json.dumps(f).encode() in head for f in formats):
+        return None
+    return f"a folder whose {_STATE} is not a lorasum checkpoint's"
+
+
+def check_checkpoint(path: Path, *, resume: bool, overwrite: bool) -> bool:
+    """What :func:`prepare_checkpoint` will do, checked without changing anything (for an early error).
+
+    Returns:
+        True when ``path`` holds a checkpoint: to continue from (``resume``) or to discard (``overwrite``).
+
+    Raises:
+        OutputExistsError: something that is not recognisably a lorasum checkpoint is at ``path`` (whatever
+            the flags: only lorasum's own checkpoints are ever deleted), or a checkpoint is there and neither
+            ``resume`` nor ``overwrite`` is set.
+    """
+    if not os.path.lexists(path):
+        return False
+    what = _not_a_checkpoint(path)
+    if what is not None:
+        raise OutputExistsError(f"{path}: exists and is not a lorasum training checkpoint ({what}); move it away "
+                                "(lorasum deletes only checkpoints it wrote, also with --overwrite)")
+    if not (resume or overwrite):
+        raise OutputExistsError(f"{path}: a checkpoint of an interrupted training run exists; pass --resume to "
+                                "continue it or --overwrite to start over")
+    return True
+
+
 def prepare_checkpoint(path: Path, *, resume: bool, overwrite: bool) -> bool:
-    """Decide what to do with an existing checkpoint before training starts.
+    """Decide what to do with an existing checkpoint before training starts: continue it (``resume``),
+    delete it (``overwrite``), or refuse.
 
     Returns:
         True when ``path`` holds a checkpoint to continue from (``resume`` set).
 
     Raises:
-        OutputExistsError: a checkpoint exists and neither ``resume`` nor ``overwrite`` is set.
+        OutputExistsError: see :func:`check_checkpoint`; nothing is deleted then.
     """
-    if not path.exists() and not path.is_symlink():
+    if not check_checkpoint(path, resume=resume, overwrite=overwrite):
         return False
     if resume:
         return True
-    if not overwrite:
-        raise OutputExistsError(f"{path}: a checkpoint of an interrupted training run exists; pass --resume to "
-                                "continue it or --overwrite to start over")
-    if path.is_symlink() or not path.is_dir():
-        path.unlink()  # a link is removed, not what it points to
-    else:
-        shutil.rmtree(path)
+    shutil.rmtree(path)
     return False
+
+
+def remove_checkpoint(path: Path) -> bool:
+    """Delete ``path`` if it is recognisably a lorasum checkpoint (see :func:`check_checkpoint`); anything else
+    there is left alone.
+
+    Returns:
+        True when a checkpoint was deleted.
+    """
+    if not os.path.lexists(path) or _not_a_checkpoint(path) is not None:
+        return False
+    shutil.rmtree(path, ignore_errors=True)
+    return True
 
 
 def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -211,29 +299,183 @@ def save_checkpoint(
     return path
 
 
+# -- checking what state.json holds ------------------------------------------------------------------------
+
+
+class _Malformed(ValueError):
+    """A field of a checkpoint's state.json is not what a training run writes (``where``: its JSON path)."""
+
+    def __init__(self, where: str, what: str):
+        super().__init__(f"{where}: {what}")
+
+
+def _got(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return f"the number {v!r}" if isinstance(v, float) or abs(v) < 10**15 else "a large integer"
+    if isinstance(v, str):
+        return f"the string {json.dumps(v if len(v) <= 40 else v[:37] + '...')}"
+    if isinstance(v, list):
+        return "a list" if v else "an empty list"
+    return {dict: "an object"}.get(type(v), type(v).__name__)
+
+
+def _need(ok: bool, v: Any, where: str, expected: str) -> None:
+    if not ok:
+        raise _Malformed(where, f"expected {expected}, got {_got(v)}")
+
+
+def _field(d: dict, key: str, where: str = "") -> Any:
+    if key not in d:
+        raise _Malformed(f"{where}.{key}" if where else key, "missing")
+    return d[key]
+
+
+def _is_int(v: Any, low: int | None = None, high: int | None = None) -> bool:
+    return (isinstance(v, int) and not isinstance(v, bool) and (low is None or v >= low)
+            and (high is None or v <= high))
+
+
+def _is_number(v: Any, low: float | None = None) -> bool:
+    """A real, finite number (not a bool), at least ``low``; False for an int too large for a float."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        return math.isfinite(v) and (low is None or v >= low)
+    except OverflowError:
+        return False
+
+
+def _check_number_list(v: Any, where: str, low: float | None = None) -> list:
+    _need(isinstance(v, list), v, where, "a list")
+    for i, x in enumerate(v):
+        _need(_is_number(x, low), x, f"{where}[{i}]", "a finite number" + (f" >= {low}" if low is not None else ""))
+    return v
+
+
+def _check_sha256(state: dict, files: tuple[str, ...]) -> dict:
+    sha = _field(state, "sha256")
+    _need(isinstance(sha, dict), sha, "sha256", "an object")
+    for f in files:
+        _need(isinstance(sha.get(f), str), sha.get(f), f'sha256["{f}"]', "a string")
+    return sha
+
+
+def _check_rng_extra(extra: Any, where: str = "rng") -> None:
+    """The Python and NumPy generator states of :func:`_rng_state`, as JSON gives them back."""
+    _need(isinstance(extra, dict), extra, where, "an object")
+    python = _field(extra, "python", where)
+    _need(isinstance(python, list) and len(python) == 3, python, f"{where}.python",
+          "a list [version, state, gauss] (Python's random.getstate())")
+    version, words, gauss = python
+    _need(_is_int(version), version, f"{where}.python[0]", "an integer")
+    _need(isinstance(words, list) and len(words) == 625, words, f"{where}.python[1]", "a list of 625 integers")
+    for i, w in enumerate(words):
+        _need(_is_int(w, 0, 624 if i == 624 else 2**32 - 1), w, f"{where}.python[1][{i}]",
+              "an integer from 0 to 624" if i == 624 else "an integer from 0 to 2**32 - 1")
+    _need(gauss is None or _is_number(gauss), gauss, f"{where}.python[2]", "null or a finite number")
+    numpy = _field(extra, "numpy", where)
+    _need(isinstance(numpy, list) and len(numpy) == 4, numpy, f"{where}.numpy",
+          "a list [kind, pos, has_gauss, cached_gaussian] (NumPy's random.get_state())")
+    kind, pos, has_gauss, cached = numpy
+    _need(kind == "MT19937", kind, f"{where}.numpy[0]", 'the string "MT19937"')
+    _need(_is_int(pos, 0, 624), pos, f"{where}.numpy[1]", "an integer from 0 to 624")
+    _need(_is_int(has_gauss, 0, 1), has_gauss, f"{where}.numpy[2]", "0 or 1")
+    _need(_is_number(cached), cached, f"{where}.numpy[3]", "a finite number")
+
+
+def _rng_tensors_problem(rng: dict[str, torch.Tensor]) -> str | None:
+    """What is wrong with the generator tensors of :func:`_rng_state` (None: nothing)."""
+    cpu, keys = rng.get("torch_cpu"), rng.get("numpy_keys")
+    if cpu is None or cpu.dtype != torch.uint8 or cpu.shape != torch.get_rng_state().shape:
+        return "torch_cpu is missing or not a torch CPU generator state"
+    if any(v.dtype != torch.uint8 or v.dim() != 1 for k, v in rng.items() if k.startswith("torch_cuda_")):
+        return "a torch_cuda_<i> tensor is not a CUDA generator state"
+    if keys is None or keys.dtype != torch.int64 or tuple(keys.shape) != (624,) \
+            or bool((keys < 0).any()) or bool((keys >= 2**32).any()):
+        return "numpy_keys is missing or not 624 integers from 0 to 2**32 - 1"
+    return None
+
+
+def _check_state(state: dict) -> None:
+    """The fields of a training checkpoint's state.json beyond format, fingerprint and sha256: counters
+    (an int step >= 1, one finite loss per step, non-negative tokens and seconds), optimiser, scheduler
+    and generator states, each of the kind that :func:`save_checkpoint` writes."""
+    step, losses = _field(state, "step"), _field(state, "losses")
+    _need(_is_int(step, 1), step, "step", "an integer >= 1")
+    _check_number_list(losses, "losses")
+    if len(losses) != step:
+        raise _Malformed("losses", f"{len(losses)} values for {step} steps (one loss per step)")
+    tokens, seconds = _field(state, "tokens"), _field(state, "seconds")
+    _need(_is_int(tokens, 0), tokens, "tokens", "an integer >= 0")
+    _need(_is_number(seconds, 0), seconds, "seconds", "a finite number >= 0")
+    opt = _field(state, "optimizer")
+    _need(isinstance(opt, dict), opt, "optimizer", "an object")
+    groups = _field(opt, "param_groups", "optimizer")
+    _need(isinstance(groups, list) and len(groups) > 0, groups, "optimizer.param_groups", "a non-empty list")
+    for i, g in enumerate(groups):
+        where = f"optimizer.param_groups[{i}]"
+        _need(isinstance(g, dict), g, where, "an object")
+        params = _field(g, "params", where)
+        _need(isinstance(params, list) and all(_is_int(x, 0) for x in params), params, f"{where}.params",
+              "a list of parameter indices (integers >= 0)")
+        _need(_is_number(_field(g, "lr", where), 0), g["lr"], f"{where}.lr", "a finite number >= 0")
+        if "initial_lr" in g:
+            _need(_is_number(g["initial_lr"], 0), g["initial_lr"], f"{where}.initial_lr", "a finite number >= 0")
+    scalars = _field(opt, "scalars", "optimizer")
+    _need(isinstance(scalars, dict), scalars, "optimizer.scalars", "an object")
+    for name, value in scalars.items():
+        idx, _, key = name.partition(".")
+        if not (idx.isascii() and idx.isdigit() and key):
+            raise _Malformed(f'optimizer.scalars["{name[:40]}"]', "the key is not <parameter index>.<name>")
+        _need(value is None or isinstance(value, (bool, str)) or _is_number(value), value,
+              f'optimizer.scalars["{name[:40]}"]', "a number, string, boolean or null")
+    sched = _field(state, "scheduler")
+    _need(isinstance(sched, dict), sched, "scheduler", "an object")
+    lambdas = _field(sched, "lr_lambdas", "scheduler")
+    _need(isinstance(lambdas, list) and all(f is None or f == {} for f in lambdas), lambdas, "scheduler.lr_lambdas",
+          "a list of null or {} (one per parameter group)")
+    _check_number_list(_field(sched, "base_lrs", "scheduler"), "scheduler.base_lrs", 0)
+    _need(_is_int(_field(sched, "last_epoch", "scheduler")), sched["last_epoch"], "scheduler.last_epoch",
+          "an integer")
+    _check_rng_extra(_field(state, "rng"))
+
+
 def load_checkpoint(path: Path, expected_fingerprint: str) -> Checkpoint:
     """Read a checkpoint written by :func:`save_checkpoint` (safetensors and JSON only).
 
+    Every field of ``state.json`` is checked to be of the kind a training run writes (see
+    :func:`_check_state`), so that a damaged or edited one is refused here, not found out half-way
+    through restoring it.
+
     Raises:
-        CheckpointError: a file is missing or unreadable, the format is unknown, or the
+        CheckpointError: a file is missing or unreadable, the format is unknown, a field of ``state.json``
+            is missing or of the wrong type or range (the message gives its JSON path), or the
             checkpoint belongs to a run with other settings, data, model or seed.
     """
     try:
         state = json.loads((path / _STATE).read_text(encoding="utf-8"))
         if not isinstance(state, dict) or state.get("format") != FORMAT:
             raise CheckpointError(f"{path / _STATE}: not a lorasum training checkpoint ({FORMAT})")
-        if state["fingerprint"] != expected_fingerprint:
+        if state.get("fingerprint") != expected_fingerprint:
             raise CheckpointError(
                 f"{path}: checkpoint of a run with other settings, data, model or seed; delete it or pass "
                 "--overwrite to start over")
+        sha = _check_sha256(state, _TENSOR_FILES)
         for f in _TENSOR_FILES:
-            if sha256_file(path / f) != state["sha256"][f]:
+            if sha256_file(path / f) != sha[f]:
                 raise CheckpointError(f"{path / f}: damaged (its SHA-256 differs from the one in {_STATE}); "
                                       "delete the checkpoint or pass --overwrite to start over")
-        _check_counters(path, state)
+        _check_state(state)
         trainable = load_file(str(path / "trainable.safetensors"))
         opt_tensors = load_file(str(path / "optimizer.safetensors"))
         rng = load_file(str(path / "rng.safetensors"))
+        problem = _rng_tensors_problem(rng)
+        if problem:
+            raise _Malformed("rng.safetensors", problem)
         opt_state: dict[int, dict[str, Any]] = {}
         for name, value in opt_tensors.items():
             if name == "_empty":
@@ -250,23 +492,17 @@ def load_checkpoint(path: Path, expected_fingerprint: str) -> Checkpoint:
             scheduler=state["scheduler"], rng={"tensors": rng, "extra": state["rng"]})
     except CheckpointError:
         raise
+    except _Malformed as e:
+        where = "" if str(e).startswith("rng.safetensors") else f"{_STATE}: "
+        raise CheckpointError(f"{path}: unreadable training checkpoint ({where}{e}); delete it or pass --overwrite "
+                              "to start over") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: unreadable training checkpoint ({_STATE} is nested too deeply); delete it "
+                              "or pass --overwrite to start over") from None
     except (OSError, ValueError, KeyError, TypeError, AttributeError, SafetensorError) as e:
         raise CheckpointError(f"{path}: unreadable training checkpoint ({type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else ''}); delete it or pass --overwrite to "
                               "start over") from None
-
-
-def _check_counters(path: Path, state: dict) -> None:
-    """The JSON counters must be what a run writes: an int step >= 1, one finite loss per step,
-    non-negative tokens and seconds."""
-    step, losses, tokens, seconds = state["step"], state["losses"], state["tokens"], state["seconds"]
-    ok = (isinstance(step, int) and not isinstance(step, bool) and step >= 1 and isinstance(losses, list)
-          and len(losses) == step and all(isinstance(x, (int, float)) and math.isfinite(x) for x in losses)
-          and isinstance(tokens, int) and tokens >= 0 and isinstance(seconds, (int, float))
-          and math.isfinite(seconds) and seconds >= 0)
-    if not ok:
-        raise CheckpointError(f"{path / _STATE}: step, losses, tokens or seconds are not those of a training run; "
-                              "delete the checkpoint or pass --overwrite to start over")
 
 
 def restore_checkpoint(
@@ -295,10 +531,24 @@ def restore_checkpoint(
                                   f"(expected finite, {tuple(p.shape)})")
     _check_optimizer_state(where, ckpt.optimizer, list(trainable.values()))
     run_groups, run_base_lrs = _hyper_parameters(optimizer), list(scheduler.base_lrs)
+    saved_groups = ckpt.optimizer["param_groups"]
+    if [g.get("params") for g in saved_groups] != [g["params"] for g in optimizer.state_dict()["param_groups"]] \
+            or [{k: v for k, v in g.items() if k not in ("params", "lr", "initial_lr")} for g in saved_groups] \
+            != run_groups:  # checked before anything is loaded: the optimiser takes whatever it is given
+        raise CheckpointError(f"{where}: optimizer settings or parameter groups differ from this run's; delete the "
+                              "checkpoint or pass --overwrite to start over")
+    run_schedule = scheduler.state_dict()
+    unlike = next((k for k, v in ckpt.scheduler.items() if k in run_schedule and not _same_kind(v, run_schedule[k])),
+                  None)
+    if unlike is not None:
+        raise CheckpointError(f"{where}: learning-rate scheduler state {unlike!r} is not of the kind this run's is; "
+                              "delete the checkpoint or pass --overwrite to start over")
+    # keys this torch's scheduler does not have would become attributes of it: left out
+    schedule = {k: v for k, v in ckpt.scheduler.items() if k in run_schedule}
     try:
         optimizer.load_state_dict(ckpt.optimizer)
-        scheduler.load_state_dict(ckpt.scheduler)
-    except (ValueError, KeyError, TypeError, AttributeError, RuntimeError) as e:
+        scheduler.load_state_dict(schedule)
+    except (ValueError, KeyError, TypeError, AttributeError, RuntimeError, IndexError) as e:
         raise CheckpointError(f"{where}: optimizer or scheduler state does not fit ({type(e).__name__}: {e})") from None
     expected_lr = [base * fn(ckpt.step) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas, strict=True)]
     if _hyper_parameters(optimizer) != run_groups or list(scheduler.base_lrs) != run_base_lrs \
@@ -311,9 +561,26 @@ def restore_checkpoint(
             p.copy_(ckpt.trainable[name].to(p.dtype))
     try:
         _set_rng_state(ckpt.rng["tensors"], ckpt.rng["extra"])
-    except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as e:
+    except (ValueError, KeyError, TypeError, RuntimeError, IndexError, OverflowError) as e:
         raise CheckpointError(f"{where}: random generator states cannot be restored ({type(e).__name__}: {e})") \
             from None
+
+
+def _same_kind(saved: Any, run: Any) -> bool:
+    """``saved`` (from JSON) has the structure and types of ``run`` (a fresh state's value): the same keys,
+    list lengths and scalar types (an int may stand for a float; numbers finite)."""
+    if isinstance(run, bool) or run is None or isinstance(run, str):
+        return type(saved) is type(run)
+    if isinstance(run, int):
+        return _is_int(saved)
+    if isinstance(run, float):
+        return _is_number(saved)
+    if isinstance(run, (list, tuple)):
+        return isinstance(saved, list) and len(saved) == len(run) and all(map(_same_kind, saved, run))
+    if isinstance(run, dict):
+        return isinstance(saved, dict) and saved.keys() == run.keys() and all(
+            _same_kind(saved[k], run[k]) for k in run)
+    return False
 
 
 def _hyper_parameters(optimizer: torch.optim.Optimizer) -> list[dict]:

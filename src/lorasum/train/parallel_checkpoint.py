@@ -19,7 +19,6 @@ the model is touched (:func:`load_group_checkpoint`).
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +27,17 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from lorasum.storage import atomic_dir, atomic_write_json, sha256_file
-from lorasum.train.checkpoint import CheckpointError, _rng_state, _set_rng_state
+from lorasum.train.checkpoint import (
+    CheckpointError,
+    _check_rng_extra,
+    _check_sha256,
+    _is_int,
+    _is_number,
+    _Malformed,
+    _rng_state,
+    _rng_tensors_problem,
+    _set_rng_state,
+)
 
 __all__ = ["GroupCheckpoint", "save_group_checkpoint", "load_group_checkpoint", "restore_group_checkpoint"]
 
@@ -101,28 +110,38 @@ def load_group_checkpoint(path: Path, fingerprint: str, *, layers: dict, optimiz
         state = json.loads((path / _STATE).read_text(encoding="utf-8"))
         if not isinstance(state, dict) or state.get("format") != FORMAT:
             raise CheckpointError(f"{path / _STATE}: not a lorasum parallel-training checkpoint ({FORMAT})")
-        if state["fingerprint"] != fingerprint:
+        if state.get("fingerprint") != fingerprint:
             raise CheckpointError(f"{path}: checkpoint of another group of adapters (other settings, data, model or "
                                   "seeds)")
+        sha = _check_sha256(state, _FILES)
         for f in _FILES:
-            if sha256_file(path / f) != state["sha256"][f]:
+            if sha256_file(path / f) != sha[f]:
                 raise CheckpointError(f"{path / f}: damaged (its SHA-256 differs from the one in {_STATE})")
         step, losses, tokens, seconds = state["step"], state["losses"], state["tokens"], state["seconds"]
         k = len(totals)
-        ok = (isinstance(step, int) and not isinstance(step, bool) and 1 <= step < max(totals)
-              and state["adam_steps"] == step and isinstance(losses, list) and len(losses) == k
+        ok = (_is_int(step) and 1 <= step < max(totals)
+              and _is_int(state["adam_steps"]) and state["adam_steps"] == step
+              and isinstance(losses, list) and len(losses) == k
               and all(isinstance(ls, list) and len(ls) == min(step, n) for ls, n in zip(losses, totals))
-              and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-                      for ls in losses for x in ls)
-              and isinstance(tokens, list) and len(tokens) == k
-              and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in tokens)
-              and isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds >= 0)
+              and all(_is_number(x) for ls in losses for x in ls)
+              and isinstance(tokens, list) and len(tokens) == k and all(_is_int(t, 0) for t in tokens)
+              and _is_number(seconds, 0))
         if not ok:
             raise CheckpointError(f"{path / _STATE}: step, losses, tokens or seconds are not those of this group's run")
+        _check_rng_extra(state["rng"])
         tensors = load_file(str(path / "group.safetensors"))
         rng = load_file(str(path / "rng.safetensors"))
+        problem = _rng_tensors_problem(rng)
+        if problem:
+            raise _Malformed("rng.safetensors", problem)
     except CheckpointError:
         raise
+    except _Malformed as e:
+        where = "" if str(e).startswith("rng.safetensors") else f"{_STATE}: "
+        raise CheckpointError(f"{path}: unreadable parallel-training checkpoint ({where}{e})") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: unreadable parallel-training checkpoint ({_STATE} is nested too deeply)") \
+            from None
     except (OSError, ValueError, KeyError, TypeError, AttributeError, SafetensorError) as e:
         raise CheckpointError(f"{path}: unreadable parallel-training checkpoint ({type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else ''})") from None
@@ -151,6 +170,6 @@ def restore_group_checkpoint(ckpt: GroupCheckpoint, layers: dict, optimizer) -> 
     optimizer.steps = ckpt.step
     try:
         _set_rng_state(ckpt.rng["tensors"], ckpt.rng["extra"])
-    except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as e:
+    except (ValueError, KeyError, TypeError, RuntimeError, IndexError, OverflowError) as e:
         raise CheckpointError(f"{ckpt.path}: random generator states cannot be restored ({type(e).__name__}: {e})") \
             from None
