@@ -57,3 +57,40 @@ def test_overrides_apply_before_validation(tmp_path):
     assert load_config(path, seeds=[3, 4]).seeds == [3, 4]
     with pytest.raises(ConfigError):
         load_config(path, seeds=[1, 1])
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("data:\n  max_length: true\n", "data.max_length: Input should be a valid integer"),
+        ("data:\n  max_length: 512.0\n", "data.max_length: Input should be a valid integer"),
+        ("data:\n  max_length: '512'\n", "data.max_length: Input should be a valid integer"),
+        ("data:\n  split_seed: false\n", "data.split_seed"),
+        ("lora:\n  r: true\n", "lora.r"),
+        ("train:\n  batch_size: yes\n", "train.batch_size"),
+        ("train:\n  checkpoint_every: true\n", "train.checkpoint_every"),
+        ("eval:\n  stride: true\n", "eval.stride"),
+        ("seeds: [true, 2]\n", "seeds.0: Input should be a valid integer"),
+        ("seeds: [0, -1]\n", "seeds.1: Input should be greater than or equal to 0"),
+        (f"seeds: [{2 ** 63}]\n", "seeds.0: Input should be less than"),
+        ("custom_domains:\n  legal:\n    max_length: true\n    sources: [{format: tabular, path: x.jsonl}]\n",
+         "custom_domains.legal.max_length"),
+    ],
+)
+def test_integer_keys_are_strict_and_seeds_not_negative(tmp_path, text, fragment):
+    """YAML's true is not 1 and 512.0 is not an integer: pydantic's lax mode would take both silently; a negative
+    seed would be wrapped by torch onto another one (-1 trains as 2**64 - 1)."""
+    path = tmp_path / "c.yaml"
+    path.write_text("domains: [math, medicine]\n" + text)
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert str(e.value).startswith(f"{path}: ") and fragment in str(e.value), str(e.value)
+
+
+def test_integer_keys_take_integers(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("domains: [math, medicine]\nseeds: [0, 7]\ndata: {max_length: 64, split_seed: 3}\n"
+                    "train: {batch_size: 2, checkpoint_every: null}\n")
+    cfg = load_config(path)
+    assert (cfg.seeds, cfg.data.max_length, cfg.data.split_seed, cfg.train.batch_size) == ([0, 7], 64, 3, 2)
+    assert cfg.train.checkpoint_every is None

@@ -2,8 +2,10 @@
 
 Unknown keys are refused (``extra="forbid"``) so that a typo never silently falls
 back to a default, and so is a key written twice in one mapping (YAML would keep the
-last one and drop the other setting without a word). Run options that do not change results (``--overwrite``,
-``--debug``) are command-line flags, not config keys.
+last one and drop the other setting without a word). Integer fields are strict too: YAML's
+``true``, a float (``512.0``) or a quoted number (``"512"``) is refused, not turned into an
+integer. Run options that do not change results (``--overwrite``, ``--debug``) are command-line
+flags, not config keys.
 """
 
 from __future__ import annotations
@@ -34,6 +36,11 @@ __all__ = [
 ]
 
 
+#: A training seed: an integer that ``torch.manual_seed`` takes as it is (it wraps a negative one onto a large
+#: one, so -1 and 2**64 - 1 would train the same adapter); booleans are refused, as in every integer field
+Seed = Annotated[StrictInt, Field(ge=0, lt=2 ** 63)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
@@ -42,11 +49,12 @@ class DataSpec(_Strict):
     """How each domain's records are selected, split and tokenised."""
 
     root: str | None = Field(None, min_length=1, description="data folder; default $LORASUM_DATA_ROOT")
-    max_length: int = Field(512, gt=8, description="tokens per example (prompt + answer); longer contexts are cut")
-    train_size: int | None = Field(None, gt=0, description="training examples per domain (None: all)")
-    validation_size: int | None = Field(None, gt=0, description="validation examples per domain (None: all)")
-    test_size: int | None = Field(None, gt=0, description="test examples per domain (None: all)")
-    split_seed: int = Field(0, description="seed of the train/validation/test split")
+    max_length: StrictInt = Field(512, gt=8,
+                                  description="tokens per example (prompt + answer); longer contexts are cut")
+    train_size: StrictInt | None = Field(None, gt=0, description="training examples per domain (None: all)")
+    validation_size: StrictInt | None = Field(None, gt=0, description="validation examples per domain (None: all)")
+    test_size: StrictInt | None = Field(None, gt=0, description="test examples per domain (None: all)")
+    split_seed: StrictInt = Field(0, description="seed of the train/validation/test split")
     validation_fraction: float = Field(0.05, ge=0, lt=0.5)
     test_fraction: float = Field(0.1, gt=0, lt=0.5, description="for sources without an official test split")
     skip_bad_rows: StrictBool = Field(False, description="skip and count malformed rows instead of failing")
@@ -116,7 +124,7 @@ class DomainSpec(_Strict):
     prompt_template: str | None = Field(
         None, description="prompt text with {question} and optionally {context} before it; "
         "None: the built-in '{context}\\n\\nQuestion: {question}\\nAnswer:'")
-    max_length: int | None = Field(None, gt=8, description="tokens per example; None: data.max_length")
+    max_length: StrictInt | None = Field(None, gt=8, description="tokens per example; None: data.max_length")
     validation_fraction: float | None = Field(None, ge=0, lt=0.5, description="None: data.validation_fraction")
     test_fraction: float | None = Field(None, gt=0, lt=0.5, description="None: data.test_fraction")
 
@@ -152,7 +160,7 @@ class DomainSpec(_Strict):
 class LoraSpec(_Strict):
     """LoRA hyper-parameters (Hu et al. 2021); defaults from arXiv 2508.11985."""
 
-    r: int = Field(4, gt=0, description="rank r")
+    r: StrictInt = Field(4, gt=0, description="rank r")
     lora_alpha: float = Field(64, gt=0, description="alpha; scaling = lora_alpha / r")
     lora_dropout: float = Field(0.1, ge=0, lt=1)
     target_modules: list[str] | None = Field(
@@ -170,16 +178,16 @@ class TrainSpec(_Strict):
     learning_rate: float = Field(5e-5, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     epochs: float = Field(1.0, gt=0)
-    max_steps: int | None = Field(None, gt=0, description="overrides epochs when set")
-    batch_size: int = Field(8, gt=0)
-    grad_accum: int = Field(1, gt=0)
+    max_steps: StrictInt | None = Field(None, gt=0, description="overrides epochs when set")
+    batch_size: StrictInt = Field(8, gt=0)
+    grad_accum: StrictInt = Field(1, gt=0)
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
     max_grad_norm: float | None = Field(1.0, gt=0)
     loss_on: Literal["answer", "all"] = Field("answer", description="tokens that carry the loss: answer or all")
     packing: StrictBool = Field(True, description="pack examples into rows (exact: no attention or loss across examples)")
-    pack_length: int = Field(1024, gt=8, description="tokens per packed row (at least the longest example)")
+    pack_length: StrictInt = Field(1024, gt=8, description="tokens per packed row (at least the longest example)")
     compile: StrictBool = Field(False, description="torch.compile the decoder layers (CUDA; pays off on long runs)")
-    checkpoint_every: int | None = Field(
+    checkpoint_every: StrictInt | None = Field(
         200, gt=0, description="save a resumable checkpoint every N optimiser steps (None: only on SIGINT/SIGTERM)")
     parallel_adapters: StrictInt = Field(
         1, ge=0, description="experiments: train this many adapters together in one pass over the base model "
@@ -205,10 +213,10 @@ class TrainSpec(_Strict):
 class EvalSpec(_Strict):
     """Perplexity evaluation."""
 
-    batch_size: int = Field(8, gt=0)
-    max_tokens: int | None = Field(None, gt=0, description="padded tokens per batch at most (None: no limit)")
+    batch_size: StrictInt = Field(8, gt=0)
+    max_tokens: StrictInt | None = Field(None, gt=0, description="padded tokens per batch at most (None: no limit)")
     loss_on: Literal["answer", "all"] = Field("answer", description="tokens scored: answer or all")
-    stride: int | None = Field(
+    stride: StrictInt | None = Field(
         None, gt=0, description="None: cut examples to data.max_length; N: sliding windows of max_length, N apart"
     )
     compile: StrictBool = Field(
@@ -222,7 +230,8 @@ class ExperimentConfig(_Strict):
     name: str = "experiment"
     model: str = Field("gpt2", description="hub id, local folder, .gguf file or alias (smollm2-135m)")
     domains: list[str] = Field(default_factory=lambda: ["math", "medicine", "finance"], min_length=2)
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    seeds: list[Seed] = Field(default_factory=lambda: [0], min_length=1,
+                              description="training seeds, each an integer in [0, 2**63)")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     data: DataSpec = DataSpec()

@@ -92,11 +92,16 @@ def test_plot_is_written_in_the_format_of_its_extension(env, tmp_path, capsys, n
         assert b"<svg" in data
 
 
-@pytest.mark.parametrize("name, fragment", [("sim.jpg", "the extension .jpg"), ("sim", "no extension")])
+@pytest.mark.parametrize("name, fragment", [("sim.jpg", "sim.jpg has the extension .jpg, not a figure format"),
+                                            ("sim", "sim has no extension; use .png, .pdf or .svg")])
 def test_plot_of_another_extension_is_refused_before_any_work(env, tmp_path, capsys, no_adapter_loads, name,
                                                              fragment):
-    assert main(["similarity", str(env["a"]), str(env["b"]), "--plot", str(tmp_path / name)]) == 2
-    one_line_error(capsys, "--plot", fragment, ".png, .pdf or .svg")
+    """Refused by the parser, as any flag value it cannot take (exit 2, one line naming the flag)."""
+    with pytest.raises(SystemExit) as stop:
+        main(["similarity", str(env["a"]), str(env["b"]), "--plot", str(tmp_path / name)])
+    assert stop.value.code == 2
+    err = one_line_error(capsys, "argument --plot: ", fragment, ".png, .pdf or .svg")
+    assert err.startswith("lorasum similarity: error: ")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -55,8 +55,9 @@ def _user_error(argv, capsys) -> str:
     return err
 
 
-@pytest.mark.parametrize("out", ["", " ", ".", "..", "/", "./"])
+@pytest.mark.parametrize("out", [".", "..", "/", "./"])
 def test_reproduce_out_that_names_no_folder(out, work, capsys):
+    """(An empty --out is refused by the parser: test_empty_values_are_refused_by_the_parser.)"""
     before = _files(work)
     for extra in ([], ["--overwrite"]):
         err = _user_error(["reproduce", "-q", "--config", "config.yaml", "--out", out, *extra], capsys)
@@ -64,7 +65,7 @@ def test_reproduce_out_that_names_no_folder(out, work, capsys):
     assert _files(work) == before
 
 
-@pytest.mark.parametrize("out", ["", "."])
+@pytest.mark.parametrize("out", [".", "./"])
 def test_train_out_that_names_no_folder(out, work, capsys):
     before = _files(work)
     err = _user_error(["train", "-q", "--domain", "math", "--out", out, "--overwrite", "--device", "cpu"], capsys)
@@ -110,7 +111,6 @@ def test_values_the_parser_refuses_are_one_line_naming_the_flag(argv, flag, work
     (["train", "--domain", "math", "--out", "a", "--max-length", "4"], "--max-length 4 (data.max_length): Input should be greater"),
     (["train", "--domain", "math", "--out", "a", "--lora-dropout", "1.5"], "--lora-dropout 1.5 (lora.lora_dropout): Input should be less"),
     (["train", "--domain", "math", "--out", "a", "--test-size", "0"], "--test-size 0 (data.test_size): Input should be greater"),
-    (["train", "--domain", "math", "--out", "a", "--data-root", ""], "--data-root '' (data.root): String should have at least 1"),
     (["eval", "--domain", "math", "--batch-size", "0"], "--batch-size 0: Input should be greater than 0"),
     (["data", "stats", "--no-tokens", "--max-length", "2"], "--max-length 2 (data.max_length): Input should be greater than 8"),
     (["reproduce", "--config", "config.yaml", "--out", "r", "--seeds", "1,1"], "--seeds 1,1: seeds listed twice"),

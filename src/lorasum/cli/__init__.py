@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import importlib
 import os
 import logging
 import sys
@@ -22,18 +23,13 @@ import traceback
 
 from lorasum import __version__
 from lorasum.errors import UserError
-from lorasum.storage import allow_pickle
-
-from . import compose as _compose
-from . import data as _data
-from . import evaluate as _evaluate
-from . import reproduce as _reproduce
-from . import similarity as _similarity
-from . import train as _train
 
 __all__ = ["main", "build_parser"]
 
-_COMMANDS = (_train, _compose, _similarity, _evaluate, _reproduce, _data)
+#: Subcommand modules, in the order of ``lorasum --help``; imported by :func:`build_parser`, not when this
+#: package is (they import pydantic, yaml and, to list the composition methods, torch): a Ctrl-C while they
+#: load is then inside :func:`main`, which reports it in one line
+_COMMANDS = ("train", "compose", "similarity", "evaluate", "reproduce", "data")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -61,8 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also read pickle weight files (.bin/.pt/.pth/.ckpt); loading them can run code, "
                         "so only for files you trust")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in _COMMANDS:
-        module.add_parser(sub, common)
+    for name in _COMMANDS:
+        importlib.import_module(f"{__name__}.{name}").add_parser(sub, common)
     return parser
 
 
@@ -86,19 +82,28 @@ def _setup_logging(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; return the exit code (0 ok, 1 internal error, 2 user error, 130 interrupted)."""
-    if {"-q", "--quiet"} & set(sys.argv[1:] if argv is None else argv):
-        # read by tqdm when it is imported (building the parser imports it): this also silences the
-        # progress bars of libraries, such as transformers' GGUF loader
-        os.environ.setdefault("TQDM_DISABLE", "1")
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    _setup_logging(args)
+    """Run the CLI; return the exit code (0 ok, 1 internal error, 2 user error, 130 interrupted).
+
+    All but this package's own few imports (the standard library's, ``lorasum`` and ``lorasum.errors``)
+    runs inside the ``try``: building the parser (which imports the subcommands and their libraries) and
+    setting up logging (which imports transformers) too, so that a Ctrl-C in the first seconds is the same
+    one line (exit 130; the traceback with ``--debug``) as one later on."""
+    given = sys.argv[1:] if argv is None else list(argv)
+    args: argparse.Namespace | None = None
     try:
+        if {"-q", "--quiet"} & set(given):
+            # read by tqdm when it is imported (building the parser imports it): this also silences the
+            # progress bars of libraries, such as transformers' GGUF loader
+            os.environ.setdefault("TQDM_DISABLE", "1")
+        parser = build_parser()
+        args = parser.parse_args(given)
+        _setup_logging(args)
+        from lorasum.storage import allow_pickle
+
         with allow_pickle(getattr(args, "allow_pickle", False)):
             return int(args.func(args) or 0)
     except UserError as e:
-        if args.debug:
+        if _debug(args, given):
             traceback.print_exc()
         print(f"lorasum: error: {_one_line(e)}", file=sys.stderr)
         return 2
@@ -108,27 +113,36 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except OSError as e:
         if e.errno not in _USER_ERRNOS or not e.filename:
-            return _internal(e, args)
-        if args.debug:
+            return _internal(e, _debug(args, given))
+        if _debug(args, given):
             traceback.print_exc()
         print(f"lorasum: error: {e.filename}: {e.strerror or errno.errorcode.get(e.errno, e.errno)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
+        command = getattr(args, "command", None)
         if getattr(e, "complete", False):  # TrainingStopped: the signal came in the last step; the adapter is saved
-            more = "" if args.command == "train" else "; run the same command again to continue"
+            more = "" if command == "train" else "; run the same command again to continue"
             print(f"lorasum: {e}{more}", file=sys.stderr)
             return 128 + e.signum
         if getattr(e, "checkpoint", None) is not None:  # TrainingInterrupted: a checkpoint was saved
-            again = "run the same command with --resume" if args.command == "train" else "run the same command again"
+            again = "run the same command with --resume" if command == "train" else "run the same command again"
             print(f"lorasum: {e}; {again} to continue", file=sys.stderr)
             return 128 + e.signum
         if getattr(e, "signum", None) is not None:  # a signal: what was saved is said in the message
             print(f"lorasum: {e}; run the same command again to continue", file=sys.stderr)
             return 128 + e.signum
+        if _debug(args, given):
+            traceback.print_exc()
         print("lorasum: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # a bug, not the user's fault
-        return _internal(e, args)
+        return _internal(e, _debug(args, given))
+
+
+def _debug(args: argparse.Namespace | None, given: list[str]) -> bool:
+    """Whether to show tracebacks: ``--debug`` as parsed, or, when the error came before the arguments
+    were parsed (a Ctrl-C while the parser is built), as typed."""
+    return bool(args.debug) if args is not None and hasattr(args, "debug") else "--debug" in given
 
 
 # OSErrors with a file name that a user causes and can fix (mapped to exit 2)
@@ -140,8 +154,8 @@ def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split("\n")).strip() or type(e).__name__
 
 
-def _internal(e: BaseException, args: argparse.Namespace) -> int:
-    if args.debug:
+def _internal(e: BaseException, debug: bool) -> int:
+    if debug:
         traceback.print_exc()
     print(f"lorasum: internal error: {type(e).__name__}: {_one_line(e)} (run with --debug for the traceback)",
           file=sys.stderr)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 from pydantic import ValidationError
 
@@ -10,14 +11,65 @@ from lorasum.config import ExperimentConfig, error_message, load_config
 from lorasum.errors import ConfigError
 
 
+def nonempty(text: str) -> str:
+    """A path or name as given (argparse type of every path-like and name-like argument).
+
+    Raises:
+        argparse.ArgumentTypeError: the value is empty or only whitespace (``--adapter ""``): an unset
+            shell variable, not a choice; as a path it would be the current folder, as a model or
+            adapter the default one.
+    """
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty value" if not text else f"empty value ({text!r}: only whitespace)")
+    return text
+
+
+#: Said of a number written with ``_``: Python's int() and float() read ``1_0`` as 10, which on a command line
+#: is a typo (``1,0``? ``1.0``?), not a number
+NO_UNDERSCORES = "write numbers without '_'"
+
+
+def _numeric(kind: type) -> Callable[[str], int | float]:
+    """An argparse type that is ``kind`` (int or float), but refuses underscores; argparse names it as it
+    names ``kind`` (``invalid int value: 'abc'``)."""
+    def parse(text: str):
+        if "_" in text:
+            raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {text!r} ({NO_UNDERSCORES})")
+        return kind(text)
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+#: argparse types of integer and float flags: int() and float() without ``1_0``
+integer = _numeric(int)
+number = _numeric(float)
+
+
+def seed(text: str) -> int:
+    """A seed torch.Generator.manual_seed takes as it is: an integer in [0, 2**63) (argparse type; torch
+    would wrap -1 onto 2**64 - 1).
+
+    Raises:
+        argparse.ArgumentTypeError: not an integer (underscores included), or outside the range.
+    """
+    try:
+        value = integer(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 0 <= value < 2 ** 63:
+        raise argparse.ArgumentTypeError(f"{value} is outside [0, 2**63)")
+    return value
+
+
 def csv_list(text: str) -> list[str]:
     """``"a,b"`` → ``["a", "b"]`` (argparse type; spaces around items are dropped).
 
     Raises:
-        argparse.ArgumentTypeError: the list is empty or has an empty item (``"a,,b"``, ``"a,"``):
-            a stray comma is a typo, not a shorter list.
+        argparse.ArgumentTypeError: the value is empty (:func:`nonempty`), the list is, or it has an empty
+            item (``"a,,b"``, ``"a,"``): a stray comma is a typo, not a shorter list.
     """
-    items = [t.strip() for t in text.split(",")]
+    items = [t.strip() for t in nonempty(text).split(",")]
     if not any(items):
         raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
     if not all(items):
@@ -32,6 +84,8 @@ def int_list(text: str) -> list[int]:
         argparse.ArgumentTypeError: as :func:`csv_list`, or an item is not an integer.
     """
     items = csv_list(text)
+    if "_" in text:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r} ({NO_UNDERSCORES})")
     try:
         return [int(t) for t in items]
     except ValueError:
@@ -39,33 +93,33 @@ def int_list(text: str) -> list[int]:
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="experiment YAML whose settings are the defaults (flags override)")
-    p.add_argument("--model", help="hub id (default gpt2), local folder, .gguf file, or smollm2-135m")
-    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
-    p.add_argument("--max-length", type=int, help="tokens per example (default 512)")
+    p.add_argument("--config", type=nonempty, help="experiment YAML whose settings are the defaults (flags override)")
+    p.add_argument("--model", type=nonempty, help="hub id (default gpt2), local folder, .gguf file, or smollm2-135m")
+    p.add_argument("--device", type=nonempty, help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--max-length", type=integer, help="tokens per example (default 512)")
 
 
 def add_data_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-root", help="data folder (default $LORASUM_DATA_ROOT)")
-    p.add_argument("--train-size", type=int, help="training examples per domain (default all)")
-    p.add_argument("--validation-size", type=int, help="validation examples per domain, scored after training "
+    p.add_argument("--data-root", type=nonempty, help="data folder (default $LORASUM_DATA_ROOT)")
+    p.add_argument("--train-size", type=integer, help="training examples per domain (default all)")
+    p.add_argument("--validation-size", type=integer, help="validation examples per domain, scored after training "
                    "(default all: up to ~800 for medicine, slow on a CPU)")
-    p.add_argument("--test-size", type=int, help="test examples per domain (default all)")
-    p.add_argument("--split-seed", type=int, help="seed of the train/validation/test split (default 0)")
+    p.add_argument("--test-size", type=integer, help="test examples per domain (default all)")
+    p.add_argument("--split-seed", type=integer, help="seed of the train/validation/test split (default 0)")
 
 
 def add_train_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--r", type=int, dest="lora_r", help="LoRA rank r (default 4)")
-    p.add_argument("--lora-alpha", type=float, help="LoRA alpha; scaling = alpha / r (default 64)")
-    p.add_argument("--lora-dropout", type=float, help="LoRA dropout (default 0.1)")
+    p.add_argument("--r", type=integer, dest="lora_r", help="LoRA rank r (default 4)")
+    p.add_argument("--lora-alpha", type=number, help="LoRA alpha; scaling = alpha / r (default 64)")
+    p.add_argument("--lora-dropout", type=number, help="LoRA dropout (default 0.1)")
     p.add_argument("--target-modules", type=csv_list, help="module name suffixes (default per architecture)")
     p.add_argument("--init-per-adapter", action="store_true", default=None,
                    help="draw LoRA A from a seed of this adapter's own (run seed + domains) instead of the run seed")
-    p.add_argument("--lr", type=float, dest="learning_rate", help="AdamW learning rate (default 5e-5)")
-    p.add_argument("--epochs", type=float, help="training epochs (default 1)")
-    p.add_argument("--max-steps", type=int, help="optimizer steps; overrides --epochs")
-    p.add_argument("--batch-size", type=int, help="examples per step (default 8)")
-    p.add_argument("--checkpoint-every", type=int, help="save a resumable checkpoint every N steps (default 200; "
+    p.add_argument("--lr", type=number, dest="learning_rate", help="AdamW learning rate (default 5e-5)")
+    p.add_argument("--epochs", type=number, help="training epochs (default 1)")
+    p.add_argument("--max-steps", type=integer, help="optimizer steps; overrides --epochs")
+    p.add_argument("--batch-size", type=integer, help="examples per step (default 8)")
+    p.add_argument("--checkpoint-every", type=integer, help="save a resumable checkpoint every N steps (default 200; "
                    "one is always saved on SIGINT/SIGTERM)")
 
 
@@ -145,3 +199,36 @@ def load_data(cfg: ExperimentConfig, names: list[str]) -> list:
 
         tok = load_tokenizer(cfg.model)
     return list(load_domains(cfg, names, tokenizer=tok).values())
+
+
+
+def check_max_length(args: argparse.Namespace, model, max_length: int, domain: str | None = None) -> None:
+    """Refuse a token limit longer than the model's context (``n_positions`` or ``max_position_embeddings`` of
+    its config, the keys :func:`lorasum.models.check_context` reads), right after the model is loaded: before
+    truncation is counted against a limit the model cannot take, and before anything is trained or scored.
+
+    Args:
+        max_length: the limit: custom domain ``domain``'s own ``max_length``, or (``domain`` None)
+            ``data.max_length``, from ``--max-length``, the ``--config`` file or the default.
+
+    Raises:
+        ConfigError: naming the setting (``--max-length``, ``data.max_length`` or
+            ``custom_domains.NAME.max_length``), its value and the context.
+    """
+    config = getattr(model, "config", None)
+    for key in ("n_positions", "max_position_embeddings"):  # as check_context: the first one set
+        limit = getattr(config, key, None)
+        if isinstance(limit, int) and limit > 0:
+            break
+    else:
+        return
+    if max_length <= limit:
+        return
+    if domain is not None:
+        setting, fix = f"custom_domains.{domain}.max_length {max_length}", f"lower it to {limit} or less"
+    elif getattr(args, "max_length", None) is not None:
+        setting, fix = f"--max-length {max_length} (data.max_length)", f"use --max-length {limit} or less"
+    else:
+        where = "" if getattr(args, "config", None) else " (the default)"
+        setting, fix = f"data.max_length {max_length}{where}", f"pass --max-length {limit} or less"
+    raise ConfigError(f"{setting} is longer than the model's context of {limit} tokens (config {key}); {fix}")

@@ -11,6 +11,8 @@ from pathlib import Path
 
 from lorasum.errors import ConfigError
 
+from ._options import NO_UNDERSCORES, nonempty, seed
+
 log = logging.getLogger("lorasum")
 
 # flag → keyword parameter of the composition methods (lorasum.compose.METHODS[...].params)
@@ -29,8 +31,8 @@ def add_parser(sub, common) -> None:
                        "rounding. Low-rank results are PEFT adapters; dense ones (ties, dare_*, magnitude_prune) "
                        "are written as dense_delta.safetensors. --merge-into-base writes a full model instead. "
                        f"Methods: {methods}.")
-    p.add_argument("adapters", nargs="+", help="PEFT LoRA adapter folders")
-    p.add_argument("--out", required=True, help="folder to create")
+    p.add_argument("adapters", nargs="+", type=nonempty, help="PEFT LoRA adapter folders")
+    p.add_argument("--out", required=True, type=nonempty, help="folder to create")
     p.add_argument("--method", default="sum", choices=sorted(METHODS), metavar="METHOD",
                    help="composition method (default sum)")
     # numbers are parsed in run(), so that a bad value is one line naming the flag (exit 2)
@@ -41,23 +43,12 @@ def add_parser(sub, common) -> None:
     p.add_argument("--density", help="ties, magnitude_prune: fraction of entries kept (0, 1]; default 0.2")
     p.add_argument("--drop-prob", help="dare_linear, dare_ties: drop probability p in [0, 1); default 0.9")
     p.add_argument("--scale", help="task_arithmetic: scale λ, a finite number; default 1.0")
-    p.add_argument("--seed", type=_seed, help="dare_*: seed of the random drop mask (0 to 2**63 - 1); default 0")
+    p.add_argument("--seed", type=seed, help="dare_*: seed of the random drop mask (0 to 2**63 - 1); default 0")
     p.add_argument("--merge-into-base", action="store_true", help="write a merged full model instead")
-    p.add_argument("--model", help="base model for --merge-into-base, and only with it (default: the base model "
-                   "recorded in the adapters' lorasum.json, else their base_model_name_or_path)")
+    p.add_argument("--model", type=nonempty, help="base model for --merge-into-base, and only with it (default: the "
+                   "base model recorded in the adapters' lorasum.json, else their base_model_name_or_path)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.set_defaults(func=run)
-
-
-def _seed(text: str) -> int:
-    """A seed torch.Generator.manual_seed takes: an integer in [0, 2**63)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if not 0 <= value < 2 ** 63:
-        raise argparse.ArgumentTypeError(f"{value} is outside [0, 2**63)")
-    return value
 
 
 def _count(adapters: list) -> str:
@@ -65,7 +56,9 @@ def _count(adapters: list) -> str:
 
 
 def _number(flag: str, text: str) -> float:
-    """``text`` as a finite float, else a ConfigError naming ``flag``."""
+    """``text`` as a finite float, else a ConfigError naming ``flag`` (``1_0`` too, which float() reads as 10)."""
+    if "_" in text:
+        raise ConfigError(f"{flag}: {text!r} is not a number ({NO_UNDERSCORES})")
     try:
         value = float(text)
     except ValueError:
@@ -109,6 +102,8 @@ def _params(args: argparse.Namespace) -> dict:
         if len(params["weights"]) != len(args.adapters):
             raise ConfigError(f"--weights has {len(params['weights'])} values for {len(args.adapters)} adapters")
     if "--rank" in given:
+        if "_" in given["--rank"]:
+            raise ConfigError(f"--rank: {given['--rank']!r} is not an integer ({NO_UNDERSCORES})")
         try:
             params["rank"] = int(given["--rank"])
         except ValueError:

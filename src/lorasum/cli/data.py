@@ -6,7 +6,7 @@ import argparse
 import json
 import logging
 
-from ._options import build_config, csv_list
+from ._options import build_config, csv_list, integer, nonempty
 
 log = logging.getLogger("lorasum")
 
@@ -21,12 +21,14 @@ def add_parser(sub, common) -> None:
         "stats", parents=[common], help="records, groups, removals and token lengths per domain and split",
         description="Per domain and split: records, split groups, records removed (duplicates, empty, bad rows) "
         "and token-length percentiles p50/p90/p99/max with the share of examples over --max-length.")
-    s.add_argument("--config", help="experiment YAML: its domains (custom_domains too), data settings and model")
+    s.add_argument("--config", type=nonempty,
+                   help="experiment YAML: its domains (custom_domains too), data settings and model")
     s.add_argument("--domains", type=csv_list, help="domains to show (default: the config's, or math,medicine,finance)")
-    s.add_argument("--data-root", help="data folder (default $LORASUM_DATA_ROOT)")
-    s.add_argument("--split-seed", type=int, help="seed of the train/validation/test split (default 0)")
-    s.add_argument("--model", help=f"tokenizer of this model for the length columns (default {DEFAULT_STATS_MODEL})")
-    s.add_argument("--max-length", type=int, help="token limit for the truncation rate (default 512)")
+    s.add_argument("--data-root", type=nonempty, help="data folder (default $LORASUM_DATA_ROOT)")
+    s.add_argument("--split-seed", type=integer, help="seed of the train/validation/test split (default 0)")
+    s.add_argument("--model", type=nonempty,
+                   help=f"tokenizer of this model for the length columns (default {DEFAULT_STATS_MODEL})")
+    s.add_argument("--max-length", type=integer, help="token limit for the truncation rate (default 512)")
     s.add_argument("--no-tokens", action="store_true", help="skip tokenising (no length columns; fast)")
     s.add_argument("--skip-bad-rows", action="store_true", help="skip and count malformed rows instead of failing")
     s.add_argument("--format", choices=("table", "json"), default="table")

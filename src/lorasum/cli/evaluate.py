@@ -9,7 +9,8 @@ import math
 
 from lorasum.errors import DataError
 
-from ._options import add_data_options, add_model_options, build_config, csv_list
+from ._options import (add_data_options, add_model_options, build_config, check_max_length, csv_list, integer,
+                       nonempty)
 from ._options import load_data as _load_data
 
 log = logging.getLogger("lorasum")
@@ -25,11 +26,11 @@ def add_parser(sub, common) -> None:
             action.help = ("hub id, local folder, .gguf file, or smollm2-135m (default: the config's model; else, "
                            "with --adapter, the base model recorded in the adapter's lorasum.json, else gpt2)")
     add_data_options(p)
-    p.add_argument("--adapter", help="PEFT LoRA adapter folder to apply (default: the base model alone); one "
-                   "trained on another base model (per its lorasum.json) is refused; without --model (and no "
-                   "model in --config) its recorded base model is loaded, as compose --merge-into-base does")
+    p.add_argument("--adapter", type=nonempty, help="PEFT LoRA adapter folder to apply (default: the base model "
+                   "alone); one trained on another base model (per its lorasum.json) is refused; without --model (and "
+                   "no model in --config) its recorded base model is loaded, as compose --merge-into-base does")
     p.add_argument("--domain", required=True, type=csv_list, help="domain(s): math, medicine, finance, pubmedqa")
-    p.add_argument("--batch-size", type=int, help="examples per forward pass (default 8)")
+    p.add_argument("--batch-size", type=integer, help="examples per forward pass (default 8)")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.set_defaults(func=run)
 
@@ -66,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
 
         adapter = load_adapter(args.adapter)  # a broken folder is reported before the model load
     model, tokenizer, info = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    for dd in data:  # before the adapter is applied and anything is scored
+        check_max_length(args, model, dd.max_length or cfg.data.max_length, dd.name if dd.max_length else None)
     if adapter is not None:
         from lorasum.adapters import check_adapter_base, check_adapter_matches_model
         from peft import PeftModel

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._options import csv_list, int_list
+from ._options import csv_list, int_list, nonempty
 
 
 def add_parser(sub, common) -> None:
@@ -14,18 +14,18 @@ def add_parser(sub, common) -> None:
                        "the single adapters (and, per config, build hybrids and other compositions), evaluate "
                        "everything per domain, measure RMS cosines, write a report. "
                        "An existing run folder is continued: finished work is reused.")
-    p.add_argument("--config", required=True, help="experiment YAML (see configs/)")
-    p.add_argument("--out", required=True, help="run folder (created, or continued if it is one)")
+    p.add_argument("--config", required=True, type=nonempty, help="experiment YAML (see configs/)")
+    p.add_argument("--out", required=True, type=nonempty, help="run folder (created, or continued if it is one)")
     p.add_argument("--seeds", type=int_list, help="override the config's seeds, e.g. 0,1,2")
     p.add_argument("--domains", type=csv_list, help="override the config's domains, e.g. math,medicine")
-    p.add_argument("--model", help="override the config's model")
-    p.add_argument("--device", help="override the config's device")
+    p.add_argument("--model", type=nonempty, help="override the config's model")
+    p.add_argument("--device", type=nonempty, help="override the config's device")
     p.add_argument("--overwrite", action="store_true", help="recompute everything instead of reusing cached work")
     p.set_defaults(func=run)
 
     r = sub.add_parser("report", parents=[common], help="rebuild the report of a run folder",
                        description="Rebuild RUN/report/ from RUN/results.json.")
-    r.add_argument("run_dir", help="run folder written by reproduce")
+    r.add_argument("run_dir", type=nonempty, help="run folder written by reproduce")
     r.set_defaults(func=run_report)
 
 

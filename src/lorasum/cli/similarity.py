@@ -10,6 +10,8 @@ import math
 import os
 from pathlib import Path
 
+from ._options import nonempty
+
 
 def add_parser(sub, common) -> None:
     p = sub.add_parser("similarity", parents=[common], help="cosine similarity of adapters' ΔW per module and RMS",
@@ -18,17 +20,30 @@ def add_parser(sub, common) -> None:
                        "tr((B₁ᵀB₂)(A₂A₁ᵀ))) without forming ΔW, and the RMS over modules (square root of the "
                        "mean squared cosine), next to the RMS expected for independent random matrices of "
                        "the same shapes.")
-    p.add_argument("adapters", nargs="+", help="two or more PEFT LoRA adapter folders")
+    p.add_argument("adapters", nargs="+", type=nonempty, help="two or more PEFT LoRA adapter folders")
     p.add_argument("--format", choices=("table", "json", "csv"), default="table",
                    help="table (default); json (everything); csv: one row per pair (RMS cosine, random baseline, "
                    "mean and max |cos|, modules), or with --per-module one row per pair and module")
     p.add_argument("--per-module", action="store_true", help="table: every module's cosine and subspace overlaps; "
                    "csv: one row per pair and module (modules in natural order: layer 2 before layer 10)")
     p.add_argument("--per-layer", action="store_true", help="table: RMS cosine per layer")
-    p.add_argument("--plot", metavar="FILE", help="write a heatmap of the N×N RMS-cosine matrix; the format is "
-                   "the extension's: .png, .pdf or .svg (the folder must exist and lie outside the adapters)")
+    p.add_argument("--plot", metavar="FILE", type=_plot_file, help="write a heatmap of the N×N RMS-cosine matrix; "
+                   "the format is the extension's: .png, .pdf or .svg (the folder must exist and lie outside the "
+                   "adapters)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --plot file")
     p.set_defaults(func=run)
+
+
+def _plot_file(text: str) -> str:
+    """``--plot``: a file name whose extension is a figure format (argparse type, so that a bad one is
+    refused before anything is read: ``argument --plot: sim has no extension; use .png, .pdf or .svg``)."""
+    from lorasum.geometry.export import figure_format
+
+    try:
+        figure_format(nonempty(text))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
 
 
 def _names(paths: list[str]) -> list[str]:
@@ -70,7 +85,7 @@ def _check_plot_path(plot: str, adapters: list[str]) -> str:
     try:
         fmt = figure_format(plot)
     except ValueError as e:
-        raise ConfigError(f"--plot {plot}: {e}") from None
+        raise ConfigError(f"--plot: {e}") from None  # the parser's type checks it first: for other callers
     folder = Path(plot).parent
     if not folder.is_dir():
         what = "is not a folder" if os.path.lexists(folder) else "does not exist"

@@ -108,9 +108,10 @@ def figure_format(path: str | Path) -> str:
     """
     suffix = Path(path).suffix.lower().removeprefix(".")
     if suffix not in FIGURE_FORMATS:
-        what = f"the extension .{suffix}" if suffix else "no extension"
-        raise ValueError(f"{what} is not a figure format lorasum writes; end the name in "
-                         f"{', '.join('.' + f for f in FIGURE_FORMATS[:-1])} or .{FIGURE_FORMATS[-1]}")
+        what = f"has the extension {Path(path).suffix}, not a figure format lorasum writes" if suffix else \
+            "has no extension"
+        raise ValueError(f"{path} {what}; use {', '.join('.' + f for f in FIGURE_FORMATS[:-1])} "
+                         f"or .{FIGURE_FORMATS[-1]}")
     return suffix
 
 
