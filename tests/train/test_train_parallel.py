@@ -687,3 +687,31 @@ def test_graph_capture_needs_the_memory_measured_per_token(monkeypatch):
     free["bytes"] = 26 * gib - 1
     assert not static._room_for_capture(32768)
     assert static._room_for_capture(16384)  # half the tokens: 13.5 GiB
+
+
+def test_a_pass_is_split_into_pieces_that_a_captured_shape_holds():
+    """split_to_fit: an in-order partition of the pass whose pieces static_layout lays out in the shape; None
+    when one example alone does not fit."""
+    from lorasum.data.tokenize import Encoded
+    from lorasum.train.parallel_graphs import fits, split_to_fit, static_layout
+
+    gen = torch.Generator().manual_seed(0)
+    part = []
+    for i in range(40):
+        n = int(torch.randint(3, 30, (1,), generator=gen))
+        labels = [-100] * (n // 2) + list(range(n - n // 2))
+        part.append((Encoded(input_ids=list(range(n)), labels=labels), i % 3))
+    n_answer = torch.tensor([50.0, 50.0, 50.0])
+    shape = (64, 32, 8)  # T, N, S
+    pieces = split_to_fit(part, shape, max_seqlen=30)
+    assert pieces is not None and len(pieces) > 1
+    assert [x for p in pieces for x in p] == part
+    for piece in pieces:
+        layout = static_layout(piece, pad_id=0, n_answer=n_answer, k=3, max_seqlen=30, shape=shape)  # no error
+        assert fits(piece, layout, shape, 30)
+    # greedy: a piece and the first example of the next one do not fit together
+    for a, b in zip(pieces, pieces[1:]):
+        joined = a + b[:1]
+        with pytest.raises(ValueError, match="does not fit|do not fit"):
+            static_layout(joined, pad_id=0, n_answer=n_answer, k=3, max_seqlen=30, shape=shape)
+    assert split_to_fit(part, (16, 32, 8), max_seqlen=30) is None  # examples of up to 29 tokens: no piece holds them

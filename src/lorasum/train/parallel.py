@@ -667,8 +667,9 @@ def _loop(model, tokenizer, tasks, outs, encoded, layers, router, config, lora, 
                                               [outs[j] for j in range(k) if totals[j] <= step + 1], path)
         _log_phase(phase, max(totals), 0, static)
         if static is not None and static.capture:
-            log.info("CUDA graphs: %d shapes captured, %d passes padded to a captured shape, %d run eagerly (GPU "
-                     "memory)", static.captured, static.padded, static.eager)
+            log.info("CUDA graphs: %d shapes captured, %d passes padded to a captured shape, %d cut into pieces of "
+                     "captured shapes and %d run eagerly (GPU memory)", static.captured, static.padded, static.split,
+                     static.eager)
         if ckpt is not None:
             shutil.rmtree(ckpt[0], ignore_errors=True)  # every adapter is saved: the checkpoint has served
         if "signum" in stop:  # asked to stop while the last adapters were validated and saved: they are

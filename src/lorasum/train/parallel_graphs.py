@@ -26,10 +26,12 @@ changes nothing; all graphs share one memory pool (a pass leaves no tensor alive
 larger than all of them is still captured): a pass never falls back to the eager launches, which
 are bound by the host (about 200 ms a step for SmolLM2 with any number of tokens). The
 GPU memory bounds the graphs too: each shape adds to the pool (blocks of a larger pass do not fit the
-holes that smaller ones left; on an 80 GB H100, twelve shapes of GPT-2 passes held 52 GiB), so once the
+holes that smaller ones left; on an 80 GB H100, twelve shapes of GPT-2 passes held 52 GiB before the LM
+head's NLL was computed in chunks, :func:`lorasum.evaluate.nll.head_nll`), so once the
 free memory is less than a new shape would take by the captures' measured memory per token, a pass of
-a new shape is padded to a captured shape that holds it or, if none does, runs eagerly (the graphs
-stay); a capture that runs out of memory anyway releases every graph and their pool, and the eager
+a new shape is padded to a captured shape that holds it or, if none does, cut into pieces that the
+largest captured shape holds (:func:`split_to_fit`; eagerly only an example that no shape holds), and
+the graphs stay; a capture that runs out of memory anyway releases every graph and their pool, and the eager
 passes take over. The
 optimiser step (per-adapter gradient clip and AdamW, :class:`lorasum.train.parallel._AdamW`, with
 the learning rates and bias corrections in device tensors) is one more graph. A capture that
@@ -45,14 +47,16 @@ from __future__ import annotations
 import logging
 import math
 import time
+from itertools import chain
+
+import numpy as np
 
 import torch
-import torch.nn.functional as F
 
 from lorasum.data.tokenize import IGNORE_INDEX
-from lorasum.evaluate.nll import _split_head, _to, _unwrap, fast_attention
+from lorasum.evaluate.nll import _split_head, _to, _unwrap, fast_attention, head_nll
 
-__all__ = ["GRANULE", "GraphedPasses", "bucket", "static_layout"]
+__all__ = ["GRANULE", "GraphedPasses", "bucket", "split_to_fit", "static_layout"]
 
 log = logging.getLogger("lorasum")
 
@@ -112,53 +116,53 @@ def static_layout(part: list, pad_id: int, n_answer: torch.Tensor, k: int, max_s
     if not part or max_seqlen < 1:
         raise ValueError(f"static_layout: {len(part)} examples, max_seqlen {max_seqlen}: need at least one of "
                          "each")
-    ids, labels, groups, pos, starts = [], [], [], [], []
-    t = 0
-    for e, j in part:
-        n = len(e.input_ids)
-        if n > max_seqlen:
-            raise ValueError(f"static_layout: an example of {n} tokens is longer than max_seqlen {max_seqlen}")
-        if not 0 <= j < k:
-            raise ValueError(f"static_layout: adapter index {j} outside [0, {k})")
-        ids.append(torch.as_tensor(e.input_ids, dtype=torch.long))
-        # the first token of an example is not predicted from the previous example (loss_on: all labels it)
-        labels.append(torch.as_tensor([IGNORE_INDEX] + list(e.labels[1:]), dtype=torch.long)[:n])
-        groups.append(torch.full((n,), j, dtype=torch.long))
-        pos.append(torch.arange(n))
-        starts.append(t)
-        t += n
+    # one conversion of the pass's Python lists to arrays, then whole-array operations: the host lays out a
+    # pass while the GPU replays the previous one, and a step of the paper's setting has up to 168 examples
+    lengths = [len(e.input_ids) for e, _ in part]
+    if max(lengths) > max_seqlen:
+        raise ValueError(f"static_layout: an example of {max(lengths)} tokens is longer than max_seqlen {max_seqlen}")
+    adapters = [j for _, j in part]
+    if not all(0 <= j < k for j in adapters):
+        raise ValueError(f"static_layout: adapter index {next(j for j in adapters if not 0 <= j < k)} outside "
+                         f"[0, {k})")
+    t = sum(lengths)
     total = bucket(t, granule, _TOKENS_PER_OCTAVE) if shape is None else shape[0]
     if t > total:
         raise ValueError(f"static_layout: a pass of {t} tokens does not fit {total}")
-    while t < total:  # padding: segments of its own, at most max_seqlen long
-        n = min(max_seqlen, total - t)
-        ids.append(torch.full((n,), pad_id, dtype=torch.long))
-        labels.append(torch.full((n,), IGNORE_INDEX, dtype=torch.long))
-        groups.append(torch.full((n,), -1, dtype=torch.long))
-        pos.append(torch.arange(n))
-        starts.append(t)
-        t += n
-    input_ids, labels_flat, groups_flat = torch.cat(ids), torch.cat(labels), torch.cat(groups)
+    # padding: segments of its own, at most max_seqlen long, routed to no adapter (-1)
+    full, rest = divmod(total - t, max_seqlen)
+    pads = [max_seqlen] * full + ([rest] if rest else [])
+    seg_lengths = np.array(lengths + pads, dtype=np.int64)
+    starts = np.zeros(len(seg_lengths), dtype=np.int64)
+    np.cumsum(seg_lengths[:-1], out=starts[1:])
+    input_ids = np.full(total, pad_id, dtype=np.int64)
+    input_ids[:t] = np.fromiter(chain.from_iterable(e.input_ids for e, _ in part), dtype=np.int64, count=t)
+    labels = np.full(total, IGNORE_INDEX, dtype=np.int64)
+    labels[:t] = np.fromiter(chain.from_iterable(e.labels for e, _ in part), dtype=np.int64, count=t)
+    # the first token of an example is not predicted from the previous example (loss_on: all labels it)
+    labels[starts[:len(part)]] = IGNORE_INDEX
+    groups = np.repeat(np.array(adapters + [-1] * len(pads), dtype=np.int64), seg_lengths)
+    position_ids = np.arange(total, dtype=np.int64) - np.repeat(starts, seg_lengths)
     n_seg = _round_up(max(len(starts) + 1, total // 32 + 1), 64) if shape is None else shape[2]
     if len(starts) + 1 > n_seg:
         raise ValueError(f"static_layout: {len(starts)} segments do not fit {n_seg}")
-    cu = torch.full((n_seg,), total, dtype=torch.int32)
-    cu[:len(starts)] = torch.as_tensor(starts, dtype=torch.int32)
-    keep = torch.zeros(total, dtype=torch.bool)
-    keep[:-1] = labels_flat[1:] != IGNORE_INDEX
-    flat = keep.nonzero().squeeze(1)
-    owner = groups_flat[flat]
-    n_scored = bucket(flat.numel(), granule, _SCORED_PER_OCTAVE) if shape is None else shape[1]
-    if flat.numel() > n_scored:
-        raise ValueError(f"static_layout: {flat.numel()} scored positions do not fit {n_scored}")
-    pad = n_scored - flat.numel()
-    weight = torch.cat([1.0 / n_answer.float()[owner], torch.zeros(pad)])
-    return {
-        "input_ids": input_ids[None], "position_ids": torch.cat(pos)[None], "groups": groups_flat[None],
-        "cu_seqlens": cu, "flat": torch.cat([flat, torch.zeros(pad, dtype=torch.long)]),
-        "targets": torch.cat([labels_flat[flat + 1], torch.zeros(pad, dtype=torch.long)]),
-        "weight": weight.float(), "owner": torch.cat([owner, torch.full((pad,), k, dtype=torch.long)]),
-    }
+    cu = np.full(n_seg, total, dtype=np.int32)
+    cu[:len(starts)] = starts
+    flat = np.flatnonzero(labels[1:] != IGNORE_INDEX)  # position t predicts token t + 1
+    n_scored = bucket(flat.size, granule, _SCORED_PER_OCTAVE) if shape is None else shape[1]
+    if flat.size > n_scored:
+        raise ValueError(f"static_layout: {flat.size} scored positions do not fit {n_scored}")
+    owner = np.full(n_scored, k, dtype=np.int64)
+    owner[:flat.size] = groups[flat]
+    weight = np.zeros(n_scored, dtype=np.float32)
+    weight[:flat.size] = (1.0 / n_answer.float().numpy())[owner[:flat.size]]
+    targets = np.zeros(n_scored, dtype=np.int64)
+    targets[:flat.size] = labels[flat + 1]
+    padded_flat = np.zeros(n_scored, dtype=np.int64)
+    padded_flat[:flat.size] = flat
+    out = {"input_ids": input_ids[None], "position_ids": position_ids[None], "groups": groups[None],
+           "cu_seqlens": cu, "flat": padded_flat, "targets": targets, "weight": weight, "owner": owner}
+    return {name: torch.from_numpy(a) for name, a in out.items()}
 
 
 def shape_of(layout: dict[str, torch.Tensor]) -> tuple[int, int, int]:
@@ -174,6 +178,36 @@ def fits(part: list, layout: dict[str, torch.Tensor], shape: tuple[int, int, int
     used = sum(len(e.input_ids) for e, _ in part)
     scored = int(layout["weight"].ne(0).sum())
     return total >= used and n_scored >= scored and n_seg >= len(part) + -(-(total - used) // max_seqlen) + 1
+
+
+def _scored(example) -> int:
+    """Positions of an example whose next token is scored in :func:`static_layout` (its first label never is)."""
+    return sum(1 for v in example.labels[1:] if v != IGNORE_INDEX)
+
+
+def split_to_fit(part: list, shape: tuple[int, int, int], max_seqlen: int) -> list[list] | None:
+    """Cut the pass ``part`` ((example, adapter) pairs), in order, into the fewest consecutive pieces that
+    :func:`static_layout` can each lay out in ``shape`` (T, N, S), filling each piece greedily; None when one
+    example alone does not fit. Splitting a pass changes nothing but the order of float sums: each example's
+    loss weight is its adapter's over the whole step."""
+    total, n_scored, n_seg = shape
+
+    def fits_piece(examples: int, tokens: int, positions: int) -> bool:
+        padding_segments = -(-(total - tokens) // max_seqlen)
+        return tokens <= total and positions <= n_scored and examples + padding_segments + 1 <= n_seg
+
+    pieces: list[list] = [[]]
+    used = scored = 0
+    for item in part:
+        n, m = len(item[0].input_ids), _scored(item[0])
+        if not fits_piece(1, n, m):
+            return None
+        if pieces[-1] and not fits_piece(len(pieces[-1]) + 1, used + n, scored + m):
+            pieces.append([])
+            used = scored = 0
+        pieces[-1].append(item)
+        used, scored = used + n, scored + m
+    return pieces
 
 
 class GraphedPasses:
@@ -213,6 +247,7 @@ class GraphedPasses:
         self.captured = 0  # graphs captured
         self.capture_seconds = 0.0  # wall time of the captures (warm-up passes included)
         self.padded = 0  # passes laid out in a larger captured shape (past _MAX_GRAPHS)
+        self.split = 0  # passes cut into pieces of captured shapes (too little GPU memory left for a new capture)
         self.eager = 0  # passes run eagerly because too little GPU memory was left for a new capture
         self._warned_cap = False
         self._warned_memory = False
@@ -226,8 +261,7 @@ class GraphedPasses:
             hidden = self.decoder(input_ids=s["input_ids"], position_ids=s["position_ids"], attention_mask=None,
                                   use_cache=False, cu_seq_lens_q=s["cu_seqlens"], cu_seq_lens_k=s["cu_seqlens"],
                                   max_length_q=self.max_seqlen, max_length_k=self.max_seqlen)[0]
-            logits = self.head(hidden.flatten(0, 1).index_select(0, s["flat"]))
-        nll = F.cross_entropy(logits.float(), s["targets"], reduction="none")
+            nll = head_nll(self.head, hidden.flatten(0, 1).index_select(0, s["flat"]), s["targets"])
         (nll * s["weight"]).sum().backward()
         self.step_nll.index_add_(0, s["owner"], nll.detach())
 
@@ -249,7 +283,14 @@ class GraphedPasses:
                     key = min(held)
                     host = static_layout(part, pad_id, n_answer, self.k, self.max_seqlen, shape=key)
                     self.padded += 1
-                elif short:  # no memory for another graph: this pass runs eagerly, the graphs stay
+                elif short and (pieces := split_to_fit(part, max(self._graphs), self.max_seqlen)):
+                    # no memory for another graph and no captured shape holds the pass: cut it into pieces that
+                    # the largest captured shape holds (gradients accumulate; the loss weights are the step's)
+                    self.split += 1
+                    for piece in pieces:
+                        self.run_part(piece, pad_id, n_answer)
+                    return
+                elif short:  # an example no captured shape holds: this pass runs eagerly, the graphs stay
                     self.eager += 1
                     self._body({n: _to(t, self.device) for n, t in host.items()})
                     self.router.clear()
