@@ -277,6 +277,10 @@ def test_load_reads_the_base_model_record(tmp_path):
     ({"base_model": "tinygpt2"}, "base_model must be an object"),
     ({"base_model": {"config_hash": 123}}, r"base_model\.config_hash must be a non-empty string"),
     ({"base_model": {"source": ""}}, r"base_model\.source must be a non-empty string"),
+    # the fuzzing report: a blank source was taken as a model name
+    ({"base_model": {"source": " \t\n", "config_hash": HASH_A}}, r"base_model\.source must be a non-empty string, "
+                                                                 r"got ' \\t\\n'; a malformed base model record"),
+    ({"base_model": {"name": "   "}}, r"base_model\.name must be a non-empty string"),
 ])
 def test_a_damaged_record_is_refused(tmp_path, meta, match):
     with pytest.raises(AdapterError, match=r"lorasum\.json.*" + match):
@@ -339,8 +343,9 @@ def test_base_model_difference_without_records(tmp_path, monkeypatch):
 
 def test_check_same_base_model_names_both_adapters_and_warns_once(caplog):
     x, y, z = ad(rec(), path=Path("ad/x")), ad(rec(config_hash=HASH_B, source="/m/other"), path=Path("ad/y")), ad(rec())
-    with pytest.raises(AdapterError, match=r"different base models: ad/x on /models/tiny \(config aaaaaaaaaaaa\), "
-                                           r"ad/y on /m/other \(config bbbbbbbbbbbb\)"):
+    with pytest.raises(AdapterError, match=r"different base models: ad/x on /models/tiny \(model_type gpt2, config "
+                                           r"aaaaaaaaaaaa\), ad/y on /m/other \(model_type gpt2, config "
+                                           r"bbbbbbbbbbbb\)"):
         check_same_base_model([x, z, y])
     with pytest.raises(AdapterError, match=r"adapter #0 on 'gpt2', adapter #1 on 'gpt2-xl'"):
         check_same_base_model([ad(base_model="gpt2"), ad(base_model="gpt2-xl")])
@@ -354,11 +359,22 @@ def test_check_same_base_model_names_both_adapters_and_warns_once(caplog):
 def test_check_adapter_base(tmp_path, monkeypatch):
     here = info()
     assert check_adapter_base(ad(rec(), path=Path("ad/x")), here) is None
-    with pytest.raises(AdapterError, match=r"ad/x: trained on base model /models/tiny \(config aaaaaaaaaaaa\), "
-                                           r"not on /m/o \(config bbbbbbbbbbbb\)"):
+    with pytest.raises(AdapterError, match=r"ad/x: trained on base model /models/tiny \(model_type gpt2, config "
+                                           r"aaaaaaaaaaaa\), not on /m/o \(model_type gpt2, config bbbbbbbbbbbb\)"):
         check_adapter_base(ad(rec(), path=Path("ad/x")), info(source="/m/o", config_hash=HASH_B))
-    with pytest.raises(AdapterError, match="different model"):
+    # the fuzzing report: the sides read alike ("/models/tiny (config aaaa…), not on /models/tiny (config aaaa…)")
+    with pytest.raises(AdapterError, match=r"trained on base model /models/tiny \(model_type gpt2, config "
+                                           r"aaaaaaaaaaaa\), not on /models/tiny \(model_type llama, config "
+                                           r"aaaaaaaaaaaa\): a different model"):
         check_adapter_base(ad(rec()), info(arch="llama"))
+    # config hashes that agree in their first 12 characters: given whole
+    other = HASH_A[:12] + "f" * (len(HASH_A) - 12)
+    with pytest.raises(AdapterError, match=f"config {HASH_A}\\), not on /models/tiny \\(model_type gpt2, "
+                                           f"config {other}"):
+        check_adapter_base(ad(rec()), info(config_hash=other))
+    with pytest.raises(AdapterError, match=f"config {HASH_A}\\), adapter #1 on /models/tiny \\(model_type gpt2, "
+                                           f"config {other}\\)"):
+        check_same_base_model([ad(rec()), ad(rec(config_hash=other))])
     note = check_adapter_base(ad(rec(source="/copy/tiny")), here)
     assert "same model config" in note and "/copy/tiny" in note and "/models/tiny" in note
     note = check_adapter_base(ad(rec(source="/copy/tiny", config_hash=None)), here)

@@ -178,3 +178,50 @@ def test_overwrite_refuses_what_is_neither_file_nor_folder(tmp_path):
         with atomic_dir(fifo, overwrite=True):
             pass
     assert fifo.is_fifo() and sorted(p.name for p in tmp_path.iterdir()) == ["pipe"]
+
+
+def test_check_no_links_names_the_first_link_below_the_root(tmp_path):
+    """A folder lorasum owns (a run folder) is never written through a symbolic link below it; the root
+    itself may be one (the user chose it); missing parts are fine."""
+    from lorasum.errors import OutputExistsError
+    from lorasum.storage import check_no_links, check_tree_no_links
+
+    (tmp_path / "real").mkdir()
+    (tmp_path / "root").symlink_to(tmp_path / "real")
+    root = tmp_path / "root"
+    (root / "a").mkdir()
+    (tmp_path / "mine").mkdir()
+    (root / "a" / "b").symlink_to(tmp_path / "mine")
+    (root / "dangling").symlink_to(tmp_path / "nowhere")
+    assert check_no_links(root, root / "new" / "x.json") == root / "new" / "x.json"
+    with pytest.raises(OutputExistsError, match=f"^{root / 'a' / 'b'}: is a symbolic link; lorasum writes only"):
+        check_no_links(root, root / "a" / "b" / "c" / "x.json")
+    with pytest.raises(OutputExistsError, match="dangling: is a symbolic link"):
+        check_no_links(root, root / "dangling")
+    with pytest.raises(OutputExistsError, match=f"{root / 'a' / 'b'}: is a symbolic link"):
+        check_tree_no_links(root, ("missing", "a"))
+    check_tree_no_links(root, ("missing",))
+    assert list((tmp_path / "mine").iterdir()) == []
+
+
+def test_a_dotdot_through_a_missing_folder_leaves_no_empty_folder_behind(tmp_path, monkeypatch):
+    """The fuzzing report: `--out newp/../c2` wrote c2 but left an empty newp; and the check that c2 exists
+    could not see through the missing newp (the OS cannot), so an existing c2 was not noticed."""
+    from lorasum.errors import OutputExistsError
+    from lorasum.storage import atomic_write_json, check_output, make_folders, settle_path
+
+    monkeypatch.chdir(tmp_path)
+    with atomic_dir("newp/../c2") as tmp:
+        (tmp / "a.txt").write_text("x")
+    atomic_write_json("q/../r/s.json", {"k": 1})
+    assert make_folders("a/b/../c/./d") == tmp_path.joinpath("a", "c", "d").relative_to(tmp_path)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        "a", "a/c", "a/c/d", "c2", "c2/a.txt", "r", "r/s.json"]
+    (tmp_path / "mine.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match="mine.txt: already exists"):
+        check_output("x/y/../../mine.txt")
+    with pytest.raises(OutputExistsError, match="c2: already exists"):
+        with atomic_dir("newp/../c2"):
+            pass
+    assert (tmp_path / "mine.txt").read_text() == "mine" and not (tmp_path / "newp").exists()
+    assert str(settle_path("runs/x")) == "runs/x" and str(settle_path("../up/new")) == "../up/new"

@@ -130,10 +130,13 @@ class BaseModelRecord:
     arch: str | None = None
     config_hash: str | None = None
 
-    def describe(self) -> str:
-        """``source (config 0123456789ab)`` for messages."""
+    def describe(self, full_hash: bool = False) -> str:
+        """``source (model_type gpt2, config 0123456789ab)`` for messages (what is recorded of it); the
+        whole config hash with ``full_hash`` (for two models whose first 12 characters agree)."""
         where = self.source or self.name or "an unnamed model"
-        return f"{where} (config {self.config_hash[:12]})" if self.config_hash else where
+        parts = ([f"model_type {self.arch}"] if self.arch else []) + (
+            [f"config {self.config_hash if full_hash else self.config_hash[:12]}"] if self.config_hash else [])
+        return f"{where} ({', '.join(parts)})" if parts else where
 
     def to_dict(self) -> dict:
         """JSON-ready dict, the ``base_model`` entry of ``lorasum.json``."""
@@ -246,8 +249,9 @@ def _read_meta(folder: Path) -> BaseModelRecord | None:
     fields = {}
     for key in ("name", "source", "arch", "config_hash"):
         value = base.get(key)
-        if value is not None and (not isinstance(value, str) or not value):
-            raise AdapterError(f"{meta_path}: base_model.{key} must be a non-empty string, got {value!r}")
+        if value is not None and (not isinstance(value, str) or not value.strip()):  # blank: no model either
+            raise AdapterError(f"{meta_path}: base_model.{key} must be a non-empty string, got {value!r}; "
+                               "a malformed base model record")
         fields[key] = value
     record = BaseModelRecord(**fields)
     return record if any(fields.values()) else None
@@ -480,10 +484,17 @@ def model_ref_key(ref: str) -> str:
     return os.path.normpath(path) if path else path
 
 
-def _describe_base(adapter: Adapter) -> str:
+def _describe_base(adapter: Adapter, full_hash: bool = False) -> str:
     if adapter.base_record is not None:
-        return adapter.base_record.describe()
+        return adapter.base_record.describe(full_hash)
     return repr(adapter.base_model) if adapter.base_model is not None else "an unknown model"
+
+
+def _two_sides(describe) -> tuple[str, str]:
+    """``describe(full_hash)`` → the descriptions of two models for one message, with whole config hashes
+    when the short forms would read the same."""
+    first, second = describe(False)
+    return (first, second) if first != second else describe(True)
 
 
 def _typed_names(adapter: Adapter) -> set[str]:
@@ -546,9 +557,10 @@ def check_same_base_model(adapters: list[Adapter]) -> None:
         for j in range(i):
             same, note = base_model_difference(adapters[j], a)
             if not same:
-                raise AdapterError(
-                    f"adapters were trained on different base models: {_label(adapters[j], j)} on "
-                    f"{_describe_base(adapters[j])}, {_label(a, i)} on {_describe_base(a)}")
+                left, right = _two_sides(lambda full, x=adapters[j], y=a: (_describe_base(x, full),
+                                                                           _describe_base(y, full)))
+                raise AdapterError(f"adapters were trained on different base models: {_label(adapters[j], j)} on "
+                                   f"{left}, {_label(a, i)} on {right}")
             if note:
                 key = frozenset(model_ref_key(r.source) for r in (adapters[j].base_record, a.base_record)
                                 if r is not None and r.source)
@@ -579,10 +591,11 @@ def check_adapter_base(adapter: Adapter, info: Any) -> str | None:
             ``info``'s (the message names the adapter folder and both models).
     """
     rec, label = adapter.base_record, _label(adapter)
-    here = f"{info.source} (config {str(info.config_hash)[:12]})"
     if rec is not None and ((rec.config_hash and rec.config_hash != info.config_hash)
                             or (rec.arch and rec.arch != info.arch)):
-        raise AdapterError(f"{label}: trained on base model {rec.describe()}, not on {here}: a different model "
+        loaded = BaseModelRecord(source=info.source, arch=info.arch, config_hash=info.config_hash or None)
+        theirs, here = _two_sides(lambda full: (rec.describe(full), loaded.describe(full)))
+        raise AdapterError(f"{label}: trained on base model {theirs}, not on {here}: a different model "
                            f"(per {META_NAME}); use the adapter's own base model")
     if rec is not None and rec.source:
         if model_ref_key(rec.source) == model_ref_key(info.source):

@@ -41,6 +41,11 @@ __all__ = [
     "check_output",
     "check_output_name",
     "check_writable_parent",
+    "check_no_links",
+    "make_folders",
+    "settle_path",
+    "check_tree_no_links",
+    "check_regular",
     "read_regular_file",
     "sha256_file",
     "sha256_json",
@@ -99,6 +104,47 @@ def _umask() -> int:
     return mask
 
 
+def settle_path(path: str | os.PathLike) -> Path:
+    """``path`` with the ``..`` and ``.`` of its missing part resolved by name: ``newp/../c2``, with no
+    ``newp``, is ``c2``. The missing part holds no symlinks (it does not exist), so this is where the file
+    system would put it once the folders were made; the operating system itself cannot see through a
+    missing folder (``newp/../c2`` does not exist although ``c2`` may) and making ``newp`` to get there
+    would leave it behind. ``..`` that climb above the nearest existing folder are kept as they are.
+    A path whose missing part has no ``..`` or ``.`` is returned as given."""
+    path = Path(path)
+    base = _nearest_existing(path)
+    if base == path:
+        return path
+    rest = path.relative_to(base).parts
+    if ".." not in rest and "." not in rest:
+        return path
+    missing: list[str] = []
+    for part in rest:
+        if part == "..":
+            if missing:
+                missing.pop()
+            else:
+                base = base / part
+        elif part != ".":
+            missing.append(part)
+    return base.joinpath(*missing)
+
+
+def make_folders(folder: str | os.PathLike) -> Path:
+    """Create ``folder`` and the missing folders above it (``mkdir -p``) at :func:`settle_path`'s place:
+    ``newp/../c2`` makes ``c2`` and no ``newp`` (it would stay behind, empty).
+
+    Returns:
+        The folder made (or found), as :func:`settle_path` gives it.
+
+    Raises:
+        OSError: as ``Path.mkdir``.
+    """
+    folder = settle_path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (temporary file, fsync, rename).
 
@@ -108,9 +154,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         UserError: the file system refuses the write (no space, no permission, read-only,
             a file where a folder is needed); ``path`` is left as it was.
     """
-    path = Path(path)
+    path = settle_path(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_folders(path.parent)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:  # the folder cannot take a new file
         raise _fs_error(path, exc) from exc
@@ -157,7 +203,7 @@ def check_output(path: str | os.PathLike, overwrite: bool = False) -> Path:
             writes the result.
     """
     check_output_name(path)
-    path = Path(path)
+    path = settle_path(path)  # `newp/../c2` with no newp: c2, which may exist
     if os.path.lexists(path) and not overwrite:
         if path.is_dir() and not path.is_symlink() and not any(path.iterdir()):
             check_writable_parent(path)
@@ -230,6 +276,77 @@ def check_output_name(path: str | os.PathLike) -> None:
                         "ends in '/..'): give a file or folder name, e.g. --out NAME")
 
 
+def _link_error(path: Path) -> OutputExistsError:
+    return OutputExistsError(f"{path}: is a symbolic link; lorasum writes only into folders it made; move it away")
+
+
+def check_no_links(root: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Refuse to write at ``path`` inside ``root`` (a folder lorasum owns, such as a run folder) through a
+    symbolic link: ``path`` and every folder between ``root`` and it must not be a symlink (a link to a
+    user's folder elsewhere would have lorasum write into, or replace, what is there). ``root`` itself may
+    be one (the user chose it). Parts that do not exist yet are fine (lorasum makes them).
+
+    Returns:
+        ``path`` as a Path.
+
+    Raises:
+        OutputExistsError: a part is a symbolic link (broken or not); the message names it.
+    """
+    root, path = Path(root), Path(path)
+    probe = root
+    for part in path.relative_to(root).parts:
+        probe = probe / part
+        if probe.is_symlink():
+            raise _link_error(probe)
+        if not os.path.lexists(probe):
+            break
+    return path
+
+
+def check_regular(path: str | os.PathLike) -> Path:
+    """Refuse ``path`` if it exists and is neither a regular file, a folder nor a symbolic link (those are
+    :func:`check_no_links`'s): a named pipe, device or socket that lorasum would replace (it never makes
+    one) or block on.
+
+    Raises:
+        OutputExistsError: the message names ``path`` and what it is.
+    """
+    path = Path(path)
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return path
+    except OSError as exc:
+        raise _WriteError(path, exc.strerror or str(exc)) from None
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode)):
+        raise OutputExistsError(f"{path}: is {_kind(mode)}; lorasum writes only files and folders it made "
+                                "here; move it away")
+    return path
+
+
+def check_tree_no_links(root: str | os.PathLike, names: tuple[str, ...] | list[str]) -> None:
+    """Refuse a folder lorasum writes into (``root``) if one of its entries ``names``, or anything below
+    them, is a symbolic link (see :func:`check_no_links`) or a named pipe, device or socket
+    (:func:`check_regular`); links are never followed by the walk.
+
+    Raises:
+        OutputExistsError: the first such entry found (in sorted order); the message names it.
+    """
+    root = Path(root)
+    for name in names:
+        top = root / name
+        check_no_links(root, top)
+        check_regular(top)
+        if not top.is_dir():
+            continue
+        for base, dirs, files in os.walk(top, followlinks=False):
+            for entry in sorted(dirs + files):
+                if (Path(base) / entry).is_symlink():
+                    raise _link_error(Path(base) / entry)
+                check_regular(Path(base) / entry)
+            dirs.sort()
+
+
 def check_not_inputs(out: str | os.PathLike, inputs: list) -> None:
     """Refuse an output path that is one of ``inputs``, lies inside one, or holds one: replacing it
     (``--overwrite``) would delete what the command reads.
@@ -296,7 +413,7 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     """
     path = check_output(path, overwrite)  # also refuses a path with no name of its own
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_folders(path.parent)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
         os.chmod(tmp, 0o777 & ~_umask())
     except OSError as exc:  # the parent cannot take a new folder

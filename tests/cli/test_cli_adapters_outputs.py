@@ -255,3 +255,16 @@ def test_eval_help_says_where_the_model_comes_from(capsys):
         main(["eval", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "recorded in the adapter's lorasum.json" in text
+
+
+def test_eval_help_lists_no_training_side_data_flags(capsys):
+    """--train-size / --validation-size do not change the test split that eval scores: not in eval's help (train
+    keeps them; eval still accepts them, so that one list of data flags serves both)."""
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    text = capsys.readouterr().out
+    assert "--test-size" in text and "--train-size" not in text and "--validation-size" not in text
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    assert "--train-size" in text and "--validation-size" in text

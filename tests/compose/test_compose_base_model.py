@@ -39,8 +39,9 @@ def test_low_rank_results_carry_the_first_record(method, params):
                                             ("magnitude_prune", {}), ("dare_linear", {})])
 def test_every_method_refuses_different_base_models(method, params):
     """Same name, same source, but another config hash: a different model (e.g. the folder was replaced)."""
-    with pytest.raises(AdapterError, match=r"different base models: adapter #0 on /models/tiny \(config aaaaaaaaaaaa"
-                                           r"\), adapter #1 on /models/tiny \(config bbbbbbbbbbbb\)"):
+    with pytest.raises(AdapterError, match=r"different base models: adapter #0 on /models/tiny \(model_type gpt2, "
+                                           r"config aaaaaaaaaaaa\), adapter #1 on /models/tiny \(model_type gpt2, "
+                                           r"config bbbbbbbbbbbb\)"):
         compose([recorded(1, BASE), recorded(2, OTHER)], method, **params)
 
 

@@ -176,3 +176,51 @@ def test_good_dense_delta_round_trip(tmp_path):
     back = load_dense_delta(save_dense_delta(dd, tmp_path / "d.safetensors"))
     torch.testing.assert_close(back.deltas["l.q"], dd.deltas["l.q"])
     assert back.meta == {"k": 1} and json.dumps(back.meta)
+
+
+@pytest.mark.parametrize(("method", "flags", "named", "fragment"), [
+    ("sum", ["--weights", "1e308,1e308"], "--weights 1e308,1e308", "weighted factor B of module"),
+    ("ties", ["--weights=-1e300,1"], "--weights -1e300,1", "beyond float32"),
+    ("task_arithmetic", ["--scale", "1e308"], "--scale 1e308", "beyond float32"),
+    ("svd", ["--rank", "2", "--weights", "1e200,1e200"], "--weights 1e200,1e200", "beyond float32"),
+])
+def test_weights_or_scale_that_overflow_are_refused_up_front_naming_the_flag(method, flags, named, fragment,
+                                                                             tmp_path, good, capsys, monkeypatch):
+    """The fuzzing report: `compose --weights 1e308,1e308` composed, then blamed the output ("holds NaN or Inf").
+    Refused before any composition, naming the flag; the existing output is untouched."""
+    import lorasum.compose
+
+    other = write_adapter(tmp_path / "other", seed=2)
+    out, before = existing_output(tmp_path)
+    monkeypatch.setattr(lorasum.compose, "compose", lambda *a, **k: pytest.fail("composed before the check"))
+    rc, _, err = run_cli(["compose", good, other, "--method", method, *flags, "--out", out, "--overwrite"], capsys)
+    assert_user_error(rc, err, named, fragment, "use smaller values")
+    assert "NaN" not in err and snapshot(out) == before
+
+
+def test_large_but_representable_weights_still_compose(tmp_path, good, capsys):
+    other = write_adapter(tmp_path / "other", seed=2)
+    rc, _, err = run_cli(["compose", good, other, "--weights", "1e6,-1e6", "--out", tmp_path / "sum"], capsys)
+    assert rc == 0, err
+
+
+def test_a_weighted_factor_that_fits_but_whose_delta_would_not_is_refused():
+    """wᵢ·Bᵢ within float32, but ΔW = wᵢ·Bᵢ·Aᵢ beyond it (and two in-range ΔW that add up beyond it)."""
+    from types import SimpleNamespace
+
+    from lorasum.adapters import Adapter, LoraFactor
+    from lorasum.cli.compose import check_weighted_range
+    from lorasum.errors import ConfigError
+
+    def one(a: float) -> Adapter:
+        return Adapter(factors={"m.x": LoraFactor(A=torch.full((1, 3), a), B=torch.ones(2, 1), scaling=1.0)})
+
+    args = SimpleNamespace(weights="1e38,1", scale=None)
+    with pytest.raises(ConfigError, match=r"^--weights 1e38,1: too large: the weighted ΔW of module m.x can reach "
+                                          r"1e\+39, beyond float32's 3.4e\+38; use smaller values$"):
+        check_weighted_range(args, [one(10.0), one(1.0)], {"weights": [1e38, 1.0]})
+    args = SimpleNamespace(weights=None, scale="2e38")
+    with pytest.raises(ConfigError, match="--scale 2e38: too large: the weighted ΔW of module m.x can reach 4e\\+38"):
+        check_weighted_range(args, [one(1.0), one(1.0)], {"scale": 2e38})
+    check_weighted_range(args, [one(1.0), one(1.0)], {"scale": 1e38})  # 2e38: fits
+    check_weighted_range(args, [one(1.0)], {})  # no flag given: nothing to check

@@ -99,11 +99,16 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-length", type=integer, help="tokens per example (default 512)")
 
 
-def add_data_options(p: argparse.ArgumentParser) -> None:
+def add_data_options(p: argparse.ArgumentParser, training: bool = True) -> None:
+    """The data flags; ``training`` False (``eval``) hides --train-size and --validation-size from the help:
+    they change only the training side of the split (the test examples are drawn on their own), and are
+    still accepted there so that one list of data flags serves train and eval alike."""
     p.add_argument("--data-root", type=nonempty, help="data folder (default $LORASUM_DATA_ROOT)")
-    p.add_argument("--train-size", type=integer, help="training examples per domain (default all)")
-    p.add_argument("--validation-size", type=integer, help="validation examples per domain, scored after training "
-                   "(default all: up to ~800 for medicine, slow on a CPU)")
+    p.add_argument("--train-size", type=integer,
+                   help="training examples per domain (default all)" if training else argparse.SUPPRESS)
+    p.add_argument("--validation-size", type=integer,
+                   help="validation examples per domain, scored after training (default all: up to ~800 for "
+                   "medicine, slow on a CPU)" if training else argparse.SUPPRESS)
     p.add_argument("--test-size", type=integer, help="test examples per domain (default all)")
     p.add_argument("--split-seed", type=integer, help="seed of the train/validation/test split (default 0)")
 

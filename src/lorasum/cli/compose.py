@@ -124,6 +124,41 @@ def _params(args: argparse.Namespace) -> dict:
     return params
 
 
+_F32_MAX = 3.4028234663852886e38  # the largest float32: composed factors and ΔW are float32
+
+
+def check_weighted_range(args: argparse.Namespace, adapters: list, params: dict) -> None:
+    """Refuse ``--weights`` / ``--scale`` that make the composition overflow float32, before any work:
+    each weighted factor wᵢ·scaling·Bᵢ and (a bound of) each module's weighted ΔW sum Σᵢ |wᵢ|·scaling·
+    max|Bᵢ|·max|Aᵢ|·rᵢ must stay within float32's range (3.4e38). Otherwise the result would hold Inf or
+    NaN, refused only when it is written, blaming the output.
+
+    Raises:
+        ConfigError: naming the flag, its value, the module and the size reached.
+    """
+    if "scale" in params:
+        flag, text, weights = "--scale", args.scale, [params["scale"]] * len(adapters)
+    elif "weights" in params:
+        flag, text, weights = "--weights", args.weights, params["weights"]
+    else:
+        return
+    bounds: dict[str, float] = {}
+    for w, adapter in zip(weights, adapters, strict=True):
+        for module, f in adapter.factors.items():
+            if f.A.numel() == 0 or f.B.numel() == 0:
+                continue
+            b = abs(w) * abs(f.scaling) * float(f.B.detach().double().abs().max())
+            if not b <= _F32_MAX:
+                raise ConfigError(f"{flag} {text}: too large for {adapter.path or 'an adapter'}: its weighted "
+                                  f"factor B of module {module} reaches {b:.3g}, beyond float32's {_F32_MAX:.3g}; "
+                                  "use smaller values")
+            bounds[module] = bounds.get(module, 0.0) + b * float(f.A.detach().double().abs().max()) * f.rank
+    for module, bound in sorted(bounds.items()):
+        if not bound <= _F32_MAX:
+            raise ConfigError(f"{flag} {text}: too large: the weighted ΔW of module {module} can reach {bound:.3g}, "
+                              f"beyond float32's {_F32_MAX:.3g}; use smaller values")
+
+
 @contextlib.contextmanager
 def deferred_warnings():
     """Hold back the warnings logged on the ``lorasum`` logger inside the block; when the block
@@ -173,6 +208,7 @@ def run(args: argparse.Namespace) -> int:
     check_not_inputs(args.out, args.adapters)
     params = _params(args)
     adapters = [load_adapter(a) for a in args.adapters]
+    check_weighted_range(args, adapters, params)  # before the model load and the math, naming the flag
     with deferred_warnings():
         check_compatible(adapters)  # base models and shapes, before the slow model load
         base = _load_base(args, adapters) if args.merge_into_base else None  # checked before any math

@@ -25,7 +25,7 @@ def add_parser(sub, common) -> None:
         if action.dest == "model":
             action.help = ("hub id, local folder, .gguf file, or smollm2-135m (default: the config's model; else, "
                            "with --adapter, the base model recorded in the adapter's lorasum.json, else gpt2)")
-    add_data_options(p)
+    add_data_options(p, training=False)  # --train-size / --validation-size: hidden, no effect on the test split
     p.add_argument("--adapter", type=nonempty, help="PEFT LoRA adapter folder to apply (default: the base model "
                    "alone); one trained on another base model (per its lorasum.json) is refused; without --model (and "
                    "no model in --config) its recorded base model is loaded, as compose --merge-into-base does")

@@ -24,6 +24,11 @@ Run folder layout::
     OUT/results.json                   every number, with provenance (schema: lorasum.experiment.results)
     OUT/report/                        report.md, report.html, results.csv, plots
 
+Nothing of the user's is written through or replaced: a symbolic link, named pipe, device or socket anywhere
+in ``run.json``, ``results.json``, ``manifest.json``, ``report/``, ``adapters/`` or ``cache/`` is refused
+before the model is loaded, and an adapter folder that this run folder did not make (no job key with a cache
+entry recording its files) is refused before any training unless ``overwrite`` (then replaced with a warning).
+
 Dense composition results (``ties``, ``dare_*``, ``magnitude_prune``) are not stored: they are
 recomposed in memory when one of their evaluations is not cached, added to the base weights and
 taken off again (:mod:`lorasum.experiment.activate`).
@@ -36,6 +41,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import time
 from dataclasses import asdict
@@ -49,13 +55,17 @@ from lorasum.errors import DataError, OutputExistsError, UserError
 from lorasum.experiment.grid import AdapterJob, EvalJob, Plan, plan
 from lorasum.experiment.results import (RESULTS_SCHEMA_VERSION, combination_rows, composition_rows,
                                         geometry_rows, union_rows, with_ppl)
-from lorasum.storage import atomic_write_json, sha256_json
+from lorasum.storage import (atomic_write_json, check_no_links, check_regular, check_tree_no_links, make_folders,
+                             settle_path, sha256_json)
 
 __all__ = ["run_experiment", "plan_of", "RESULTS_SCHEMA_VERSION"]
 
 log = logging.getLogger("lorasum")
 _KEY_VERSION = 3  # bump when what a key hashes changes
+_KEY_PATTERN = re.compile(r"[0-9a-f]{64}")  # a job key (SHA-256 hex)
 _JOB_FILE = "lorasum_job.json"  # in composed adapter folders: the job key that made them
+#: what lorasum writes in a run folder: none of it, nor anything below it, may be a symbolic link
+RUN_ENTRIES = ("run.json", "results.json", "manifest.json", "report", "adapters", "cache")
 
 
 def _is_int(v) -> bool:
@@ -118,7 +128,7 @@ class _Cache:
         """The entry ``kind/key``, or None: not cached, cached by an earlier run while reuse is off
         (``--overwrite``), or damaged (warned about once, see :meth:`reject`)."""
         path = self.root / kind / f"{key}.json"
-        if not (self.enabled or (kind, key) in self._fresh) or not path.is_file():
+        if not (self.enabled or (kind, key) in self._fresh) or not check_regular(path).is_file():
             return None
         try:
             entry = json.loads(path.read_text(encoding="utf-8"))
@@ -146,7 +156,9 @@ class _Cache:
         return (kind, key) in self._fresh
 
     def put(self, kind: str, key: str, value: dict) -> None:
-        atomic_write_json(self.root / kind / f"{key}.json", value)
+        path = check_no_links(self.root.parent, self.root / kind / f"{key}.json")  # never through a user's link
+        check_regular(path)  # a named pipe, device or socket is never replaced
+        atomic_write_json(path, value)
         self._fresh.add((kind, key))
 
 
@@ -175,6 +187,8 @@ def _prepare_run_folder(out: Path, cfg: ExperimentConfig, overwrite: bool) -> bo
     marker = out / "run.json"
     if os.path.lexists(out) and not out.is_dir():
         raise OutputExistsError(f"{out}: exists and is not a folder; choose another --out")
+    # a symlink in what lorasum writes (RUN/report -> a user's folder) would have the run write through it
+    check_tree_no_links(out, RUN_ENTRIES)
     check_report_dir(out / "report")  # before hours of training, not when the report is written
     if out.exists() and any(out.iterdir()) and not marker.is_file():
         raise OutputExistsError(f"{out}: exists and is not a lorasum run folder; choose another --out")
@@ -252,12 +266,12 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, overwrite: bool = 
     from lorasum.storage import check_output_name
 
     check_output_name(out)
-    out = Path(out)
+    out = settle_path(out)  # `newp/../c2` with no newp: c2, and no empty newp left behind
     data_root(cfg.data)  # a missing data folder fails before the run folder is made and the model loaded
     if os.path.lexists(out) and not out.is_dir():
         raise OutputExistsError(f"{out}: exists and is not a folder; choose another --out")
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        make_folders(out)  # `--out newp/../c2` leaves no empty newp behind
     except OSError as e:  # a file where a folder above it should be, no permission, read-only
         raise UserError(f"{out}: cannot create the run folder: {e.strerror or e}") from None
     cache = _Cache(out / "cache", enabled=_prepare_run_folder(out, cfg, overwrite))
@@ -284,6 +298,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, overwrite: bool = 
     ctx = _Context(cfg, out, cache, data, model, tokenizer, info, progress)
     lap("data")
 
+    ctx.check_adapter_folders(grid.adapters, overwrite)  # before any training: never replace what is not ours
     if cfg.train.parallel_adapters != 1:
         ctx.train_together(list(grid.adapters))
     adapters = [ctx.run_adapter(job) for job in grid.adapters]
@@ -315,6 +330,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, overwrite: bool = 
         "peak_gpu_memory_gib": (round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda"
                                 else None),
     }
+    check_tree_no_links(out, RUN_ENTRIES)  # again before the last writes: nothing put there since then
     atomic_write_json(out / "results.json", results)
     write_report(results, out / "report")
     _write_run_manifest(out, cfg, data)
@@ -396,22 +412,86 @@ class _Context:
         return row
 
     @staticmethod
-    def _folder_holds(path: Path, key: str) -> bool:
-        """Whether the adapter folder at ``path`` is the one of job ``key`` (its lorasum.json names the key):
-        a folder left by a run with other settings is redone, never reused under this key."""
+    def _folder_key(path: Path) -> str | None:
+        """The job key that the adapter folder at ``path`` names (lorasum.json's ``meta.job_key`` of a trained
+        adapter, lorasum_job.json's ``job_key`` of a composed one), or None: no adapter there, or not one
+        made by a run folder."""
         from lorasum.train import ADAPTER_META_FILE
 
         if not (path / "adapter_config.json").is_file():
-            return False
+            return None
         for name, field in ((ADAPTER_META_FILE, lambda d: (d.get("meta") or {}).get("job_key")),
                             (_JOB_FILE, lambda d: d.get("job_key"))):
             if not (path / name).is_file():  # missing, or a pipe or device: never read
                 continue
             try:
-                return field(json.loads((path / name).read_text(encoding="utf-8"))) == key
+                value = field(json.loads((path / name).read_text(encoding="utf-8")))
             except (OSError, ValueError, AttributeError, RecursionError):
                 continue
-        return False
+            return value if isinstance(value, str) else None
+        return None
+
+    @classmethod
+    def _folder_holds(cls, path: Path, key: str) -> bool:
+        """Whether the adapter folder at ``path`` is the one of job ``key`` (its lorasum.json names the key):
+        a folder left by a run with other settings is redone, never reused under this key."""
+        return cls._folder_key(path) == key
+
+    def _made_here(self, path: Path) -> bool:
+        """Whether the adapter folder at ``path`` is one this run folder made (with any settings): it names a
+        job key whose cache entry (``cache/adapters/KEY.json``) records the very files it holds."""
+        key = self._folder_key(path)
+        if key is None or not _KEY_PATTERN.fullmatch(key):  # the key becomes a file name: hex only
+            return False
+        entry_path = self.cache.root / "adapters" / f"{key}.json"
+        if not entry_path.is_file():
+            return False
+        try:
+            entry = json.loads(entry_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+            return False
+        if _adapter_entry_problem(entry) is not None:
+            return False
+        files = entry.get("files")
+        return not files or files == _adapter_files(path)
+
+    def check_adapter_folder(self, key: str, path: Path, overwrite: bool) -> None:
+        """Before adapter job ``key`` is (re)made at ``path``: refuse to replace what this run folder did not
+        make there (an adapter of the user's, of another run folder, or of edited files) unless
+        ``overwrite``; such a folder is named in a warning when it is replaced. The run's own folders (its
+        earlier settings, an interrupted save, an edited adapter already warned about) are redone as before.
+
+        Raises:
+            OutputExistsError: ``path`` holds something else and ``overwrite`` is False.
+        """
+        if not os.path.lexists(path) or self._folder_holds(path, key) or self._made_here(path):
+            return
+        if path.is_dir() and not path.is_symlink() and not any(path.iterdir()):
+            return  # an empty folder: nothing to lose
+        what = ("an adapter this run folder did not make (another config, or copied here)"
+                if (path / "adapter_config.json").is_file() else "something that is not an adapter this run made")
+        if not overwrite:
+            raise OutputExistsError(f"{path}: holds {what}; the run would replace it: move it away, or pass "
+                                    "--overwrite to replace it")
+        log.warning("%s: holds %s; replacing it (--overwrite)", path, what)
+
+    def check_adapter_folders(self, jobs, overwrite: bool) -> None:
+        """:meth:`check_adapter_folder` for every stored adapter of ``jobs`` (plan order), before any training."""
+        keys = dict(self.keys)
+        for job in jobs:
+            key = self._job_key(job, keys)
+            keys[(job.name, job.seed)] = key
+            if not self._dense(job):
+                path = self._trained_path(job)
+                self._check_links(path)
+                self.check_adapter_folder(key, path, overwrite)
+
+    def _job_key(self, job: AdapterJob, keys: dict) -> str:
+        """The cache key of adapter ``job``; ``keys`` holds those of its sources ((name, seed) → key)."""
+        if job.trained:
+            return self._train_key(job)
+        return sha256_json({"v": _KEY_VERSION, "method": job.method, "params": self._params(job),
+                            "sources": [keys[(s, job.seed)] for s in job.sources]})
 
     def _adapter_done(self, key: str, path: Path) -> bool:
         """Whether adapter job ``key`` is finished: a usable cache entry and its own folder at ``path``, whose
@@ -433,6 +513,14 @@ class _Context:
     def _put_adapter(self, key: str, path: Path, value: dict) -> None:
         """Cache adapter job ``key`` with the SHA-256 of its folder's config and weights."""
         self.cache.put("adapters", key, value | {"files": _adapter_files(path)})
+
+    def _check_links(self, path: Path) -> None:
+        """Refuse to write the adapter folder ``path`` (or its checkpoint) through a symbolic link."""
+        from lorasum.train.checkpoint import checkpoint_dir
+
+        check_no_links(self.out, path)
+        check_no_links(self.out, checkpoint_dir(path))
+        check_tree_no_links(path.parent, (path.name, checkpoint_dir(path).name))
 
     def _trained_path(self, job: AdapterJob) -> Path:
         return self.out / "adapters" / f"seed{job.seed}" / job.name
@@ -466,6 +554,9 @@ class _Context:
             if all(self._adapter_done(key, path) for _, key, path in group):
                 continue
             ckpt = self._group_checkpoint(group)
+            for _, _, path in group:
+                self._check_links(path)
+            check_no_links(self.out, ckpt)
             try:
                 if ckpt.exists() or ckpt.is_symlink():
                     try:
@@ -518,11 +609,7 @@ class _Context:
         """Train or compose one adapter unless its folder and cache entry exist; return its row."""
         dense = self._dense(job)
         path = None if dense else self._trained_path(job)
-        if job.trained:
-            key = self._train_key(job)
-        else:
-            key = sha256_json({"v": _KEY_VERSION, "method": job.method, "params": self._params(job),
-                               "sources": [self.keys[(s, job.seed)] for s in job.sources]})
+        key = self._job_key(job, self.keys)
         self.keys[(job.name, job.seed)], self.paths[(job.name, job.seed)] = key, path
         self.jobs[(job.name, job.seed)] = job
         row = self._row(job, key, path)
@@ -533,6 +620,9 @@ class _Context:
             log.info("%-7s %-40s seed %d", "done" if self.cache.fresh("adapters", key) else "cached", job.name, job.seed)
             return row | {"train": cached.get("train")}
         log.info("%-7s %-40s seed %d", "train" if job.trained else "compose", job.name, job.seed)
+        self._check_links(path)
+        if self.cache.enabled:  # checked before any training too (--overwrite: warned about there)
+            self.check_adapter_folder(key, path, overwrite=False)
         summary = self._train(job, path, key) if job.trained else self._compose(job, path)
         self._put_adapter(key, path, {"row": row, "train": summary})
         return row | {"train": summary}

@@ -20,7 +20,7 @@ from lorasum.report.plots import PLOT_FILES, all_plots
 from lorasum.report.render import build_blocks, to_html, to_markdown
 from lorasum.report.schema import MalformedResults, check_results
 from lorasum.report.tables import RESULT_COLUMNS, results_rows
-from lorasum.storage import atomic_write_bytes, atomic_write_text, read_regular_file
+from lorasum.storage import atomic_write_bytes, atomic_write_text, make_folders, read_regular_file
 
 __all__ = ["SCHEMA_VERSIONS", "REPORT_FILES", "load_results", "write_report", "results_csv", "check_report_dir"]
 
@@ -116,7 +116,7 @@ def write_report(results: dict, out_dir: str | os.PathLike) -> dict[str, Path]:
     out = Path(out_dir)
     check_report_dir(out)
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        make_folders(out)
     except OSError as e:
         raise UserError(f"{out}: cannot create the report folder: {e.strerror or e}") from None
     images = all_plots(results)
