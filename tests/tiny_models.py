@@ -74,3 +74,28 @@ def signal_self(sig):
     import os
 
     return lambda: os.kill(os.getpid(), sig)
+
+
+def finished_tiny_run(tmp: Path) -> tuple[Path, Path]:
+    """``(config, run folder)`` of one finished tiny run under ``tmp`` (tiny GPT-2, math and finance, one seed,
+    the sum only; the real data of ``LORASUM_DATA_ROOT``, skipped without it). Copy the folder before changing it."""
+    import os
+
+    import pytest
+
+    from lorasum.cli import main
+
+    root = os.environ.get("LORASUM_DATA_ROOT")
+    if not root or not Path(root).is_dir():
+        pytest.skip("LORASUM_DATA_ROOT is not set to the shared data folder (e.g. ../shared/data/raw)")
+    model = save_tiny_gpt2(tmp / "m")
+    cfg = tmp / "tiny.yaml"
+    cfg.write_text(
+        f"name: tiny\nmodel: {model}\ndomains: [math, finance]\nseeds: [0]\ndevice: cpu\nhybrids: false\n"
+        "data: {max_length: 48, train_size: 4, validation_size: 1, test_size: 3}\n"
+        "train: {learning_rate: 1.0e-2, batch_size: 2, max_steps: 2}\n"
+        "eval: {batch_size: 3}\nmethods: [sum]\n")
+    out = tmp / "run"
+    assert main(["reproduce", "-q", "--config", str(cfg), "--out", str(out)]) == 0
+    return cfg, out
+

@@ -726,3 +726,22 @@ def write_manifest(folder: str | os.PathLike, *, config: dict, inputs: dict[str,
     }
     text = json.dumps(manifest, indent=2, sort_keys=True, default=str, allow_nan=True) + "\n"
     return atomic_write_text(own, text)
+
+
+def describe_json_value(v) -> str:
+    """A JSON value in words, for one-line errors about a malformed file: ``null``, ``the number 3``,
+    ``the string "x"`` (cut to 40 characters), ``an empty list``, ``an object``; ``a large integer`` for one
+    of 16 digits or more (a huge one is not printed)."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return f"the number {v!r}" if isinstance(v, float) or abs(v) < 10**15 else "a large integer"
+    if isinstance(v, str):
+        return f"the string {json.dumps(v if len(v) <= 40 else v[:37] + '...')}"
+    if isinstance(v, list):
+        return "a list" if v else "an empty list"
+    if isinstance(v, dict):
+        return "an object" if v else "an empty object"
+    return type(v).__name__

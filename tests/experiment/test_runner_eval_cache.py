@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -56,30 +55,12 @@ def test_a_perplexity_that_overflows_a_float_is_inf_not_an_error():
 
 # -- a tiny run ------------------------------------------------------------------------------------------
 
-def _data_root() -> Path:
-    root = os.environ.get("LORASUM_DATA_ROOT")
-    if not root or not Path(root).is_dir():
-        pytest.skip("LORASUM_DATA_ROOT is not set to the shared data folder (e.g. ../shared/data/raw)")
-    return Path(root)
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """``(config, run folder)`` of one finished tiny run."""
-    _data_root()
-    from tiny_models import save_tiny_gpt2
+    from tiny_models import finished_tiny_run
 
-    tmp = tmp_path_factory.mktemp("eval-cache")
-    model = save_tiny_gpt2(tmp / "m")
-    cfg = tmp / "tiny.yaml"
-    cfg.write_text(
-        f"name: tiny\nmodel: {model}\ndomains: [math, finance]\nseeds: [0]\ndevice: cpu\nhybrids: false\n"
-        "data: {max_length: 48, train_size: 4, validation_size: 1, test_size: 3}\n"
-        "train: {learning_rate: 1.0e-2, batch_size: 2, max_steps: 2}\n"
-        "eval: {batch_size: 3}\nmethods: [sum]\n")
-    out = tmp / "run"
-    assert main(["reproduce", "-q", "--config", str(cfg), "--out", str(out)]) == 0
-    return cfg, out
+    return finished_tiny_run(tmp_path_factory.mktemp("eval-cache"))
 
 
 def _evals(out: Path) -> dict[str, dict]:

@@ -18,6 +18,8 @@ import json
 import re
 from typing import Any, Callable
 
+from lorasum.storage import describe_json_value
+
 __all__ = ["MalformedResults", "check_results"]
 
 #: an adapter name of the geometry section: part of a figure's file name (layer_cosines_<a>+<b>.png)
@@ -47,26 +49,10 @@ def _at(where: str, key: str | int) -> str:
     return f"{where}[{json.dumps(key)}]"
 
 
-def _got(v: Any) -> str:
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        text = repr(v) if isinstance(v, float) or abs(v) < 10**15 else "a large integer"
-        return f"the number {text}" if not text.startswith("a ") else text
-    if isinstance(v, str):
-        shown = v if len(v) <= 40 else v[:37] + "..."
-        return f"the string {json.dumps(shown)}"
-    if isinstance(v, list):
-        return "a list" if v else "an empty list"
-    if isinstance(v, dict):
-        return "an object" if v else "an empty object"
-    return type(v).__name__
 
 
 def _fail(v: Any, where: str, expected: str):
-    raise MalformedResults(where, f"expected {expected}, got {_got(v)}")
+    raise MalformedResults(where, f"expected {expected}, got {describe_json_value(v)}")
 
 
 def _obj(v: Any, where: str) -> dict:

@@ -38,7 +38,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from lorasum.errors import OutputExistsError, UserError
-from lorasum.storage import _kind, atomic_dir, atomic_write_json, sha256_file, sha256_json
+from lorasum.storage import _kind, atomic_dir, describe_json_value, atomic_write_json, sha256_file, sha256_json
 
 __all__ = ["Checkpoint", "CheckpointError", "TrainingDiverged", "TrainingInterrupted", "TrainingStopped", "checkpoint_dir", "fingerprint",
            "save_checkpoint", "load_checkpoint", "restore_checkpoint", "check_checkpoint", "prepare_checkpoint",
@@ -309,23 +309,11 @@ class _Malformed(ValueError):
         super().__init__(f"{where}: {what}")
 
 
-def _got(v: Any) -> str:
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return f"the number {v!r}" if isinstance(v, float) or abs(v) < 10**15 else "a large integer"
-    if isinstance(v, str):
-        return f"the string {json.dumps(v if len(v) <= 40 else v[:37] + '...')}"
-    if isinstance(v, list):
-        return "a list" if v else "an empty list"
-    return {dict: "an object"}.get(type(v), type(v).__name__)
 
 
 def _need(ok: bool, v: Any, where: str, expected: str) -> None:
     if not ok:
-        raise _Malformed(where, f"expected {expected}, got {_got(v)}")
+        raise _Malformed(where, f"expected {expected}, got {describe_json_value(v)}")
 
 
 def _field(d: dict, key: str, where: str = "") -> Any:
