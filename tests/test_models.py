@@ -208,3 +208,48 @@ def test_a_cache_folder_that_cannot_be_written_is_skipped_with_a_warning(tmp_pat
     _save_converted(tmp_path / "ok", tmp_path / "m.gguf", tiny_llama, tiny_tokenizer)  # the same model: kept
     model, _, info = load_model(str(tmp_path / "ok"), device="cpu")
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), tiny_llama.state_dict().values()))
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_inputs_require_grad_gives_every_layer_an_input_that_requires_grad(arch):
+    """One compiled training graph for all layers needs the first layer's input to require grad like the
+    others'; the LoRA gradients must not change, and no-grad / inference passes must be left alone."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    if arch == "gpt2":
+        base = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=64, n_positions=32,
+                                          resid_pdrop=0, embd_pdrop=0, attn_pdrop=0))
+        targets = ["c_attn"]
+    else:
+        base = LlamaForCausalLM(LlamaConfig(num_hidden_layers=2, hidden_size=32, intermediate_size=64,
+                                            num_attention_heads=2, num_key_value_heads=2, vocab_size=64))
+        targets = ["q_proj", "v_proj"]
+    model = get_peft_model(base, LoraConfig(r=2, lora_alpha=4, target_modules=targets, init_lora_weights=False))
+    seen = []
+    layer0 = models.decoder_layers(model)[0]
+    handle = layer0.register_forward_pre_hook(lambda m, args, kwargs: seen.append(
+        (args[0] if args else kwargs["hidden_states"]).requires_grad), with_kwargs=True)
+    ids = torch.randint(0, 64, (2, 8))
+
+    def lora_grads():
+        model.zero_grad()
+        model(input_ids=ids, labels=ids).loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    plain = lora_grads()
+    assert seen == [False]
+    with models.inputs_require_grad(model):
+        hooked = lora_grads()
+        with torch.no_grad():
+            model(input_ids=ids)
+        with torch.inference_mode():
+            model(input_ids=ids)
+    assert seen == [False, True, False, False]
+    lora_grads()
+    assert seen[-1] is False  # the hook is gone
+    handle.remove()
+    assert plain.keys() == hooked.keys() and plain
+    for name in plain:
+        torch.testing.assert_close(hooked[name], plain[name], rtol=1e-6, atol=1e-7, msg=name)

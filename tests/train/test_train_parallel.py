@@ -128,6 +128,48 @@ def test_parallel_lora_layer_matches_each_adapter_alone():
     assert float(layer.lora_B.grad[:, 0].abs().sum()) == 0 and float(layer.lora_A.grad[2].abs().sum()) == 0
 
 
+def test_parallel_lora_layers_compile_to_one_graph_for_all_layers():
+    """Every decoder layer of a training pass must reuse one compiled graph: the routing mask is built by
+    route(), not cached by the first layer that asks for it (which gave the first layer a graph of its own
+    and doubled the compilation of a training run)."""
+    from torch._dynamo.testing import CompileCounter
+
+    class Block(torch.nn.Module):
+        def __init__(self, router):
+            super().__init__()
+            self.proj = _ParallelLoRA(torch.nn.Linear(6, 6), [(torch.randn(2, 6), torch.randn(6, 2))
+                                                             for _ in range(3)], 0.0, router)
+
+        def forward(self, x):
+            return x + torch.tanh(self.proj(x))
+
+    torch.manual_seed(0)
+    torch._dynamo.reset()
+    try:
+        router = _Router(3, 2, scaling=1.5)
+        blocks = [Block(router) for _ in range(3)]
+        eager = [Block(router) for _ in range(3)]
+        for b, e in zip(blocks, eager):
+            e.load_state_dict(b.state_dict())
+        counter = CompileCounter()
+        for b in blocks:
+            b.compile(backend=counter, dynamic=True)
+        for width in (4, 7):  # two pass sizes: still one graph
+            x = torch.randn(1, width, 6, requires_grad=True)
+            router.route(torch.randint(-1, 3, (1, width)))
+            y = x
+            for b in blocks:
+                y = b(y)
+            want = x
+            for e in eager:
+                want = e(want)
+            torch.testing.assert_close(y, want)
+            router.clear()
+        assert counter.frame_count == 1
+    finally:
+        torch._dynamo.reset()
+
+
 def test_stacked_adamw_equals_torch_adamw_per_adapter():
     """Each adapter's slice follows torch.optim.AdamW with its own learning rate, after
     clip_grad_norm_ of its own gradients; a learning rate of 0 leaves a slice unchanged."""

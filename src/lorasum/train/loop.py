@@ -488,7 +488,8 @@ def train_adapter(
         # a signal during the last step is kept until the adapter is saved, then stops the command
         signals = stack_signals.enter_context(_stop_on_signals())
         with training_attention_dropout(model, train), \
-                compiled_layers(model, train.compile and next(model.parameters()).is_cuda):
+                compiled_layers(model, train.compile and next(model.parameters()).is_cuda,
+                                training=True):
             try:
                 losses, tokens, seconds = _optimise(peft_model, encoded, train, seed, pad_id, progress, packed, ckpt,
                                                     signals)

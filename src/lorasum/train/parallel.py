@@ -154,31 +154,40 @@ class _Router:
         self.varlen = False  # whether the passes use variable-length attention (recorded in lorasum.json)
         self.cuda_graphs = False  # whether the passes were replayed as CUDA graphs (recorded in lorasum.json)
         self._groups: torch.Tensor | int | None = None
-        self._masks: dict[torch.device, torch.Tensor] = {}
+        self._mask: torch.Tensor | None = None  # M of a tensor routing, on the routing's device
+        self._masks: dict[torch.device, torch.Tensor] = {}  # M on other devices (int routing, split models)
 
     def route(self, groups: torch.Tensor | int) -> None:
-        """``groups``: (rows, width) adapter index of each token (-1: padding), or one index for all."""
+        """``groups``: (rows, width) adapter index of each token (-1: padding), or one index for all.
+
+        The mask of a tensor is built here, on its device, before the layers run: built lazily inside the
+        first layer instead, a compiled layer took one graph for the first layer (mask missing) and
+        another for the rest (mask cached), which doubled the compilation of a training run."""
         self._groups, self._masks = groups, {}
+        self._mask = self._build(groups, groups.device) if isinstance(groups, torch.Tensor) else None
 
     def clear(self) -> None:
         """Forget the routing (and the masks built from it)."""
-        self._groups, self._masks = None, {}
+        self._groups, self._masks, self._mask = None, {}, None
+
+    def _build(self, g: torch.Tensor | int, device: torch.device) -> torch.Tensor:
+        if isinstance(g, int):
+            m = torch.zeros(self.k * self.r, dtype=torch.bool, device=device)
+            m[g * self.r:(g + 1) * self.r] = True
+            return m
+        return F.one_hot(g.to(device) + 1, self.k + 1)[..., 1:].bool().repeat_interleave(self.r, -1)
 
     def mask(self, like: torch.Tensor) -> torch.Tensor:
         """M as booleans, broadcastable to ``like`` (…, k·r), on its device."""
-        key = like.device
-        if key not in self._masks:
-            g = self._groups
-            if g is None:
+        m = self._mask
+        if m is None or m.device != like.device:  # one index for all, or a layer on another device
+            if self._groups is None:
                 raise RuntimeError("parallel LoRA layers called before the tokens were routed")
-            if isinstance(g, int):
-                m = torch.zeros(self.k * self.r, dtype=torch.bool, device=like.device)
-                m[g * self.r:(g + 1) * self.r] = True
-            else:
-                m = F.one_hot(g.to(like.device) + 1, self.k + 1)[..., 1:].bool().repeat_interleave(self.r, -1)
-                m = m.reshape(like.shape)  # tokens in the layout the layer sees
-            self._masks[key] = m
-        return self._masks[key]
+            key = like.device
+            if key not in self._masks:
+                self._masks[key] = self._build(self._groups, key)
+            m = self._masks[key]
+        return m if m.dim() == 1 else m.reshape(like.shape)  # tokens in the layout the layer sees
 
 
 class _ParallelLoRA(torch.nn.Module):
@@ -494,7 +503,7 @@ def train_adapters(
                          "off)" if has_attention_dropout(model) else
                          "the model's attention is not SDPA or this torch has no varlen_attn")
             compile_layers = train.compile and is_cuda
-            with varlen_attention(model, use_varlen), compiled_layers(model, compile_layers):
+            with varlen_attention(model, use_varlen), compiled_layers(model, compile_layers, training=True):
                 return _loop(model, tokenizer, tasks, outs, encoded, layers, router, config, lora, train, max_length,
                              model_info, pad_id, overwrite, progress, on_saved, use_varlen, previous_attention, ckpt,
                              use_graphs)
