@@ -124,8 +124,8 @@ def test_parallel_lora_layer_matches_each_adapter_alone():
     # gradients reach only the adapters whose tokens are in the batch
     router.route(torch.tensor([[1, 1, -1, -1]]))
     layer(x[:1]).sum().backward()
-    assert layer.lora_B.grad[:, 1].abs().sum() > 0 and layer.lora_A.grad[1].abs().sum() > 0
-    assert float(layer.lora_B.grad[:, 0].abs().sum()) == 0 and float(layer.lora_A.grad[2].abs().sum()) == 0
+    assert layer.lora_B.grad[:, 1].abs().sum() > 0 and layer.lora_A.grad[:, 1].abs().sum() > 0
+    assert float(layer.lora_B.grad[:, 0].abs().sum()) == 0 and float(layer.lora_A.grad[:, 2].abs().sum()) == 0
 
 
 def test_parallel_lora_layers_compile_to_one_graph_for_all_layers():
@@ -168,6 +168,49 @@ def test_parallel_lora_layers_compile_to_one_graph_for_all_layers():
         assert counter.frame_count == 1
     finally:
         torch._dynamo.reset()
+
+
+def test_stacked_adamw_flat_buffers_take_autograd_gradients_of_every_module():
+    """The optimiser moves the factors of all modules into flat buffers (one buffer for the lora_A and
+    lora_B of modules of different widths): values kept, gradients accumulated by autograd into the attached views over
+    several passes, and the step of each adapter equal to torch.optim.AdamW on its own factors."""
+    torch.manual_seed(0)
+    k = 3
+    router = _Router(k, 2, scaling=1.0)
+    factors = [[(torch.randn(2, d_in), torch.randn(d_out, 2)) for _ in range(k)] for d_in, d_out in ((5, 4), (4, 3))]
+    layers = [_ParallelLoRA(torch.nn.Linear(f[0][0].shape[1], f[0][1].shape[0]), f, 0.0, router) for f in factors]
+    twins = [_ParallelLoRA(l.base, f, 0.0, router) for l, f in zip(layers, factors)]  # plain parameters
+    params = [p for l in layers for p in (l.lora_A, l.lora_B)]
+    before = [p.detach().clone() for p in params]
+    opt = _AdamW(params, [1] * 4, k, weight_decay=0.1)
+    for p, b in zip(params, before):
+        assert torch.equal(p, b)
+    assert len({p.untyped_storage().data_ptr() for p in params}) == 1 and all(p.is_contiguous() for p in params)
+    attached = [p.grad for p in params]
+    x = torch.randn(2, 6, 5)
+    for groups in (torch.randint(0, k, (2, 6)), torch.randint(-1, k, (2, 6))):  # two passes accumulate
+        router.route(groups)
+        layers[1](layers[0](x)).square().sum().backward()
+        twins[1](twins[0](x)).square().sum().backward()
+    plain = [p for l in twins for p in (l.lora_A, l.lora_B)]
+    assert all(p.grad is g for p, g in zip(params, attached))
+    for p, q in zip(params, plain):
+        torch.testing.assert_close(p.grad, q.grad)
+    lrs = torch.tensor([1e-2, 3e-3, 0.0])
+    refs = [[q[:, j].detach().clone().requires_grad_() for q in plain]
+            for j in range(k)]
+    for j, ref in enumerate(refs):
+        for r, q in zip(ref, plain):
+            r.grad = q.grad[:, j].clone()
+        torch.nn.utils.clip_grad_norm_(ref, 0.5)
+        torch.optim.AdamW(ref, lr=float(lrs[j]), weight_decay=0.1).step()
+    opt.clip(0.5)
+    opt.step(lrs)
+    opt.zero_grad()
+    for j, ref in enumerate(refs):
+        for p, r in zip(params, ref):
+            torch.testing.assert_close(p[:, j], r.detach(), rtol=1e-5, atol=1e-7)
+    assert all(p.grad is g and not g.any() for p, g in zip(params, attached))
 
 
 def test_stacked_adamw_equals_torch_adamw_per_adapter():
@@ -307,7 +350,7 @@ def test_a_diverging_adapter_is_named_and_does_not_reach_the_others_forward(tmp_
     def poisoned(self, lr):
         real_step(self, lr)
         if self.steps == 1:
-            self.params[0].data[2] = float("inf")  # adapter 2's lora_A of the first module
+            self.params[0].data[:, 2] = float("inf")  # adapter 2's lora_A of the first module
 
     def losses_seen(losses, outs, learning_rate, since=0):
         seen.append(torch.stack(losses).clone())

@@ -3,7 +3,7 @@
 A checkpoint is a folder written atomically after optimiser step ``s`` of the group:
 
 * ``group.safetensors``: per targeted module, the stacked LoRA factors (``<module>.lora_A``
-  (k, r, d_in), ``<module>.lora_B`` (d_out, k, r)) and their AdamW moments (``.exp_avg``,
+  (d_in, k, r), ``<module>.lora_B`` (d_out, k, r)) and their AdamW moments (``.exp_avg``,
   ``.exp_avg_sq``);
 * ``rng.safetensors``: the torch CPU and CUDA generator states (dropout draws);
 * ``state.json``: the format, the group's fingerprint, ``s``, AdamW's step count, each adapter's

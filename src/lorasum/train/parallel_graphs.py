@@ -239,8 +239,7 @@ class GraphedPasses:
         self.device = next(model.parameters()).device
         self.capture = capture and self.device.type == "cuda"
         self.step_nll = torch.zeros(k + 1, device=self.device)  # per-adapter NLL sums of the step (k: padding)
-        for p in optimizer.params:  # static gradients, accumulated in place by every pass
-            p.grad = torch.zeros_like(p)
+        optimizer.zero_grad()  # static gradients (views of the optimiser's flat buffers), accumulated in place
         self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, dict]] = {}
         self._opt: tuple[torch.cuda.CUDAGraph, torch.Tensor] | None = None
         self._pool = torch.cuda.graph_pool_handle() if self.capture else None
@@ -402,7 +401,7 @@ class GraphedPasses:
         if self.max_grad_norm is not None:
             self.optimizer.clip(self.max_grad_norm)
         self.optimizer.step(scalars[:self.k], bias=scalars[self.k:])
-        torch._foreach_zero_([p.grad for p in self.optimizer.params])
+        self.optimizer.zero_grad()
 
     def optimizer_step(self, lr: torch.Tensor) -> None:
         """One optimiser step with learning rates ``lr`` (k,) float32 on the CPU; gradients are zeroed."""
