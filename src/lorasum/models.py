@@ -600,8 +600,8 @@ def inputs_require_grad(model: torch.nn.Module) -> Iterator[None]:
     on (what transformers' ``enable_input_require_grads`` does, but left alone under ``torch.no_grad`` and
     inference mode), so that every decoder layer sees an input that requires grad. A compiled layer then
     has one graph for training, not two (the first layer's input from frozen embeddings does not require
-    grad, and ``torch.compile`` guards on it: compiling the second graph took about half of the ≈ 95 s of
-    compilation of a SmolLM2 training run on an H100, 2026-12-05). The cost is the first layer's
+    grad, and ``torch.compile`` guards on it; the two graphs of a SmolLM2 training run took 95.6 s to compile on
+    an H100, 2026-12-05). The cost is the first layer's
     input gradient, one layer's share of the backward pass. No-op for a model without input embeddings."""
     get = getattr(model, "get_input_embeddings", None)
     try:
