@@ -95,6 +95,12 @@ def main() -> None:
         common = [k for k in new if k in old]
         out["compared_ppl"] = len(common)
         out["max_rel_ppl_diff"] = max((abs(new[k] - old[k]) / old[k] for k in common), default=None)
+    try:  # where torch.compile spent its time (dynamo, AOT autograd, Inductor), seconds summed per phase
+        from torch._dynamo.utils import compile_times
+
+        logging.info("torch.compile phases (seconds, summed):\n%s", compile_times(repr="str", aggregate=True))
+    except Exception as e:  # noqa: BLE001 - a private API: never fail the benchmark because of it
+        logging.info("torch.compile phases unavailable: %s", e)
     print(json.dumps(out))
 
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lorasum.evaluate.nll import head_nll
+from lorasum.evaluate import nll as nll_module
+from lorasum.evaluate.nll import compiled_head, head_nll
 
 
 def _head(vocab=50, hidden=12, bias=False, frozen=True):
@@ -14,9 +15,11 @@ def _head(vocab=50, hidden=12, bias=False, frozen=True):
     return head
 
 
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
 @pytest.mark.parametrize("chunk", [1, 3, 7, 64])
 @pytest.mark.parametrize("bias", [False, True])
-def test_values_and_hidden_gradients_equal_the_full_logits(chunk, bias):
+def test_values_and_hidden_gradients_equal_the_full_logits(chunk, bias, compiled):
+    """Eager, and with the chunk functions compiled by torch.compile (Inductor's CPU code here)."""
     head = _head(bias=bias)
     hidden = torch.randn(17, 12, dtype=torch.float64).float()
     targets = torch.randint(0, 50, (17,))
@@ -25,7 +28,8 @@ def test_values_and_hidden_gradients_equal_the_full_logits(chunk, bias):
     a = hidden.clone().requires_grad_()
     b = hidden.clone().requires_grad_()
     plain = F.cross_entropy(head(a).float(), targets, reduction="none")
-    chunked = head_nll(head, b, targets, chunk=chunk)
+    with compiled_head(compiled):
+        chunked = head_nll(head, b, targets, chunk=chunk)
     torch.testing.assert_close(chunked, plain, rtol=1e-5, atol=1e-6)
     (plain * weights).sum().backward()
     (chunked * weights).sum().backward()
@@ -42,6 +46,32 @@ def test_without_gradients_only_the_values_are_computed():
     torch.testing.assert_close(got, F.cross_entropy(head(hidden), targets, reduction="none"))
 
 
+def test_compiled_head_dispatches_each_chunk_to_the_compiled_functions_only_while_on(monkeypatch):
+    """The switch, with spies in place of the compiled functions (their values are tested above)."""
+    calls = {"nll": 0, "grad": 0}
+
+    def spy(name, fn):
+        def wrapped(*args):
+            calls[name] += 1
+            return fn(*args)
+        return wrapped
+
+    monkeypatch.setattr(nll_module, "_compiled", {"nll": spy("nll", nll_module._chunk_nll),
+                                                  "grad": spy("grad", nll_module._chunk_nll_and_grad)})
+    head = _head()
+    hidden, targets = torch.randn(10, 12), torch.randint(0, 50, (10,))
+    head_nll(head, hidden.requires_grad_(), targets, chunk=4)
+    assert calls == {"nll": 0, "grad": 0}  # off by default
+    with compiled_head():
+        with compiled_head(False):  # a nested "off" does not turn an outer "on" off
+            head_nll(head, hidden, targets, chunk=4)  # 3 chunks, with gradient
+        with torch.no_grad():
+            head_nll(head, hidden, targets, chunk=4)  # 3 chunks, values only
+    assert calls == {"nll": 3, "grad": 3}
+    head_nll(head, hidden, targets, chunk=4)
+    assert calls == {"nll": 3, "grad": 3}  # off again on exit
+
+
 def test_a_trainable_head_takes_the_plain_path_and_gets_its_gradient():
     head = _head(frozen=False)
     hidden, targets = torch.randn(9, 12), torch.randint(0, 50, (9,))
@@ -50,8 +80,14 @@ def test_a_trainable_head_takes_the_plain_path_and_gets_its_gradient():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_on_cuda_in_bfloat16_autocast_it_equals_the_plain_path_and_captures_in_a_graph():
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_on_cuda_in_bfloat16_autocast_it_equals_the_plain_path_and_captures_in_a_graph(compiled):
     """As the training passes run it: bf16 head under autocast, inside a CUDA graph."""
+    with compiled_head(compiled):
+        _check_cuda_graph()
+
+
+def _check_cuda_graph():
     head = _head(vocab=4000, hidden=64).cuda().to(torch.bfloat16)
     hidden = torch.randn(700, 64, device="cuda", dtype=torch.bfloat16)
     targets = torch.randint(0, 4000, (700,), device="cuda")

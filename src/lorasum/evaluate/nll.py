@@ -18,8 +18,9 @@ for a 49k-token vocabulary.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -32,6 +33,7 @@ from lorasum.data.tokenize import IGNORE_INDEX, Encoded, LossOn, collate, encode
 
 __all__ = [
     "Perplexity", "perplexity", "score", "answer_token_nll", "token_nll", "autocast_for", "fast_attention", "encode_for_eval",
+    "head_nll", "compiled_head",
 ]
 
 # config attributes of architectures whose logits are not just lm_head(hidden);
@@ -92,23 +94,84 @@ def fast_attention(device: torch.device) -> Iterator[None]:
 HEAD_CHUNK = 4096
 
 
+def _chunk_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """NLL (nats) of ``targets`` (c,) int64 under (c, V) ``logits``: ``logsumexp(logits) − logits[target]`` in
+    float32, shape (c,)."""
+    x = logits.float()
+    return torch.logsumexp(x, dim=-1) - x.gather(1, targets[:, None]).squeeze(1)
+
+
+def _chunk_nll_and_grad(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_chunk_nll` and its gradient with respect to the logits, ``softmax(logits) − onehot(targets)``
+    (c, V), in the logits' dtype (bf16 under autocast: the head's matmul would cast it so anyway).
+
+    Functional (no in-place ops) so that ``torch.compile`` fuses it into a reduction and a pointwise kernel
+    that read the logits twice and write the gradient once, instead of the eager path's ≈ 10 passes over a
+    float32 copy."""
+    x = logits.float()
+    lse = torch.logsumexp(x, dim=-1, keepdim=True)
+    nll = (lse - x.gather(1, targets[:, None])).squeeze(1)
+    onehot = torch.arange(x.shape[1], device=x.device)[None, :] == targets[:, None]
+    return nll, ((x - lse).exp() - onehot.to(x.dtype)).to(logits.dtype)
+
+
+#: whether :class:`_ChunkedHeadNLL` uses the compiled chunk functions (set by :func:`compiled_head`)
+_COMPILED_HEAD: contextvars.ContextVar[bool] = contextvars.ContextVar("lorasum_compiled_head", default=False)
+_compiled: dict[str, Callable] = {}
+
+
+@contextlib.contextmanager
+def compiled_head(enabled: bool = True) -> Iterator[None]:
+    """For the duration, :func:`head_nll` scores each chunk with ``torch.compile``-d functions
+    (dynamic shapes; compiled once per process, a few seconds, on the first chunk): the float32 cast,
+    log-sum-exp, target gather, softmax and ``− onehot`` of a chunk become two fused kernels instead of
+    about ten passes over (c, V) float32 logits. Same values up to float32 rounding (tested against
+    ``F.cross_entropy``). ``enabled=False``: nothing; nested, an inner ``False`` leaves an outer ``True`` on.
+
+    Opt-in for now: no training or evaluation path enters it yet. It is meant for ``train.compile`` and
+    ``eval.compile`` once measured on a GPU (a 6-adapter SmolLM2 step spent ≈ 10 of its 65 ms of GPU time in
+    the eager chunk's casts, reductions and exponentials on an H100, 2026-12-06; BENCHMARKS.md)."""
+    token = _COMPILED_HEAD.set(bool(enabled) or _COMPILED_HEAD.get())
+    try:
+        yield
+    finally:
+        _COMPILED_HEAD.reset(token)
+
+
+def _chunk_fns() -> tuple[Callable, Callable]:
+    """(nll, nll and gradient) chunk functions: compiled under :func:`compiled_head`, else eager."""
+    if not _COMPILED_HEAD.get():
+        return _chunk_nll, None
+    if not _compiled:
+        _compiled["nll"] = torch.compile(_chunk_nll, dynamic=True)
+        _compiled["grad"] = torch.compile(_chunk_nll_and_grad, dynamic=True)
+    return _compiled["nll"], _compiled["grad"]
+
+
 class _ChunkedHeadNLL(torch.autograd.Function):
     """NLL of ``targets`` under ``softmax(hidden @ weight.T + bias)``, ``HEAD_CHUNK`` rows at a time, with the
     gradient of ``hidden`` formed in the forward pass (the head is frozen: no gradient for it)."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, chunk):  # noqa: D102
+    def forward(ctx, hidden, weight, bias, targets, chunk, need_grad):  # noqa: D102
         n = hidden.shape[0]
         nll = torch.empty(n, dtype=torch.float32, device=hidden.device)
-        grad = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        grad = torch.empty_like(hidden) if need_grad else None
+        score, score_and_grad = _chunk_fns()
         for start in range(0, n, chunk):
-            h, t = hidden[start:start + chunk], targets[start:start + chunk, None]
-            logits = F.linear(h, weight, bias).float()  # (c, V): bf16 matmul under autocast, as head(hidden)
-            lse = torch.logsumexp(logits, dim=-1, keepdim=True)
-            nll[start:start + chunk] = (lse - logits.gather(1, t)).squeeze(1)
-            if grad is not None:  # d nll / d logits = softmax - onehot; d nll / d h = that @ weight
-                probs = logits.sub_(lse).exp_()
-                probs.scatter_add_(1, t, torch.full_like(t, -1, dtype=probs.dtype))
+            h, t = hidden[start:start + chunk], targets[start:start + chunk]
+            logits = F.linear(h, weight, bias)  # (c, V): bf16 matmul under autocast, as head(hidden)
+            if grad is None:
+                nll[start:start + chunk] = score(logits, t)
+            elif score_and_grad is not None:  # compiled: d nll / d logits = softmax - onehot in two kernels
+                nll[start:start + chunk], dlogits = score_and_grad(logits, t)
+                grad[start:start + chunk] = F.linear(dlogits, weight.t())
+            else:  # eager, in place on the float32 copy (one (c, V) float32 buffer at a time)
+                logits = logits.float()
+                lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+                nll[start:start + chunk] = (lse - logits.gather(1, t[:, None])).squeeze(1)
+                probs = logits.sub_(lse).exp_()  # d nll / d logits = softmax - onehot; d nll / d h = that @ weight
+                probs.scatter_add_(1, t[:, None], torch.full_like(t[:, None], -1, dtype=probs.dtype))
                 grad[start:start + chunk] = F.linear(probs.to(weight.dtype), weight.t())
         ctx.save_for_backward(grad)
         return nll
@@ -116,7 +179,7 @@ class _ChunkedHeadNLL(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_nll):  # noqa: D102
         (grad,) = ctx.saved_tensors
-        return grad * grad_nll[:, None].to(grad.dtype), None, None, None, None
+        return grad * grad_nll[:, None].to(grad.dtype), None, None, None, None, None
 
 
 def head_nll(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
@@ -145,7 +208,9 @@ def head_nll(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
               and (head.bias is None or not head.bias.requires_grad))
     if not frozen or chunk < 1:
         return F.cross_entropy(head(hidden).float(), targets, reduction="none")
-    return _ChunkedHeadNLL.apply(hidden, head.weight, head.bias, targets, chunk)
+    # under no_grad the gradient is not formed, even for a hidden state that requires grad
+    need_grad = torch.is_grad_enabled() and hidden.requires_grad
+    return _ChunkedHeadNLL.apply(hidden, head.weight, head.bias, targets, chunk, need_grad)
 
 
 def _scored_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
