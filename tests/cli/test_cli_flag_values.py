@@ -267,7 +267,9 @@ def test_sigint_while_torch_loads_exits_130_without_a_traceback(tmp_path):
     """A real SIGINT to `python -m lorasum`, sent once the process is loading torch (building the parser)."""
     proc = subprocess.Popen([sys.executable, "-m", "lorasum", "similarity", str(tmp_path / "a"), str(tmp_path / "b")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, PYTHONWARNINGS="ignore"))
+                            env=dict(os.environ, PYTHONWARNINGS="ignore"),
+                            # a background job inherits SIGINT ignored, and Python then keeps it ignored
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 60
         while proc.poll() is None and time.monotonic() < deadline:

@@ -78,13 +78,14 @@ def reference(model, tiny_tokenizer, tmp_path):
 def test_signal_saves_a_checkpoint_and_resume_gives_the_same_adapter(model, tiny_tokenizer, tmp_path, reference,
                                                                       monkeypatch, sig):
     out = tmp_path / "stopped"
+    handler = signal.getsignal(signal.SIGINT)  # Python's default, or SIG_IGN in a background job
     before = {k: v.clone() for k, v in model.state_dict().items()}
     _stop_at_call(monkeypatch, 8, signal_self(sig))  # during step 4 (2 micro-batches a step)
     with pytest.raises(TrainingInterrupted) as info:
         _train(model, tiny_tokenizer, out)
     assert (info.value.signum, info.value.step, info.value.total) == (sig, 4, 9)
     assert not out.exists() and checkpoint_dir(out).is_dir()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert signal.getsignal(signal.SIGINT) is handler  # handlers restored
     after = model.state_dict()
     assert after.keys() == before.keys() and all(torch.equal(before[k], after[k]) for k in before)
     state = json.loads((checkpoint_dir(out) / "state.json").read_text())
@@ -101,11 +102,12 @@ def test_signal_in_the_last_step_saves_the_adapter_then_stops(model, tiny_tokeni
     """A signal during the last step (forward pass 17 of 18) is not lost: the adapter, complete, is saved and equals
     the uninterrupted one, no checkpoint is left, and TrainingStopped stops the caller (exit 128 + signal)."""
     out = tmp_path / "last"
+    handler = signal.getsignal(signal.SIGINT)  # Python's default, or SIG_IGN in a background job
     _stop_at_call(monkeypatch, 2 * TRAIN.max_steps - 1, signal_self(sig))
     with pytest.raises(TrainingStopped) as info:
         _train(model, tiny_tokenizer, out)
     assert info.value.signum == sig and info.value.out_dir == out and info.value.complete
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert signal.getsignal(signal.SIGINT) is handler  # handlers restored
     assert not checkpoint_dir(out).exists()
     _assert_same_adapter(out, reference.out_dir)
 
