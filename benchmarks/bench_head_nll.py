@@ -1,8 +1,9 @@
-"""Benchmark: the LM head's NLL with its hidden-state gradient, plain (full logits) vs chunked (``head_nll``).
+"""Benchmark: the LM head's NLL with its hidden-state gradient, plain (full logits) vs chunked (``head_nll``) vs
+chunked with the chunk compiled (``head_nll`` under ``compiled_head``: two fused kernels a chunk).
 
 One training pass's head at the shapes of the paper's setting with SmolLM2 (V = 49,152, H = 576) and
 ``--rows`` scored positions: forward and backward of ``sum(weight * nll)``. Each variant runs in a fresh
-process; prints one JSON line per variant: peak memory (CUDA: ``max_memory_allocated`` above the inputs;
+process (``compiled``: its compilation in the warm-up, not timed); prints one JSON line per variant: peak memory (CUDA: ``max_memory_allocated`` above the inputs;
 CPU: the process's peak RSS, Python, torch and the inputs included) and the best time of ``--repeat`` runs.
 
 Run: python benchmarks/bench_head_nll.py [--rows 8192] [--device cpu|cuda]
@@ -22,7 +23,7 @@ def _one(variant: str, rows: int, device: str, repeat: int) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from lorasum.evaluate.nll import head_nll
+    from lorasum.evaluate.nll import compiled_head, head_nll
 
     torch.manual_seed(0)
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -37,7 +38,8 @@ def _one(variant: str, rows: int, device: str, repeat: int) -> dict:
             if variant == "plain":
                 nll = F.cross_entropy(head(hidden).float(), targets, reduction="none")
             else:
-                nll = head_nll(head, hidden, targets)
+                with compiled_head(variant == "compiled"):
+                    nll = head_nll(head, hidden, targets)
         (nll * weight).sum().backward()
 
     run()  # warm-up
@@ -72,7 +74,7 @@ def main() -> None:
     if args.variant:
         print(json.dumps(_one(args.variant, args.rows, args.device, args.repeat)))
         return
-    for variant in ("plain", "chunked"):  # one process each: peak memory of one variant alone
+    for variant in ("plain", "chunked", "compiled"):  # one process each: peak memory of one variant alone
         out = subprocess.run([sys.executable, __file__, "--variant", variant, "--rows", str(args.rows), "--device",
                               args.device, "--repeat", str(args.repeat)], capture_output=True, text=True, check=True)
         print(out.stdout.strip(), flush=True)
