@@ -94,3 +94,17 @@ def test_integer_keys_take_integers(tmp_path):
     cfg = load_config(path)
     assert (cfg.seeds, cfg.data.max_length, cfg.data.split_seed, cfg.train.batch_size) == ([0, 7], 64, 3, 2)
     assert cfg.train.checkpoint_every is None
+
+
+def test_an_unknown_domain_fails_with_the_config_not_after_the_model_loads(tmp_path):
+    """reproduce made the run folder and loaded the model before it found an unknown domain."""
+    from lorasum.config import load_config
+    from lorasum.errors import ConfigError
+
+    path = tmp_path / "c.yaml"
+    path.write_text("model: smollm2-135m\ndomains: [math, nosuch]\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml.*unknown domain 'nosuch'; known domains: math"):
+        load_config(path)
+    path.write_text("model: smollm2-135m\ndomains: [math, legal]\ncustom_domains:\n  legal:\n    sources: "
+                    "[{format: tabular, path: legal.jsonl, question_field: q, answer_field: a}]\n")
+    assert load_config(path).domains == ["math", "legal"]  # a custom domain is known

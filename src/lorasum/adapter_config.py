@@ -17,7 +17,8 @@ of four groups (field names of PEFT 0.21 ``peft.LoraConfig``):
   relative to a modified base.
 * **informational** (:data:`INFO_FIELDS`): bookkeeping or training-only settings with no
   effect on the saved factors' ΔW (``task_type``, ``peft_version``, ``lora_dropout``,
-  ``target_modules``, ...); not checked.
+  ``target_modules``, ...); not checked here (``target_modules`` is checked against the weights'
+  module names by :func:`lorasum.adapters.load_adapter`: PEFT loads only the factors it names).
 * **unknown**: any other key. It is ignored when its value is off (null, false, 0, "",
   {} or []), because PEFT adds each new variant as a field that defaults to off; any other
   value is refused, since it may switch on a variant lorasum does not know.

@@ -358,6 +358,36 @@ def _split_keys(tensors: dict[str, Any], weights: Path) -> dict[str, dict[str, A
     return by_module
 
 
+def _check_targets(cfg: dict, modules: list[str], where: Path) -> None:
+    """Refuse a config whose ``target_modules`` does not name every module of the weights: PEFT would not load
+    those factors (``NoMatchingPeftModuleError`` or factors left out), so the file pair is inconsistent. PEFT's
+    rule: a string is a regular expression matched against the whole module name; a list matches a name equal to
+    an entry or ending in ``.entry``. Absent, empty or ``"all-linear"``: nothing to check."""
+    targets = cfg.get("target_modules")
+    if targets in (None, "", [], "all-linear"):
+        return
+    if isinstance(targets, str):
+        try:
+            pattern = re.compile(targets)
+        except re.error as e:
+            raise AdapterError(f"{where}: target_modules {targets!r} is not a regular expression ({e})") from None
+
+        def covered(module: str) -> bool:
+            return pattern.fullmatch(module) is not None
+    elif isinstance(targets, list) and all(isinstance(t, str) for t in targets):
+        names = set(targets)
+
+        def covered(module: str) -> bool:
+            return module in names or any(module.endswith("." + t) for t in names)
+    else:
+        raise AdapterError(f"{where}: target_modules must be a list of module names or a regular expression, "
+                           f"got {targets!r}")
+    missing = [m for m in modules if not covered(m)]
+    if missing:
+        raise AdapterError(f"{where}: target_modules {targets!r} does not name module {missing[0]} of the weights "
+                           f"({len(missing)} of {len(modules)} modules); PEFT would not load these factors")
+
+
 def _make_factor(module: str, parts: dict[str, torch.Tensor], cfg: dict, weights: Path) -> LoraFactor:
     """One module's factor; shapes and dtypes were checked by :func:`_check_header`."""
     A, B = parts["A"].float(), parts["B"].float()
@@ -395,7 +425,8 @@ def load_adapter(path: str | Path, *, allow_pickle: bool | None = None) -> Adapt
         AdapterError: the folder or a file is missing, unreadable, a symlink loop, or a
             folder where a file belongs; only a pickle file is present (and not allowed);
             the config is invalid (see ``validate_adapter_config``); a tensor is not a 2-D
-            float LoRA factor; A/B ranks disagree with each other or with the config; the
+            float LoRA factor; the config's ``target_modules`` does not name every module of the
+            weights (PEFT would not load those factors); A/B ranks disagree with each other or with the config; the
             header claims more memory than the machine has; a value is NaN/Inf; the file
             holds no LoRA factors; ``lorasum.json`` exists but is unreadable or its
             ``base_model`` entry is malformed.
@@ -410,6 +441,7 @@ def load_adapter(path: str | Path, *, allow_pickle: bool | None = None) -> Adapt
     record = _read_meta(folder)  # before the tensors: a damaged record fails fast
     weights, tensors = _read_tensors(folder, pickle_allowed(allow_pickle))
     by_module = _split_keys(tensors, weights)
+    _check_targets(cfg, sorted(by_module), folder / "adapter_config.json")
     factors = {m: _make_factor(m, parts, cfg, weights) for m, parts in sorted(by_module.items())}
     base = cfg.get("base_model_name_or_path")
     return Adapter(factors=factors, base_model=base if base and base.strip() else None,

@@ -277,6 +277,17 @@ class ExperimentConfig(_Strict):
         return v
 
     @model_validator(mode="after")
+    def _domains_known(self) -> ExperimentConfig:
+        from lorasum.data.presets import domain_spec  # imported here, as the compose methods above
+
+        for name in self.domains:  # an unknown domain fails with the config, not after the model has loaded
+            try:
+                domain_spec(name, self.custom_domains)
+            except ConfigError as e:
+                raise ValueError(str(e)) from None
+        return self
+
+    @model_validator(mode="after")
     def _stride_inside_window(self) -> ExperimentConfig:
         if self.eval.stride is not None and self.eval.stride >= self.data.max_length:
             raise ValueError(f"eval.stride {self.eval.stride} must be smaller than data.max_length "

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import socket
+import struct
 from dataclasses import dataclass
 from collections.abc import Iterator
 from pathlib import Path
@@ -285,6 +286,10 @@ def _from_pretrained(loader: Any, source: str, extra: dict[str, Any], hub: bool,
         if "sdpa" in str(e).lower():
             raise
         raise ModelError(f"{name}: cannot load from {source}: {_first_line(e)}") from e
+    except (struct.error, EOFError) as e:  # the gguf reader unpacked past the end of the file
+        what = extra.get("gguf_file", source)
+        raise ModelError(f"{name}: cannot load from {source}: {what} is truncated or not a GGUF file "
+                         f"({_first_line(e)})") from e
     except (SafetensorError, KeyError, RuntimeError, TypeError) as e:
         raise ModelError(f"{name}: cannot load from {source}: {type(e).__name__}: {_first_line(e)}") from e
     if not _hub_reachable():

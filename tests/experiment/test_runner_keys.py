@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -42,6 +43,9 @@ def test_continuing_a_run_folder_with_another_model_or_lora_is_refused(tmp_path)
     out = tmp_path / "run"
     assert _prepare_run_folder(out, cfg, overwrite=False) is False  # a new folder: nothing to reuse
     assert _prepare_run_folder(out, cfg, overwrite=False) is True
+    made = out / "adapters" / "seed0" / "math"
+    made.mkdir(parents=True)
+    (made / "adapter_config.json").write_text("{}")  # the run has made something another model would replace
     other_model = cfg.model_copy(update={"model": "gpt2"})
     other_lora = cfg.model_copy(update={"lora": cfg.lora.model_copy(update={"r": cfg.lora.r + 1})})
     for changed, key in ((other_model, "model"), (other_lora, "lora")):
@@ -51,6 +55,24 @@ def test_continuing_a_run_folder_with_another_model_or_lora_is_refused(tmp_path)
     assert _prepare_run_folder(out, other_eval, overwrite=False) is True
     assert _prepare_run_folder(out, other_model, overwrite=True) is False  # recomputed
     assert _prepare_run_folder(out, other_model, overwrite=False) is True  # now the run of that model
+
+
+def test_a_run_folder_that_made_nothing_takes_another_model(tmp_path):
+    """A run that stopped before making anything (its model failed to load: a hub id offline) leaves run.json
+    alone; the corrected rerun with another model continues in that folder instead of being refused."""
+    from lorasum.config import load_config
+    from lorasum.errors import OutputExistsError
+    from lorasum.experiment.runner import _prepare_run_folder
+
+    cfg = load_config("configs/quickstart.yaml")
+    out = tmp_path / "run"
+    _prepare_run_folder(out, cfg.model_copy(update={"model": "gpt2"}), overwrite=False)
+    (out / "cache").mkdir()  # empty folders are not something made
+    assert _prepare_run_folder(out, cfg, overwrite=False) is True
+    assert json.loads((out / "run.json").read_text())["config"]["model"] == cfg.model
+    (out / "cache" / "x.json").write_text("{}")
+    with pytest.raises(OutputExistsError, match="a run with model "):
+        _prepare_run_folder(out, cfg.model_copy(update={"model": "gpt2"}), overwrite=False)
 
 
 def test_a_run_folder_that_is_a_file_is_a_user_error(tmp_path):

@@ -35,7 +35,9 @@ def write_adapter(path: Path, *, config: dict | None = None, tensors: dict | Non
     """A hand-written PEFT LoRA folder (GPT-2 tiny shapes by default)."""
     path.mkdir(parents=True, exist_ok=True)
     cfg = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": r, "lora_alpha": 2 * r, "lora_dropout": 0.0,
-           "target_modules": ["c_attn", "c_proj"], "fan_in_fan_out": True, "bias": "none",
+           # the modules' own names, as PEFT writes them (GPT-2's c_attn and c_proj by default)
+           "target_modules": sorted({m.rsplit(".", 1)[-1] for m in (modules or GPT2_MODULES)}),
+           "fan_in_fan_out": True, "bias": "none",
            "base_model_name_or_path": base, "init_lora_weights": True, "use_rslora": False,
            "rank_pattern": {}, "alpha_pattern": {}}
     cfg.update(config or {})

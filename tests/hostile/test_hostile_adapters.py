@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import resource
+import shutil
 import struct
 import time
 from pathlib import Path
@@ -18,6 +20,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from lorasum.adapters import load_adapter
+from lorasum.errors import AdapterError
 from hostile_fixtures import (
     GPT2_MODULES, IS_ROOT, assert_user_error, existing_output, lora_tensors, run_cli, snapshot, write_adapter,
 )
@@ -379,3 +383,35 @@ def test_informational_and_off_unknown_keys_are_accepted(tmp_path, good, capsys)
 
 def test_corpus_is_large_enough():
     assert len(CASES) >= 30
+
+
+@pytest.mark.parametrize("targets, accepted", [
+    (["c_attn", "c_proj"], True),  # PEFT's suffix match
+    (["transformer.h.0.attn.c_attn", "transformer.h.1.attn.c_attn", "c_proj"], True),  # full names too
+    (r".*\.attn\.(c_attn|c_proj)", True),  # a string is a regular expression over the whole name
+    ("all-linear", True),  # PEFT's shorthand: resolved against the model, nothing to check here
+    (["c_attn"], False),  # c_proj factors that PEFT would not load
+    (["nonexistent_proj"], False),
+    (r"c_attn", False),  # a regex must match the whole module name
+])
+def test_target_modules_must_name_every_module_of_the_weights(tmp_path, targets, accepted, capsys):
+    """An adapter_config.json whose target_modules leaves out modules of the weights is refused the same way by
+    similarity and compose (eval crashed with PEFT's NoMatchingPeftModuleError; compose wrote other targets)."""
+    bad = write_adapter(tmp_path / "a", config={"target_modules": targets})
+    other = write_adapter(tmp_path / "b", seed=1)
+    for args in (["similarity", bad, other], ["compose", bad, other, "--out", tmp_path / "out"]):
+        rc, _, err = run_cli(args, capsys)
+        if accepted:
+            assert rc == 0, err
+        else:
+            assert_user_error(rc, err, bad / "adapter_config.json", "does not name module")
+        shutil.rmtree(tmp_path / "out", ignore_errors=True)
+
+
+def test_target_modules_of_the_wrong_type_or_a_bad_regex_are_refused(tmp_path):
+    for i, (targets, fragment) in enumerate([({"c_attn": 1}, "must be a list of module names"),
+                                             ([1, 2], "must be a list of module names"),
+                                             ("c_attn(", "is not a regular expression")]):
+        bad = write_adapter(tmp_path / f"a{i}", config={"target_modules": targets})
+        with pytest.raises(AdapterError, match=re.escape(fragment)):
+            load_adapter(bad)

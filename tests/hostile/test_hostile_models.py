@@ -95,9 +95,20 @@ def model_symlink_loop(m, d):
     return d / "loop", "symlink loop"
 
 
+def gguf_truncated(m, d):
+    """A GGUF header (magic, version 3, 10 tensors, 5 metadata entries) cut off before its first entry: the
+    gguf reader unpacks past the end (struct.error, an internal error before)."""
+    import struct
+
+    p = d / "cut.gguf"
+    p.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 10, 5) + b"\x01\x02")
+    return p, "is truncated or not a GGUF file"
+
+
 MODEL_CASES = {f.__name__: f for f in (
     missing_folder, pickle_only, config_malformed, config_invalid_utf8, config_negative_size,
     config_unknown_architecture, weights_truncated, tokenizer_invalid_utf8, model_is_a_file, model_symlink_loop,
+    gguf_truncated,
 )}
 
 

@@ -193,7 +193,10 @@ def _prepare_run_folder(out: Path, cfg: ExperimentConfig, overwrite: bool) -> bo
     if out.exists() and any(out.iterdir()) and not marker.is_file():
         raise OutputExistsError(f"{out}: exists and is not a lorasum run folder; choose another --out")
     reuse = marker.is_file() and not overwrite
-    if reuse:  # continuing: a run of another model or LoRA setting would have every trained adapter replaced
+    # a folder holding only run.json (a run that stopped before it made anything, e.g. its model failed to load)
+    # has nothing another model or LoRA setting could replace
+    made = reuse and any(p.name != "run.json" and (p.is_file() or any(p.rglob("*"))) for p in out.iterdir())
+    if made:  # continuing: a run of another model or LoRA setting would have every trained adapter replaced
         try:
             before = json.loads(marker.read_text(encoding="utf-8")).get("config") or {}
         except (OSError, ValueError, AttributeError, RecursionError):  # damaged: nothing to compare with
