@@ -31,6 +31,7 @@ def test_shipped_config_validates(path):
         ("train:\n  learning_rate: fast\n", "train.learning_rate"),
         ("- a\n- b\n", "mapping"),
         ("model: [unclosed\n", "invalid YAML"),
+        ("a: [1, 2\nb: 3\n", "invalid YAML: line 2, column 2: expected ',' or ']'"),
     ],
 )
 def test_bad_config_names_file_and_key(tmp_path, text, fragment):

@@ -418,7 +418,9 @@ def load_config(path: str | os.PathLike, *, flags: Mapping[str, str] | None = No
         raise ConfigError(f"{path}: line {e.line}: key {e.key!r} is written twice in one mapping (also at line "
                           f"{e.first_line}); YAML would keep only the last value: remove one") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML: {str(e).splitlines()[0]}") from None
+        mark, problem = getattr(e, "problem_mark", None), getattr(e, "problem", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        raise ConfigError(f"{path}: invalid YAML: {where}{problem or str(e).splitlines()[0]}") from None
     except RecursionError:
         raise ConfigError(f"{path}: YAML nested too deeply to read (more than about {sys.getrecursionlimit()} "
                           "levels of lists or mappings)") from None

@@ -93,6 +93,9 @@ def test_reproduce_out_that_is_a_file(work, capsys):
      "argument --batch-size: invalid int value: 'abc'"),
     (["train", "--domain", "math", "--out", "a", "--lr", "fast"], "argument --lr: invalid float value: 'fast'"),
     (["train", "--domain", "math,", "--out", "a"], "argument --domain: empty item"),
+    (["train", "--domain", "math,math", "--out", "a"], "argument --domain: 'math' listed twice in 'math,math'"),
+    (["reproduce", "--config", "config.yaml", "--out", "r", "--seeds", "1,1"], "argument --seeds: '1' listed twice"),
+    (["eval", "--domain", "finance, math,finance"], "argument --domain: 'finance' listed twice"),
     (["data", "stats", "--max-length", "1.5"], "argument --max-length: invalid int value: '1.5'"),
     (["train", "--out", "a"], "the following arguments are required: --domain"),
 ])
@@ -113,7 +116,6 @@ def test_values_the_parser_refuses_are_one_line_naming_the_flag(argv, flag, work
     (["train", "--domain", "math", "--out", "a", "--test-size", "0"], "--test-size 0 (data.test_size): Input should be greater"),
     (["eval", "--domain", "math", "--batch-size", "0"], "--batch-size 0: Input should be greater than 0"),
     (["data", "stats", "--no-tokens", "--max-length", "2"], "--max-length 2 (data.max_length): Input should be greater than 8"),
-    (["reproduce", "--config", "config.yaml", "--out", "r", "--seeds", "1,1"], "--seeds 1,1: seeds listed twice"),
     (["reproduce", "--config", "config.yaml", "--out", "r", "--domains", "math"],
      "--domains math: List should have at least 2 items"),
 ])

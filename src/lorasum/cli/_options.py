@@ -67,13 +67,16 @@ def csv_list(text: str) -> list[str]:
 
     Raises:
         argparse.ArgumentTypeError: the value is empty (:func:`nonempty`), the list is, or it has an empty
-            item (``"a,,b"``, ``"a,"``): a stray comma is a typo, not a shorter list.
+            item (``"a,,b"``, ``"a,"``): a stray comma is a typo, not a shorter list; or an item twice.
     """
     items = [t.strip() for t in nonempty(text).split(",")]
     if not any(items):
         raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
     if not all(items):
         raise argparse.ArgumentTypeError(f"empty item in the comma-separated list {text!r}")
+    twice = sorted({t for t in items if items.count(t) > 1})
+    if twice:  # as a config's lists: `--domain math,math` would train one domain as if it were two
+        raise argparse.ArgumentTypeError(f"{twice[0]!r} listed twice in {text!r}")
     return items
 
 

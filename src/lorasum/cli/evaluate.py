@@ -31,7 +31,8 @@ def add_parser(sub, common) -> None:
                    "no model in --config) its recorded base model is loaded, as compose --merge-into-base does")
     p.add_argument("--domain", required=True, type=csv_list, help="domain(s): math, medicine, finance, pubmedqa")
     p.add_argument("--batch-size", type=integer, help="examples per forward pass (default 8)")
-    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("--format", choices=("table", "json"), default="table",
+                   help="table (default): a line per domain (and their union); json: the same figures (perplexity, mean NLL, tokens, examples) as one object")
     p.set_defaults(func=run)
 
 

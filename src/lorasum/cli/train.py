@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     write_manifest(args.out, config=cfg.model_dump(mode="json") | {"domains": args.domain, "seed": args.seed},
                    inputs=_inputs(cfg, data), outputs=[Path(args.out)])
     val = f", validation loss {res.val_loss:.4f}" if res.val_loss is not None else ""
-    print(f"{args.out}: {res.steps} steps, {res.tokens} tokens in {res.seconds:.1f} s, "
+    print(f"{args.out}: {res.steps} step{'' if res.steps == 1 else 's'}, {res.tokens} tokens in {res.seconds:.1f} s, "
           f"final loss {res.final_loss:.4f}{val}")
     return 0
 
