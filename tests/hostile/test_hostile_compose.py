@@ -224,3 +224,12 @@ def test_a_weighted_factor_that_fits_but_whose_delta_would_not_is_refused():
         check_weighted_range(args, [one(1.0), one(1.0)], {"scale": 2e38})
     check_weighted_range(args, [one(1.0), one(1.0)], {"scale": 1e38})  # 2e38: fits
     check_weighted_range(args, [one(1.0)], {})  # no flag given: nothing to check
+
+
+def test_a_flag_that_does_not_apply_is_named_before_an_existing_output(tmp_path, good, capsys):
+    """`compose … --method svd --density 0.5` into an existing folder: the flag is the error to fix first (the
+    message was "already exists", and after --overwrite came the flag's error)."""
+    out, before = existing_output(tmp_path)
+    rc, _, err = run_cli(["compose", good, good, "--method", "svd", "--density", "0.5", "--out", out], capsys)
+    assert_user_error(rc, err, "--density", "does not apply to --method svd")
+    assert snapshot(out) == before

@@ -204,9 +204,9 @@ def run(args: argparse.Namespace) -> int:
     if args.model is not None and not args.merge_into_base:
         raise ConfigError("--model applies only with --merge-into-base (it names the base model to merge into); "
                           "add --merge-into-base or drop --model")
-    check_output(args.out, args.overwrite)
+    params = _params(args)  # a flag that does not apply is the error, not an existing --out
+    check_output(args.out, args.overwrite)  # before the adapters are read (large ones take a while)
     check_not_inputs(args.out, args.adapters)
-    params = _params(args)
     adapters = [load_adapter(a) for a in args.adapters]
     check_weighted_range(args, adapters, params)  # before the model load and the math, naming the flag
     with deferred_warnings():
