@@ -146,3 +146,21 @@ def test_train_on_real_data_warns_and_still_trains(tiny_model_dir, tmp_path, cap
     line = next(w for w in err.splitlines() if w.startswith("data math train: "))
     assert line.startswith(f"data math train: {meta['n_truncated']} of 6 examples")
     assert "lose the end of their answer" in line
+
+
+def test_eval_warns_when_test_examples_are_cut(tiny_model_dir, monkeypatch, capsys):
+    """`lorasum eval` scored cut answers without a word (a perplexity from 2 of 331 answer tokens); now it says so
+    per domain, as train does, and still scores."""
+    import lorasum.cli.evaluate as eval_cli
+
+    math = _domain("math", [], [])
+    math.test = [_rec(i, "math", answer=LONG_ANSWER if i < 2 else "yes") for i in range(3)]
+    monkeypatch.setattr(eval_cli, "_load_data", lambda cfg, names: [math])
+    argv = ["eval", "-q", "--domain", "math", "--model", str(tiny_model_dir), "--max-length", "48", "--device", "cpu"]
+    warnings = _run(argv, capsys)
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith("data math test: 2 of 3 examples (66.7 %) are longer than 48 tokens "
+                                  "(data.max_length) and are cut: 2 lose the end of their answer (")
+    assert "never scored" in warnings[0] and "raise data.max_length (--max-length)" in warnings[0]
+    math.test = [_rec(i, "math") for i in range(3)]
+    assert _run(argv, capsys) == []  # nothing cut, nothing said

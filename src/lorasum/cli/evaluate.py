@@ -70,6 +70,12 @@ def run(args: argparse.Namespace) -> int:
     model, tokenizer, info = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
     for dd in data:  # before the adapter is applied and anything is scored
         check_max_length(args, model, dd.max_length or cfg.data.max_length, dd.name if dd.max_length else None)
+    from .train import _truncation_warnings
+
+    for dd in data:  # as `lorasum train` does: test examples cut at max_length lose answer tokens from the score
+        for message in _truncation_warnings([dd], tokenizer, dd.max_length or cfg.data.max_length, splits=("test",),
+                                            windows=("test",) if cfg.eval.stride else ()):
+            log.warning("%s", message)
     if adapter is not None:
         from lorasum.adapters import check_adapter_base, check_adapter_matches_model
         from peft import PeftModel

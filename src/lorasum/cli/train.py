@@ -75,18 +75,21 @@ def _inputs(cfg, data) -> dict[str, Path]:
             if (root / s["path"]).exists()}
 
 
-def _truncation_warnings(data, tokenizer, max_length: int) -> list[str]:
-    """One warning per domain and split (train, validation) whose examples are cut at ``max_length``: how
-    many, what they lose (answer tokens, or only context and question) and how to avoid it.
+def _truncation_warnings(data, tokenizer, max_length: int, splits=("train", "validation"),
+                         windows=()) -> list[str]:
+    """One warning per domain and split of ``splits`` whose examples are cut at ``max_length``: how
+    many, what they lose (answer tokens, or only context and question) and how to avoid it (``windows``:
+    splits scored in sliding windows, never cut).
 
-    They are shown before training starts (on a failure the one-line error follows them)."""
+    They are shown before training (``lorasum eval``: scoring) starts; on a failure the one-line error follows
+    them."""
     from lorasum.data.lengths import domain_truncation, truncation_warning
 
     own = getattr(data[0], "max_length", None) if len(data) == 1 else None
     setting, flag = (f"custom_domains.{data[0].name}.max_length", None) if own else ("data.max_length", "--max-length")
     out = []
     for dd in data:
-        counts = domain_truncation(dd, tokenizer, max_length, splits=("train", "validation"))
+        counts = domain_truncation(dd, tokenizer, max_length, splits=splits, windows=windows)
         for split, c in counts["splits"].items():
             message = truncation_warning(dd.name, split, c, max_length, setting=setting, flag=flag)
             if message:
