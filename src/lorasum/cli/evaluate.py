@@ -70,12 +70,6 @@ def run(args: argparse.Namespace) -> int:
     model, tokenizer, info = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
     for dd in data:  # before the adapter is applied and anything is scored
         check_max_length(args, model, dd.max_length or cfg.data.max_length, dd.name if dd.max_length else None)
-    from .train import _truncation_warnings
-
-    for dd in data:  # as `lorasum train` does: test examples cut at max_length lose answer tokens from the score
-        for message in _truncation_warnings([dd], tokenizer, dd.max_length or cfg.data.max_length, splits=("test",),
-                                            windows=("test",) if cfg.eval.stride else ()):
-            log.warning("%s", message)
     if adapter is not None:
         from lorasum.adapters import check_adapter_base, check_adapter_matches_model
         from peft import PeftModel
@@ -93,6 +87,14 @@ def run(args: argparse.Namespace) -> int:
                 log.warning("warning: %s", note)
             check_adapter_matches_model(adapter, model)
         model = PeftModel.from_pretrained(model, args.adapter).eval()
+    from .train import _truncation_warnings
+
+    # as `lorasum train` does: test examples cut at max_length lose answer tokens from the score (said once the
+    # model and adapter are accepted, so that an error before stays the only line)
+    for dd in data:
+        for message in _truncation_warnings([dd], tokenizer, dd.max_length or cfg.data.max_length, splits=("test",),
+                                            windows=("test",) if cfg.eval.stride else ()):
+            log.warning("%s", message)
     e = cfg.eval
     results = {dd.name: perplexity(model, tokenizer, dd.test, max_length=dd.max_length or cfg.data.max_length,
                                    batch_size=e.batch_size, loss_on=e.loss_on, stride=e.stride,
