@@ -175,7 +175,7 @@ def nothing_runs(monkeypatch):
         raise AssertionError("the command went on past the check")
 
     monkeypatch.setattr(lorasum.train, "train_adapter", refuse)
-    monkeypatch.setattr(train_cli, "_truncation_warnings", refuse)
+    monkeypatch.setattr(train_cli, "truncation_warnings", refuse)
     monkeypatch.setattr(lorasum.evaluate, "perplexity", refuse)
 
 

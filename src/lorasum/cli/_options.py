@@ -240,3 +240,25 @@ def check_max_length(args: argparse.Namespace, model, max_length: int, domain: s
         where = "" if getattr(args, "config", None) else " (the default)"
         setting, fix = f"data.max_length {max_length}{where}", f"pass --max-length {limit} or less"
     raise ConfigError(f"{setting} is longer than the model's context of {limit} tokens (config {key}); {fix}")
+
+
+def truncation_warnings(data, tokenizer, max_length: int, splits=("train", "validation"),
+                         windows=()) -> list[str]:
+    """One warning per domain and split of ``splits`` whose examples are cut at ``max_length``: how
+    many, what they lose (answer tokens, or only context and question) and how to avoid it (``windows``:
+    splits scored in sliding windows, never cut).
+
+    They are shown before training (``lorasum eval``: scoring) starts; on a failure the one-line error follows
+    them."""
+    from lorasum.data.lengths import domain_truncation, truncation_warning
+
+    own = getattr(data[0], "max_length", None) if len(data) == 1 else None
+    setting, flag = (f"custom_domains.{data[0].name}.max_length", None) if own else ("data.max_length", "--max-length")
+    out = []
+    for dd in data:
+        counts = domain_truncation(dd, tokenizer, max_length, splits=splits, windows=windows)
+        for split, c in counts["splits"].items():
+            message = truncation_warning(dd.name, split, c, max_length, setting=setting, flag=flag)
+            if message:
+                out.append(message)
+    return out

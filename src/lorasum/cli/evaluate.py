@@ -10,7 +10,7 @@ import math
 from lorasum.errors import DataError
 
 from ._options import (add_data_options, add_model_options, build_config, check_max_length, csv_list, integer,
-                       nonempty)
+                       nonempty, truncation_warnings)
 from ._options import load_data as _load_data
 
 log = logging.getLogger("lorasum")
@@ -32,7 +32,8 @@ def add_parser(sub, common) -> None:
     p.add_argument("--domain", required=True, type=csv_list, help="domain(s): math, medicine, finance, pubmedqa")
     p.add_argument("--batch-size", type=integer, help="examples per forward pass (default 8)")
     p.add_argument("--format", choices=("table", "json"), default="table",
-                   help="table (default): a line per domain (and their union); json: the same figures (perplexity, mean NLL, tokens, examples) as one object")
+                   help="table (default): a line per domain (and their union); json: the same figures "
+                   "(perplexity, mean NLL, tokens, examples) as one object")
     p.set_defaults(func=run)
 
 
@@ -87,12 +88,10 @@ def run(args: argparse.Namespace) -> int:
                 log.warning("warning: %s", note)
             check_adapter_matches_model(adapter, model)
         model = PeftModel.from_pretrained(model, args.adapter).eval()
-    from .train import _truncation_warnings
-
     # as `lorasum train` does: test examples cut at max_length lose answer tokens from the score (said once the
     # model and adapter are accepted, so that an error before stays the only line)
     for dd in data:
-        for message in _truncation_warnings([dd], tokenizer, dd.max_length or cfg.data.max_length, splits=("test",),
+        for message in truncation_warnings([dd], tokenizer, dd.max_length or cfg.data.max_length, splits=("test",),
                                             windows=("test",) if cfg.eval.stride else ()):
             log.warning("%s", message)
     e = cfg.eval

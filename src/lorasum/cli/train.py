@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 from ._options import (add_data_options, add_model_options, add_train_options, build_config, check_max_length, csv_list,
-                       nonempty, seed)
+                       nonempty, seed, truncation_warnings)
 from ._options import load_data as _load_data
 
 log = logging.getLogger("lorasum")
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     model, tokenizer, info = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
     max_length = _max_length(cfg, data)
     check_max_length(args, model, max_length, data[0].name if _own_max_length(data) else None)  # before tokenising
-    _show(_truncation_warnings(data, tokenizer, max_length))  # before training: a long run is not wasted unawares
+    _show(truncation_warnings(data, tokenizer, max_length))  # before training: a long run is not wasted unawares
     records = [r for dd in data for r in dd.train]
     validation = [r for dd in data for r in dd.validation]
     meta = {"domains": args.domain,
@@ -73,28 +73,6 @@ def _inputs(cfg, data) -> dict[str, Path]:
     root = data_root(cfg.data)
     return {f"data/{dd.name}/{s['path']}": root / s["path"] for dd in data for s in dd.sources
             if (root / s["path"]).exists()}
-
-
-def _truncation_warnings(data, tokenizer, max_length: int, splits=("train", "validation"),
-                         windows=()) -> list[str]:
-    """One warning per domain and split of ``splits`` whose examples are cut at ``max_length``: how
-    many, what they lose (answer tokens, or only context and question) and how to avoid it (``windows``:
-    splits scored in sliding windows, never cut).
-
-    They are shown before training (``lorasum eval``: scoring) starts; on a failure the one-line error follows
-    them."""
-    from lorasum.data.lengths import domain_truncation, truncation_warning
-
-    own = getattr(data[0], "max_length", None) if len(data) == 1 else None
-    setting, flag = (f"custom_domains.{data[0].name}.max_length", None) if own else ("data.max_length", "--max-length")
-    out = []
-    for dd in data:
-        counts = domain_truncation(dd, tokenizer, max_length, splits=splits, windows=windows)
-        for split, c in counts["splits"].items():
-            message = truncation_warning(dd.name, split, c, max_length, setting=setting, flag=flag)
-            if message:
-                out.append(message)
-    return out
 
 
 def _show(warnings: list[str]) -> None:
