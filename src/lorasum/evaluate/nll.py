@@ -138,8 +138,9 @@ def compiled_head(enabled: bool = True) -> Iterator[None]:
         _COMPILED_HEAD.reset(token)
 
 
-def _chunk_fns() -> tuple[Callable, Callable]:
-    """(nll, nll and gradient) chunk functions: compiled under :func:`compiled_head`, else eager."""
+def _chunk_fns() -> tuple[Callable, Callable | None]:
+    """(nll, nll and gradient) chunk functions: both compiled under :func:`compiled_head`; else the eager nll and
+    None (the caller forms the gradient in place)."""
     if not _COMPILED_HEAD.get():
         return _chunk_nll, None
     if not _compiled:
