@@ -253,3 +253,25 @@ def test_inputs_require_grad_gives_every_layer_an_input_that_requires_grad(arch)
     assert plain.keys() == hooked.keys() and plain
     for name in plain:
         torch.testing.assert_close(hooked[name], plain[name], rtol=1e-6, atol=1e-7, msg=name)
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_compiled_layers_compiles_the_lm_head_nll_with_the_layers(tiny_gpt2, enabled, monkeypatch):
+    """Compiled layers turn the compiled head chunk on (train.compile and eval.compile both enter
+    compiled_layers) and off again on exit; disabled, neither is compiled. Spies stand in for the compiled
+    functions, whose values tests/evaluate/test_head_nll.py checks."""
+    import lorasum.evaluate.nll as nll_module
+
+    calls = []
+    monkeypatch.setattr(nll_module, "_compiled", {"nll": lambda *a: calls.append("nll") or nll_module._chunk_nll(*a),
+                                                  "grad": lambda *a: calls.append("grad")
+                                                  or nll_module._chunk_nll_and_grad(*a)})
+    head = torch.nn.Linear(8, 16, bias=False).requires_grad_(False)
+    hidden, targets = torch.randn(5, 8, requires_grad=True), torch.randint(0, 16, (5,))
+    with models.compiled_layers(tiny_gpt2, enabled):
+        assert all(layer._compiled_call_impl is not None for layer in models.decoder_layers(tiny_gpt2)) is enabled
+        nll_module.head_nll(head, hidden, targets, chunk=4)  # 2 chunks with gradient, not run through the layers
+    assert calls == (["grad", "grad"] if enabled else [])
+    nll_module.head_nll(head, hidden, targets, chunk=4)
+    assert calls == (["grad", "grad"] if enabled else [])
+    assert all(layer._compiled_call_impl is None for layer in models.decoder_layers(tiny_gpt2))

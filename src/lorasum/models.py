@@ -635,9 +635,14 @@ def compiled_layers(model: torch.nn.Module, enabled: bool, *, training: bool = F
     share one compiled graph, reused by later calls on the same architecture; shapes dynamic, as
     row counts and widths change from batch to batch); undone on exit. ``enabled=False``: nothing.
     ``training=True``: the layers' inputs all require grad (:func:`inputs_require_grad`), so that one
-    graph serves every layer instead of two."""
+    graph serves every layer instead of two. With layers compiled, the LM head's chunked NLL is compiled too
+    (:func:`lorasum.evaluate.nll.compiled_head`: two fused kernels a chunk instead of about ten)."""
     layers = decoder_layers(model) if enabled else []
     with contextlib.ExitStack() as stack:
+        if layers:
+            from lorasum.evaluate.nll import compiled_head  # lazy: loading models needs no data stack
+
+            stack.enter_context(compiled_head())
         if layers and training:
             stack.enter_context(inputs_require_grad(model))
         for layer in layers:

@@ -128,9 +128,9 @@ def compiled_head(enabled: bool = True) -> Iterator[None]:
     about ten passes over (c, V) float32 logits. Same values up to float32 rounding (tested against
     ``F.cross_entropy``). ``enabled=False``: nothing; nested, an inner ``False`` leaves an outer ``True`` on.
 
-    Opt-in for now: no training or evaluation path enters it yet. It is meant for ``train.compile`` and
-    ``eval.compile`` once measured on a GPU (a 6-adapter SmolLM2 step spent ≈ 10 of its 65 ms of GPU time in
-    the eager chunk's casts, reductions and exponentials on an H100, 2026-12-06; BENCHMARKS.md)."""
+    :func:`lorasum.models.compiled_layers` enters it, so ``train.compile`` and ``eval.compile`` use it (a
+    6-adapter SmolLM2 step spent ≈ 10 of its 65 ms of GPU time in the eager chunk's casts, reductions and
+    exponentials on an H100, 2026-12-06; BENCHMARKS.md)."""
     token = _COMPILED_HEAD.set(bool(enabled) or _COMPILED_HEAD.get())
     try:
         yield
