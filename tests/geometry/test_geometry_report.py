@@ -4,10 +4,12 @@ its CSV and heatmaps, against dense numpy / scipy computations."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import itertools
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -65,6 +67,13 @@ def test_inner_matrix_and_cosine_matrices_match_dense():
         assert float(g[0, 0]) == pytest.approx(float(np.sum(_dense(fa) ** 2)), rel=1e-9)
     with pytest.raises(AdapterError, match="shape"):
         inner_matrix([_factor(np.random.default_rng(1), GPT2[0], 2), _factor(np.random.default_rng(1), GPT2[1], 2)])
+    # adapters of different models: the message names both adapters and their shapes
+    other = Adapter(factors={GPT2[0]: _factor(np.random.default_rng(1), GPT2[1], 2)}, path=Path("runs/other"))
+    with pytest.raises(AdapterError, match=r"transformer.h.0.attn.c_attn: .*math \(9, 4\), runs/other \(7, 4\).*"
+                                           r"different base models"):
+        cosine_matrices([dataclasses.replace(ads["math"], path=Path("runs/math")), other])
+    with pytest.raises(AdapterError, match=r"adapter 1 \(9, 4\), adapter 2 \(7, 4\)"):  # no folder: by position
+        cosine_matrices([ads["math"], dataclasses.replace(other, path=None)])
     zero = LoraFactor(A=torch.zeros(1, 4), B=torch.zeros(9, 1), scaling=1.0)
     c = cosine_matrices([Adapter(factors={"x": zero}), Adapter(factors={"x": _factor(np.random.default_rng(2),
                                                                                      GPT2[0], 2)})])["x"]

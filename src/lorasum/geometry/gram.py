@@ -23,13 +23,17 @@ __all__ = ["inner_matrix", "inner_matrices", "cosine_from_gram", "cosine_matrice
 _Key = tuple[tuple[int, int], tuple[tuple[int, int], ...]]
 
 
-def _groups(columns: dict[str, list[LoraFactor | None]]) -> dict[_Key, list[str]]:
-    """Group modules by (ΔW shape, ((adapter index, rank), …) of the adapters that have them)."""
+def _groups(columns: dict[str, list[LoraFactor | None]], labels: list[str] | None = None) -> dict[_Key, list[str]]:
+    """Group modules by (ΔW shape, ((adapter index, rank), …) of the adapters that have them). ``labels``:
+    each adapter's name for the error message (default: its position)."""
     groups: dict[_Key, list[str]] = {}
     for m, fs in columns.items():
         shapes = sorted({f.shape for f in fs if f is not None})
         if len(shapes) > 1:
-            raise AdapterError(f"module {m}: cannot take inner products of ΔW shapes {shapes}")
+            names = labels or [f"adapter {i + 1}" for i in range(len(fs))]
+            which = ", ".join(f"{names[i]} {tuple(f.shape)}" for i, f in enumerate(fs) if f is not None)
+            raise AdapterError(f"module {m}: the adapters' ΔW shapes differ ({which}): adapters of different "
+                               "base models?")
         present = tuple((i, f.rank) for i, f in enumerate(fs) if f is not None)
         if present:
             groups.setdefault((shapes[0], present), []).append(m)
@@ -51,9 +55,10 @@ def _group_gram(columns: dict[str, list[LoraFactor | None]], mods: list[str],
     return (E @ G @ E.T) * (s[:, :, None] * s[:, None, :])
 
 
-def _inner(columns: dict[str, list[LoraFactor | None]], n: int) -> dict[str, torch.Tensor]:
+def _inner(columns: dict[str, list[LoraFactor | None]], n: int,
+           labels: list[str] | None = None) -> dict[str, torch.Tensor]:
     out = {m: torch.zeros((n, n), dtype=torch.float64) for m in columns}
-    for (_, present), mods in _groups(columns).items():
+    for (_, present), mods in _groups(columns, labels).items():
         gram = _group_gram(columns, mods, present)
         if len(present) < n:
             idx = torch.tensor([i for i, _ in present])
@@ -81,7 +86,8 @@ def inner_matrices(adapters: list[Adapter]) -> dict[str, torch.Tensor]:
         AdapterError: a module's ΔW shape differs between adapters.
     """
     modules = sorted({m for a in adapters for m in a.factors})
-    return _inner({m: [a.factors.get(m) for a in adapters] for m in modules}, len(adapters))
+    labels = [str(a.path) if a.path is not None else f"adapter {i + 1}" for i, a in enumerate(adapters)]
+    return _inner({m: [a.factors.get(m) for a in adapters] for m in modules}, len(adapters), labels)
 
 
 def cosine_from_gram(gram: torch.Tensor) -> torch.Tensor:
