@@ -56,6 +56,14 @@ def test_check_report_dir(tmp_path):
     assert check_report_dir(tmp_path / "to-dir") == tmp_path / "to-dir"
 
 
+def test_report_command_refuses_a_file_given_as_the_run_folder(tmp_path, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_text("# notes\n")
+    rc, out, err = _report(capsys, readme)
+    _one_line_error(rc, err, str(readme), "is a file, not a run folder", "results.json")
+    assert out == "" and readme.read_text() == "# notes\n" and sorted(tmp_path.iterdir()) == [readme]
+
+
 def test_report_command_refuses_a_report_path_that_is_a_file(tmp_path, capsys, results):
     run = _run_folder(tmp_path, results)
     (run / "report").write_text("my notes\n")

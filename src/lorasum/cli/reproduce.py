@@ -60,10 +60,14 @@ def _print_headline(results: dict) -> None:
 
 
 def run_report(args: argparse.Namespace) -> int:
+    from lorasum.errors import UserError
     from lorasum.report import check_report_dir, load_results, write_report
     from lorasum.storage import check_tree_no_links
 
     run_dir = Path(args.run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"{run_dir}: is a file, not a run folder (give the folder that reproduce wrote, with "
+                        "results.json in it)")
     check_tree_no_links(run_dir, ("report",))  # RUN/report a link to a folder of the user's: never written through
     check_report_dir(run_dir / "report")  # RUN/report a file: said before results.json is read
     results = load_results(run_dir / "results.json")
