@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from lorasum.errors import OutputExistsError
-from lorasum.storage import atomic_dir, atomic_write_json, check_output, sha256_file, sha256_json
+from lorasum.errors import OutputExistsError, UserError
+from lorasum.storage import atomic_dir, atomic_write_bytes, atomic_write_json, check_output, sha256_file, sha256_json
 
 
 def test_atomic_write_json_roundtrip_and_no_temp_left(tmp_path):
@@ -71,3 +71,13 @@ def test_outputs_get_normal_permissions(tmp_path):
         os.umask(mask)
     assert stat.S_IMODE(f.stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o755
+
+
+def test_atomic_write_to_a_folder_names_the_folder_not_a_temporary_file(tmp_path):
+    (tmp_path / "plot.png").mkdir()
+    (tmp_path / "plot.png" / "mine.txt").write_text("kept")
+    with pytest.raises(UserError, match=r"plot\.png: cannot write: is a folder; give a file name$") as info:
+        atomic_write_bytes(tmp_path / "plot.png", b"data")
+    assert ".tmp" not in str(info.value)
+    assert [p.name for p in tmp_path.rglob("*")] == ["plot.png", "mine.txt"]  # nothing left behind
+    assert (tmp_path / "plot.png" / "mine.txt").read_text() == "kept"

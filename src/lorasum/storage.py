@@ -151,10 +151,12 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     The file gets the usual permissions (0666 less the umask), not mkstemp's private 0600.
 
     Raises:
-        UserError: the file system refuses the write (no space, no permission, read-only,
-            a file where a folder is needed); ``path`` is left as it was.
+        UserError: ``path`` is a folder, or the file system refuses the write (no space, no permission,
+            read-only, a file where a folder is needed); ``path`` is left as it was.
     """
     path = settle_path(path)
+    if path.is_dir():  # os.replace would fail on it naming our temporary file
+        raise _WriteError(path, "is a folder; give a file name")
     try:
         make_folders(path.parent)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
