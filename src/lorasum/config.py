@@ -220,8 +220,8 @@ class EvalSpec(_Strict):
         None, gt=0, description="None: cut examples to data.max_length; N: sliding windows of max_length, N apart"
     )
     compile: StrictBool = Field(
-        False, description="swap every LoRA adapter of the run into one PEFT slot (peft.utils.hotswap) and, on CUDA, "
-        "torch.compile its decoder layers once for all of them; speed only")
+        False, description="on CUDA, torch.compile the decoder layers once and score every model with them, each "
+        "LoRA adapter's ΔW merged into the base weights for its evaluations (no PEFT LoRA branch); speed only")
 
 
 class ExperimentConfig(_Strict):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -270,10 +271,11 @@ def test_eval_scoring_options_reach_the_evaluations_and_their_cache_keys(run, en
     assert _cache_files(out, "evals") == new_evals, "batch size alone must not rerun an evaluation"
 
 
-def test_eval_compile_scores_the_lora_folders_in_one_slot_with_the_same_numbers(run, capsys):
-    """eval.compile: the evaluations of a run done again (cache emptied) with the trained adapters, sums and
-    hybrids swapped into one PEFT slot (not compiled on the CPU) give every number of the ordinary run;
-    the base model and the dense results (ties, magnitude_prune) go the ordinary way; nothing retrains."""
+def test_eval_compile_scores_the_lora_folders_merged_with_the_same_numbers(run, capsys):
+    """eval.compile: the evaluations of a run done again (cache emptied) with the ΔW of the trained adapters,
+    sums and hybrids merged into the base weights in turn (not compiled on the CPU) give every number of the
+    ordinary run (PEFT adapters); the base model and the dense results (ties, magnitude_prune) too; nothing
+    retrains."""
     from lorasum.report import load_results
 
     out = run["tmp"] / "eval-compile"
@@ -286,7 +288,9 @@ def test_eval_compile_scores_the_lora_folders_in_one_slot_with_the_same_numbers(
     assert _adapter_files(out) == adapters, "no adapter may be retrained"
     res, ref = load_results(out / "results.json"), run["results"]
     lora = [a for a in ref["adapters"] if a["path"] is not None]
-    assert f"eval    {len(lora)} adapters swapped into one PEFT slot (eval.compile)" in capsys.readouterr().err
+    said = re.search(r"eval    (\d+) models scored with decoder layers, each adapter's ΔW merged into the base "
+                     r"weights \(eval.compile\)", capsys.readouterr().err)
+    assert said and int(said.group(1)) > len(lora)  # every LoRA folder, and the base model and dense results
     got = {(e["model"], e["seed"], e["eval_domain"]): e for e in res["evaluations"]}
     assert len(got) == len(ref["evaluations"])
     for e in ref["evaluations"]:

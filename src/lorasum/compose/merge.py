@@ -23,11 +23,16 @@ def _is_conv1d(module: torch.nn.Module) -> bool:
 
 
 def _updates(delta: Adapter | DenseDelta) -> tuple[str, dict[str, tuple[tuple[int, int], Callable]]]:
-    """(label, module → ((d_out, d_in), () -> float64 ΔW in nn.Linear orientation))."""
+    """(label, module → ((d_out, d_in), device -> float64 ΔW in nn.Linear orientation on that device)).
+
+    ΔW = scaling · B · A is formed on the weight's device from the factors (r·(d_out + d_in) numbers moved,
+    not d_out·d_in)."""
     if isinstance(delta, DenseDelta):
-        return "dense delta", {m: (tuple(d.shape), lambda d=d: d.double()) for m, d in delta.deltas.items()}
+        return "dense delta", {m: (tuple(d.shape), lambda device, d=d: d.to(device).double())
+                               for m, d in delta.deltas.items()}
     label = str(delta.path) if delta.path is not None else "adapter"
-    return label, {m: (f.shape, lambda f=f: f.scaling * (f.B.double() @ f.A.double()))
+    return label, {m: (f.shape, lambda device, f=f: f.scaling * (f.B.to(device, torch.float64)
+                                                                   @ f.A.to(device, torch.float64)))
                    for m, f in delta.factors.items()}
 
 
@@ -70,8 +75,8 @@ def merge_into_base(model: torch.nn.Module, adapter: Adapter | DenseDelta) -> to
         plan.append((module.weight, make, conv1d))
     with torch.no_grad():
         for weight, make, conv1d in plan:
-            delta = make()
+            delta = make(weight.device)
             if conv1d:
                 delta = delta.T
-            weight.copy_((weight.double() + delta.to(weight.device)).to(weight.dtype))
+            weight.copy_((weight.double() + delta).to(weight.dtype))
     return model

@@ -9,9 +9,11 @@ Two ways, one per kind of composition result:
   :func:`lorasum.compose.merge_into_base`; the touched weights are copied first and copied
   back afterwards, so the base model is restored bit for bit (:func:`dense_delta`).
 
-For many LoRA folders in a row (``eval.compile``), :func:`hotswap_slot` loads one PEFT adapter
-and swaps each folder's weights into it (PEFT's hotswapping), so that decoder layers compiled
-once serve every adapter.
+For many LoRA folders in a row (``eval.compile``), :func:`merged_slot` compiles the decoder layers once
+and adds each folder's ΔW to the base weights in turn (in place: the compiled code sees new values, not new
+tensors), so a forward pass is the base model's, without a LoRA branch per module. :func:`hotswap_slot`
+does the same with PEFT's hotswapping (one PEFT adapter whose LoRA weights are swapped), for callers that
+want PEFT's own forward.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["peft_adapter", "dense_delta", "hotswap_slot", "hotswap_compatible"]
+__all__ = ["peft_adapter", "dense_delta", "merged_slot", "hotswap_slot", "hotswap_compatible"]
 
 #: adapter_config.json fields that must agree for a folder to be swapped into the slot of another
 #: (which modules carry LoRA and how; a folder that differs is evaluated the ordinary way).
@@ -82,6 +84,34 @@ def dense_delta(model: torch.nn.Module, delta) -> Iterator[torch.nn.Module]:
         with torch.no_grad():
             for path, weight in backup.items():
                 model.get_submodule(path).weight.copy_(weight)
+
+
+@contextlib.contextmanager
+def merged_slot(model: torch.nn.Module, *, compile: bool = False) -> Iterator:
+    """Yield ``merged(path)``, a context manager that yields ``model`` with the LoRA folder ``path``'s ΔW
+    added to its weights (:func:`dense_delta`: ΔW = (lora_alpha / r)·B·A formed on the weights' device in
+    float64, the touched weights restored bit for bit on exit). With ``compile``, the decoder layers are
+    compiled once for the duration (:func:`lorasum.models.compiled_layers`) and serve every adapter
+    without recompiling: merging changes the weights' values in place, not the tensors.
+
+    Against :func:`peft_adapter` (and :func:`hotswap_slot`), the forward pass has no LoRA branch (two skinny
+    matmuls, a scale and an add per module); the logits differ by the rounding of the merged weights (bf16
+    under autocast: ``bf16(W + ΔW)`` instead of ``bf16(W)`` plus the branch). ``tests/experiment/
+    test_activate.py`` checks the NLL against PEFT's forward.
+
+    Raises:
+        AdapterError: from :func:`lorasum.adapters.load_adapter` (a bad folder) or
+            :func:`lorasum.compose.merge_into_base` (a module not in the model, a shape mismatch); the model
+            is then untouched.
+    """
+    from lorasum.adapters import load_adapter
+    from lorasum.models import compiled_layers
+
+    def merged(path: str | Path):
+        return dense_delta(model, load_adapter(path))
+
+    with compiled_layers(model, compile):
+        yield merged
 
 
 def _slot_config(path: Path) -> dict:

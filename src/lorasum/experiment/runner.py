@@ -679,13 +679,12 @@ class _Context:
     def run_evaluations(self, jobs: tuple[EvalJob, ...]) -> list[dict]:
         """Evaluate every job not in the cache; each model is put on once for all its missing domains.
 
-        With ``eval.compile``, the LoRA folders among them (trained adapters, sums, hybrids, low-rank
-        methods) are swapped one after the other into one PEFT slot whose decoder layers are compiled
-        once on CUDA (:func:`lorasum.experiment.activate.hotswap_slot`); the base model, dense results
-        and folders that do not fit the slot are evaluated the ordinary way. Same numbers either way
-        (up to the rounding of compiled kernels): the cache keys do not depend on it."""
-        from lorasum.experiment.activate import hotswap_compatible
-
+        With ``eval.compile``, the decoder layers are compiled once on CUDA and every model is scored with
+        them: the ΔW of each LoRA folder (trained adapters, sums, hybrids, low-rank methods) is added to the
+        base weights in place for its evaluations and taken off again
+        (:func:`lorasum.experiment.activate.merged_slot`), as dense results always are; without it, LoRA
+        folders are loaded as PEFT adapters. Same numbers either way up to bf16 rounding (merged weights,
+        compiled kernels): the cache keys do not depend on it."""
         keyed = [[(job, self._eval_key(job)) for job in group]
                  for _, group in groupby(jobs, key=lambda j: (j.model, j.seed))]
         found = {key: self._cached_eval(job, key) for group in keyed for job, key in group}
@@ -695,27 +694,23 @@ class _Context:
             scheduled |= {key for _, key in missing}
             if missing:
                 todo.append(missing)
-        slot = []
-        if self.cfg.eval.compile:
-            folders = [(t, self._lora_folder(t[0][0])) for t in todo]
-            folders = [(t, path) for t, path in folders if path is not None]
-            fits = hotswap_compatible([path for _, path in folders])
-            slot = [(t, path) for (t, path), ok in zip(folders, fits) if ok]
-            if len(slot) < 2:  # nothing to share a compilation with
-                slot = []
-        in_slot = {id(t) for t, _ in slot}
-        for t in todo:
-            if id(t) not in in_slot:
-                found |= self._evaluate(t)
-        if slot:
-            from lorasum.experiment.activate import hotswap_slot
+        if self.cfg.eval.compile and len(todo) > 1:  # one model alone: nothing to share a compilation with
+            from lorasum.experiment.activate import merged_slot
 
             cuda = next(self.model.parameters()).is_cuda
-            log.info("eval    %d adapters swapped into one %sPEFT slot (eval.compile)", len(slot),
-                     "compiled " if cuda else "")
-            with hotswap_slot(self.model, [path for _, path in slot], compile=cuda) as swap:
-                for t, path in slot:
-                    found |= self._evaluate(t, swap(path))
+            log.info("eval    %d models scored with %sdecoder layers, each adapter's ΔW merged into the base "
+                     "weights (eval.compile)", len(todo), "compiled " if cuda else "")
+            with merged_slot(self.model, compile=cuda) as merged:
+                for t in todo:
+                    path = self._lora_folder(t[0][0])
+                    if path is None:  # the base model, a dense result
+                        found |= self._evaluate(t)
+                    else:
+                        with merged(path) as model:
+                            found |= self._evaluate(t, model)
+        else:
+            for t in todo:
+                found |= self._evaluate(t)
         return [self._eval_row(job, key, found[key]) for group in keyed for job, key in group]
 
     def _cached_eval(self, job: EvalJob, key: str) -> dict | None:
