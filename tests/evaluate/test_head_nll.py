@@ -115,3 +115,24 @@ def _check_cuda_graph():
     torch.cuda.synchronize()
     torch.testing.assert_close(out, chunked.detach(), rtol=1e-3, atol=1e-3)
     torch.testing.assert_close(static.grad.float(), b.grad.float(), rtol=1e-3, atol=1e-5)
+
+
+def test_without_autograd_a_head_that_requires_grad_is_chunked_too(monkeypatch):
+    """Evaluating a base model whose parameters still require grad: under no_grad / inference mode the head
+    gets no gradient, so it is scored in chunks (and compiled under compiled_head), with the plain values."""
+    calls = []
+    monkeypatch.setattr(nll_module, "_compiled", {"nll": lambda *a: calls.append(1) or nll_module._chunk_nll(*a),
+                                                  "grad": nll_module._chunk_nll_and_grad})
+    head = _head(frozen=False)
+    hidden, targets = torch.randn(9, 12), torch.randint(0, 50, (9,))
+    want = F.cross_entropy(head(hidden), targets, reduction="none")
+    with compiled_head(), torch.inference_mode():
+        got = head_nll(head, hidden, targets, chunk=4)
+    assert len(calls) == 3  # 3 chunks of at most 4 rows
+    torch.testing.assert_close(got, want.detach())
+    with compiled_head(), torch.no_grad():
+        torch.testing.assert_close(head_nll(head, hidden, targets, chunk=4), want.detach())
+    assert len(calls) == 6
+    with compiled_head():  # autograd on: the trainable head takes the plain path (and gets its gradient)
+        head_nll(head, hidden, targets, chunk=4).sum().backward()
+    assert len(calls) == 6 and head.weight.grad is not None

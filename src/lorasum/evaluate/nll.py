@@ -193,8 +193,9 @@ def head_nll(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
     derivative of the log-softmax cross-entropy), is formed chunk by chunk in the forward pass and scaled
     by the incoming gradient in the backward pass: peak memory is that of one chunk of float32 logits
     (4096 × V × 4 bytes: 0.8 GB for V = 49,152) instead of about 10 bytes × N × V (bf16 logits, their
-    float32 copy, the saved log-softmax and its gradient) — most of a training pass's memory. Any other head
-    (trainable, or not a Linear) takes the plain path.
+    float32 copy, the saved log-softmax and its gradient) — most of a training pass's memory. With autograd
+    off (evaluation) any ``nn.Linear`` head is chunked, also one whose weight requires grad. Any other head
+    (trainable with autograd on, or not a Linear) takes the plain path.
 
     Args:
         head: the LM head, ``logits = head(hidden)``.
@@ -205,8 +206,10 @@ def head_nll(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
     Returns:
         (N,) float32 NLL, differentiable with respect to ``hidden``.
     """
-    frozen = (type(head) is torch.nn.Linear and not head.weight.requires_grad
-              and (head.bias is None or not head.bias.requires_grad))
+    # chunked for an nn.Linear head that gets no gradient: frozen, or autograd off (evaluation of a base model
+    # whose parameters still require grad)
+    frozen = type(head) is torch.nn.Linear and (not torch.is_grad_enabled() or (
+        not head.weight.requires_grad and (head.bias is None or not head.bias.requires_grad)))
     if not frozen or chunk < 1:
         return F.cross_entropy(head(hidden).float(), targets, reduction="none")
     # under no_grad the gradient is not formed, even for a hidden state that requires grad
