@@ -81,3 +81,43 @@ def test_atomic_write_to_a_folder_names_the_folder_not_a_temporary_file(tmp_path
     assert ".tmp" not in str(info.value)
     assert [p.name for p in tmp_path.rglob("*")] == ["plot.png", "mine.txt"]  # nothing left behind
     assert (tmp_path / "plot.png" / "mine.txt").read_text() == "kept"
+
+
+def test_a_failed_overwrite_keeps_the_old_folder_and_leaves_no_holder(tmp_path, monkeypatch):
+    """The old output cannot be moved aside (a read-only folder, simulated): it stays as it was and neither
+    the new folder nor the hidden holder of the old copy is left behind."""
+    import errno
+    import os
+
+    import lorasum.storage as storage
+
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    real = os.replace
+
+    def refuse_old(src, dst):
+        if os.fspath(src) == os.fspath(out):
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(src))
+        return real(src, dst)
+
+    monkeypatch.setattr(storage.os, "replace", refuse_old)
+    with pytest.raises(UserError, match=r"o: cannot write: Permission denied"):
+        with atomic_dir(out, overwrite=True) as tmp:
+            (tmp / "new.txt").write_text("new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o"]
+    assert [p.name for p in out.iterdir()] == ["old.txt"]
+
+
+def test_a_refused_temporary_file_is_reported_as_its_folder(tmp_path, monkeypatch):
+    import errno
+    import tempfile
+
+    def refuse(prefix, suffix, dir):
+        raise PermissionError(errno.EACCES, "Permission denied", f"{dir}/{prefix}x1y2.tmp")
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    with pytest.raises(UserError) as info:
+        atomic_write_bytes(tmp_path / "report" / "plot.png", b"x")
+    assert str(info.value) == f"{tmp_path / 'report' / 'plot.png'}: cannot write: Permission denied (in the folder " \
+                              f"{tmp_path / 'report'})"

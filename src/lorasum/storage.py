@@ -84,8 +84,12 @@ class _WriteError(UserError):
 
 
 def _fs_error(path: Path, exc: OSError) -> UserError:
-    """The one-line UserError for a file-system failure while writing ``path``."""
-    where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(path) else ""
+    """The one-line UserError for a file-system failure while writing ``path``; a failure on one of our
+    temporaries names the folder it was made in, not the temporary."""
+    where = ""
+    if exc.filename and str(exc.filename) != str(path):
+        where = (f" (in the folder {Path(path).parent})" if _is_temporary(os.path.basename(os.fspath(exc.filename)))
+                 else f" ({exc.filename})")
     return _WriteError(path, f"{exc.strerror or os.strerror(exc.errno)}{where}")
 
 
@@ -427,7 +431,11 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
             # the old copy waits in a fresh hidden folder of its own: no existing name is ever reused
             holder = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
             old = holder / path.name
-            os.replace(path, old)
+            try:
+                os.replace(path, old)
+            except BaseException:  # e.g. a read-only old folder cannot be moved: it stays, the holder goes
+                _remove(holder)
+                raise
             try:
                 os.replace(tmp, path)
             except BaseException:
@@ -648,6 +656,8 @@ _MANIFEST_PACKAGES = ("lorasum", "torch", "transformers", "peft", "safetensors",
 
 
 def _is_temporary(name: str) -> bool:
+    """Whether the file name ``name`` is one of the hidden temporaries lorasum writes next to a target
+    (``.NAME.*.tmp``, ``.NAME.*.old``)."""
     return name.startswith(".") and (name.endswith(".tmp") or name.endswith(".old"))
 
 
