@@ -168,3 +168,11 @@ def test_heatmaps(tmp_path):
                        "y": Adapter(factors={"head": _factor(np.random.default_rng(4), GPT2[0], 2)})})
     with pytest.raises(ValueError, match="layer index"):
         layer_heatmap_png(flat)
+
+
+def test_adapter_names_the_font_cannot_draw_give_no_warnings(recwarn):
+    """Names in scripts DejaVu Sans lacks (CJK) are drawn as boxes, without one UserWarning per glyph on stderr."""
+    ads = _adapters()
+    sim = similarity({"日本": ads["math"], "中文 b": ads["fin"]})
+    assert matrix_heatmap_png(sim).startswith(b"\x89PNG")
+    assert not [w for w in recwarn if "missing from font" in str(w.message)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import warnings
 from pathlib import Path
 
 from lorasum.geometry.layers import layer_index, module_kind, natural_key
@@ -125,7 +126,9 @@ def _figure_bytes(fig, fmt: str) -> bytes:
     if fmt not in FIGURE_FORMATS:
         raise ValueError(f"figure format {fmt!r}: expected one of {', '.join(FIGURE_FORMATS)}")
     buf = io.BytesIO()
-    fig.savefig(buf, format=fmt, dpi=120, bbox_inches="tight", metadata=_NO_METADATA[fmt])
+    with warnings.catch_warnings():  # adapter names in scripts the font lacks: drawn as boxes, not a warning each
+        warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from font", category=UserWarning)
+        fig.savefig(buf, format=fmt, dpi=120, bbox_inches="tight", metadata=_NO_METADATA[fmt])
     return buf.getvalue()
 
 
