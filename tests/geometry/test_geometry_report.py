@@ -176,3 +176,17 @@ def test_adapter_names_the_font_cannot_draw_give_no_warnings(recwarn):
     sim = similarity({"日本": ads["math"], "中文 b": ads["fin"]})
     assert matrix_heatmap_png(sim).startswith(b"\x89PNG")
     assert not [w for w in recwarn if "missing from font" in str(w.message)]
+
+
+def test_a_pair_sharing_no_module_is_compared_with_a_warning(caplog):
+    """Cosine 0 everywhere is right for disjoint modules, but a likely sign of adapters of different models."""
+    ads = _adapters()
+    other = Adapter(factors={"model.layers.0.self_attn.q_proj": ads["math"].factors[GPT2[0]]})
+    with caplog.at_level("WARNING", logger="lorasum"):
+        sim = similarity({"gpt2ish": ads["math"], "llamaish": other})
+    assert "gpt2ish and llamaish share no adapted module" in caplog.text
+    assert sim.pairs[("gpt2ish", "llamaish")].rms == 0.0
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="lorasum"):
+        similarity({"math": ads["math"], "fin": ads["fin"]})
+    assert "share no adapted module" not in caplog.text

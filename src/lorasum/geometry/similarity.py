@@ -10,6 +10,7 @@ norms, and the random baseline |cos| of unrelated updates of the same shapes and
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ from lorasum.geometry.layers import group_by_layer, natural_key
 from lorasum.geometry.subspace import orthonormal_basis, overlap
 
 __all__ = ["PairStats", "Similarity", "json_safe", "similarity"]
+
+log = logging.getLogger("lorasum")
 
 
 @dataclass(frozen=True)
@@ -212,6 +215,9 @@ def similarity(adapters: dict[str, Adapter]) -> Similarity:
         AdapterError: the adapters were trained on different base models (the message names
             both adapters and their base models); a shared module's ΔW shape differs between
             two adapters.
+
+    A pair that shares no module (possible for adapters of one model with other target modules, likely
+    for adapters of different models that recorded none) gets cosine 0 everywhere and a logged warning.
     """
     names = tuple(adapters)
     ads = [adapters[n] for n in names]
@@ -222,6 +228,9 @@ def similarity(adapters: dict[str, Adapter]) -> Similarity:
              for n in names for m, f in adapters[n].factors.items()}
     pairs = {}
     for (i, a), (j, b) in itertools.combinations(enumerate(names), 2):
+        if not set(adapters[a].factors) & set(adapters[b].factors):
+            log.warning("%s and %s share no adapted module: their ΔW are orthogonal by construction (cosine 0); "
+                        "adapters of different base models?", a, b)
         union = sorted(set(adapters[a].factors) | set(adapters[b].factors))
         cos = {m: float(cmats[m][i, j]) for m in union}
         pairs[(a, b)] = _pair(a, b, adapters, cos, norms, bases)
