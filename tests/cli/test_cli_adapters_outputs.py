@@ -268,3 +268,14 @@ def test_eval_help_lists_no_training_side_data_flags(capsys):
         main(["train", "--help"])
     text = capsys.readouterr().out
     assert "--train-size" in text and "--validation-size" in text
+
+
+def test_compose_refuses_an_adapter_given_twice_before_any_work(env, tmp_path, capsys, no_adapter_loads):
+    """`compose a a` summed the adapter with itself (2·ΔW) without a word; similarity already refused it."""
+    link = tmp_path / "link_a"
+    link.symlink_to(env["a"], target_is_directory=True)
+    for second in (env["a"], link, f"{env['a']}/."):
+        out = tmp_path / "o"
+        assert main(["compose", str(env["a"]), str(env["b"]), str(second), "--out", str(out)]) == 2
+        one_line_error(capsys, "the same adapter is given twice", str(second), "give it once with --weights")
+        assert not out.exists()

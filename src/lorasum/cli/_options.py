@@ -262,3 +262,22 @@ def truncation_warnings(data, tokenizer, max_length: int, splits=("train", "vali
             if message:
                 out.append(message)
     return out
+
+
+def check_distinct_adapters(paths: list[str], hint: str = "") -> None:
+    """Refuse an adapter folder given twice (the same folder through another spelling or a symlink too).
+
+    Raises:
+        ConfigError: naming both spellings, then ``hint``.
+    """
+    from pathlib import Path
+
+    seen: dict = {}
+    for p in paths:
+        try:
+            key = Path(p).resolve()
+        except (OSError, RuntimeError):  # a symlink loop: the loader reports it
+            continue
+        if key in seen:
+            raise ConfigError(f"{p}: the same adapter is given twice (as {seen[key]} and {p}){hint}")
+        seen[key] = p

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from lorasum.errors import ConfigError
 
-from ._options import NO_UNDERSCORES, nonempty, seed
+from ._options import NO_UNDERSCORES, check_distinct_adapters, nonempty, seed
 
 log = logging.getLogger("lorasum")
 
@@ -205,6 +205,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--model applies only with --merge-into-base (it names the base model to merge into); "
                           "add --merge-into-base or drop --model")
     params = _params(args)  # a flag that does not apply is the error, not an existing --out
+    check_distinct_adapters(args.adapters, "; to scale one adapter's ΔW, give it once with --weights")
     check_output(args.out, args.overwrite)  # before the adapters are read (large ones take a while)
     check_not_inputs(args.out, args.adapters)
     adapters = [load_adapter(a) for a in args.adapters]

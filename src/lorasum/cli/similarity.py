@@ -10,7 +10,7 @@ import math
 import os
 from pathlib import Path
 
-from ._options import nonempty
+from ._options import check_distinct_adapters, nonempty
 
 
 def add_parser(sub, common) -> None:
@@ -52,17 +52,7 @@ def _names(paths: list[str]) -> list[str]:
     Raises:
         ConfigError: the same adapter folder is given twice.
     """
-    from lorasum.errors import ConfigError
-
-    seen: dict[Path, str] = {}
-    for p in paths:
-        try:
-            key = Path(p).resolve()
-        except (OSError, RuntimeError):  # a symlink loop: the loader reports it
-            continue
-        if key in seen:
-            raise ConfigError(f"{p}: the same adapter is given twice (as {seen[key]} and {p})")
-        seen[key] = p
+    check_distinct_adapters(paths)
     names = [Path(p).name or str(p) for p in paths]
     return names if len(set(names)) == len(names) else list(paths)
 
