@@ -64,6 +64,12 @@ def test_report_command_refuses_a_file_given_as_the_run_folder(tmp_path, capsys)
     assert out == "" and readme.read_text() == "# notes\n" and sorted(tmp_path.iterdir()) == [readme]
 
 
+def test_report_command_names_a_missing_run_folder(tmp_path, capsys):
+    rc, out, err = _report(capsys, tmp_path / "nonexist")
+    _one_line_error(rc, err, str(tmp_path / "nonexist"), "no such run folder")
+    assert out == "" and list(tmp_path.iterdir()) == []
+
+
 def test_report_command_refuses_a_report_path_that_is_a_file(tmp_path, capsys, results):
     run = _run_folder(tmp_path, results)
     (run / "report").write_text("my notes\n")

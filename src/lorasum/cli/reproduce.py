@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from ._options import csv_list, int_list, nonempty
@@ -65,6 +66,9 @@ def run_report(args: argparse.Namespace) -> int:
     from lorasum.storage import check_tree_no_links
 
     run_dir = Path(args.run_dir)
+    if not os.path.lexists(run_dir):
+        raise UserError(f"{run_dir}: no such run folder (give the folder that reproduce wrote, with results.json "
+                        "in it)")
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"{run_dir}: is a file, not a run folder (give the folder that reproduce wrote, with "
                         "results.json in it)")
