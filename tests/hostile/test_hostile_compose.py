@@ -102,21 +102,21 @@ def test_no_space_left_while_writing(tmp_path, good, capsys, monkeypatch):
 
     monkeypatch.setattr(os, "fsync", full)
     out, before = existing_output(tmp_path)
-    rc, _, err = run_cli(["compose", good, good, "--out", out, "--overwrite"], capsys)
+    rc, _, err = run_cli(["compose", good, "--out", out, "--overwrite"], capsys)
     assert_user_error(rc, err, out, "No space left on device")
     assert snapshot(out) == before
 
 
 def test_output_under_a_file(tmp_path, good, capsys):
     (tmp_path / "afile").write_text("x")
-    rc, _, err = run_cli(["compose", good, good, "--out", tmp_path / "afile" / "sum"], capsys)
+    rc, _, err = run_cli(["compose", good, "--out", tmp_path / "afile" / "sum"], capsys)
     assert_user_error(rc, err, tmp_path / "afile" / "sum", "cannot write")
     assert (tmp_path / "afile").read_text() == "x"
 
 
 def test_output_is_a_symlink_loop(tmp_path, good, capsys):
     os.symlink("loop", tmp_path / "loop")
-    rc, _, err = run_cli(["compose", good, good, "--out", tmp_path / "loop"], capsys)
+    rc, _, err = run_cli(["compose", good, "--out", tmp_path / "loop"], capsys)
     assert_user_error(rc, err, tmp_path / "loop", "already exists")
     assert os.readlink(tmp_path / "loop") == "loop"
 
@@ -127,7 +127,7 @@ def test_output_in_a_read_only_folder(tmp_path, good, capsys):
     ro.mkdir()
     ro.chmod(0o555)
     try:
-        rc, _, err = run_cli(["compose", good, good, "--out", ro / "sum"], capsys)
+        rc, _, err = run_cli(["compose", good, "--out", ro / "sum"], capsys)
     finally:
         ro.chmod(0o755)
     assert_user_error(rc, err, ro / "sum", "Permission denied")
@@ -230,6 +230,6 @@ def test_a_flag_that_does_not_apply_is_named_before_an_existing_output(tmp_path,
     """`compose … --method svd --density 0.5` into an existing folder: the flag is the error to fix first (the
     message was "already exists", and after --overwrite came the flag's error)."""
     out, before = existing_output(tmp_path)
-    rc, _, err = run_cli(["compose", good, good, "--method", "svd", "--density", "0.5", "--out", out], capsys)
+    rc, _, err = run_cli(["compose", good, "--method", "svd", "--density", "0.5", "--out", out], capsys)
     assert_user_error(rc, err, "--density", "does not apply to --method svd")
     assert snapshot(out) == before

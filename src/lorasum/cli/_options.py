@@ -264,12 +264,14 @@ def truncation_warnings(data, tokenizer, max_length: int, splits=("train", "vali
     return out
 
 
-def check_distinct_adapters(paths: list[str], hint: str = "") -> None:
-    """Refuse an adapter folder given twice (the same folder through another spelling or a symlink too).
+def check_distinct_adapters(paths: list[str], hint: str = "", *, refuse: bool = True) -> None:
+    """Refuse an adapter folder given twice (the same folder through another spelling or a symlink too), or with
+    ``refuse=False`` log a warning about it.
 
     Raises:
-        ConfigError: naming both spellings, then ``hint``.
+        ConfigError: naming both spellings, then ``hint`` (``refuse`` only).
     """
+    import logging
     from pathlib import Path
 
     seen: dict = {}
@@ -279,5 +281,8 @@ def check_distinct_adapters(paths: list[str], hint: str = "") -> None:
         except (OSError, RuntimeError):  # a symlink loop: the loader reports it
             continue
         if key in seen:
-            raise ConfigError(f"{p}: the same adapter is given twice (as {seen[key]} and {p}){hint}")
+            message = f"{p}: the same adapter is given twice (as {seen[key]} and {p}){hint}"
+            if refuse:
+                raise ConfigError(message)
+            logging.getLogger("lorasum").warning(message)
         seen[key] = p

@@ -205,7 +205,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--model applies only with --merge-into-base (it names the base model to merge into); "
                           "add --merge-into-base or drop --model")
     params = _params(args)  # a flag that does not apply is the error, not an existing --out
-    check_distinct_adapters(args.adapters, "; to scale one adapter's ΔW, give it once with --weights")
+    # allowed (a sum with shared directions is a fair input, e.g. for svd), but rarely meant
+    check_distinct_adapters(args.adapters, ": its ΔW is counted each time (to scale one adapter, give it once "
+                            "with --weights)", refuse=False)
     check_output(args.out, args.overwrite)  # before the adapters are read (large ones take a while)
     check_not_inputs(args.out, args.adapters)
     adapters = [load_adapter(a) for a in args.adapters]
