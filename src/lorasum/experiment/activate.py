@@ -26,6 +26,7 @@ import torch
 
 __all__ = ["peft_adapter", "dense_delta", "merged_slot"]
 
+
 @contextlib.contextmanager
 def peft_adapter(model: torch.nn.Module, path: str | Path) -> Iterator[torch.nn.Module]:
     """Yield ``model`` with the PEFT LoRA adapter in ``path`` loaded (eval mode); unload it on exit.
