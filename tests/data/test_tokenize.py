@@ -260,3 +260,38 @@ def test_domain_prompt_template_context_is_cut_first(tiny_tokenizer):
     assert cut.truncated and len(cut.input_ids) == len(full.input_ids) - 5
     assert cut.labels[-6:] == full.labels[-6:]  # the answer is whole
     assert tiny_tokenizer.decode(cut.input_ids).endswith(tiny_tokenizer.decode(full.input_ids[-12:]))
+
+
+def test_shared_tokenization_tokenises_each_text_once_and_changes_no_id(tiny_tokenizer):
+    """Inside ``shared_tokenization`` a text field met again is not sent to the tokenizer; the examples equal
+    those encoded without it (cut at other lengths, other loss_on); outside, every call tokenises again."""
+    import unittest.mock
+
+    from lorasum.data import tokenize
+
+    recs = [Record(id=f"r{i}", domain="d", question=f"question {i % 3} ?", answer=f"answer {i}" * (i + 1),
+                   context="the cat " * i) for i in range(6)]
+    keys = [(m, on) for m in (None, 12) for on in ("answer", "all")]
+    sent = []
+    real = type(tiny_tokenizer).__call__
+
+    def spy(self, texts, *a, **k):
+        if isinstance(texts, list):  # the batched calls of the text fields (not the special-token probe)
+            sent.extend(texts)
+        return real(self, texts, *a, **k)
+
+    with unittest.mock.patch.object(type(tiny_tokenizer), "__call__", spy):
+        want = {key: tokenize.encode_records(tiny_tokenizer, recs, key[0], loss_on=key[1]) for key in keys}
+        fields = set(sent)  # every text field of the records
+        assert len(sent) == 4 * (5 + 6 + 6) and len(fields) == 15  # 5 contexts, 6 questions (4 distinct), 6 answers
+        sent.clear()
+        with tokenize.shared_tokenization(tiny_tokenizer):
+            with tokenize.shared_tokenization(tiny_tokenizer):  # nested: the same cache
+                got = {key: tokenize.encode_records(tiny_tokenizer, recs, key[0], loss_on=key[1]) for key in keys}
+            again = tokenize.encode_records(tiny_tokenizer, recs[:2], 12)
+        assert got == want and again == want[(12, "answer")][:2]
+        assert sorted(sent) == sorted(fields)  # each distinct text once
+        sent.clear()
+        tokenize.encode_records(tiny_tokenizer, recs, 12)  # the cache is gone
+        assert set(sent) == fields
+    assert not tokenize._SHARED

@@ -59,6 +59,39 @@ def test_fast_nll_equals_full_logits_cross_entropy(request, tiny_tokenizer, mode
 
 
 @pytest.mark.parametrize("model_fixture", ["tiny_gpt2", "tiny_llama"])
+def test_right_padded_batches_run_unmasked_and_left_padded_ones_keep_their_mask(request, tiny_tokenizer,
+                                                                                model_fixture):
+    """A right-padded batch goes to the model without an attention mask (causal attention hides the padding
+    after each real token) and scores each example as it scores alone; a left-padded batch keeps its mask."""
+    from lorasum.evaluate.nll import _split_head, token_nll
+
+    model = request.getfixturevalue(model_fixture)
+    recs = records()
+    batch = batch_of(tiny_tokenizer, recs)
+    assert (batch["attention_mask"] == 0).any()
+    seen = []
+    hook = _split_head(model)[0].register_forward_pre_hook(lambda m, a, kw: seen.append(kw.get("attention_mask")), with_kwargs=True)
+    try:
+        with torch.no_grad():
+            nll, flat = token_nll(model, batch)
+            assert seen == [None]  # right padding: no mask
+            alone = [float(answer_token_nll(model, batch_of(tiny_tokenizer, [r]))[0]) for r in recs]
+            left = {k: torch.stack([torch.roll(row, int((m == 0).sum())) for row, m in zip(v, batch["attention_mask"])])
+                    for k, v in batch.items()}
+            seen.clear()
+            left_nll, left_n = answer_token_nll(model, left)
+    finally:
+        hook.remove()
+    T = batch["input_ids"].shape[1]
+    per_example = [float(nll[flat // T == b].sum()) for b in range(len(recs))]
+    assert per_example == pytest.approx(alone, rel=1e-5)
+    assert seen and seen[0] is not None  # left padding: the mask is passed
+    ref, n_ref = full_logits_nll(model, left)
+    assert left_n == n_ref and float(left_nll) == pytest.approx(ref, rel=1e-5)
+    assert float(left_nll) == pytest.approx(sum(alone), rel=1e-4) or model_fixture == "tiny_gpt2"
+
+
+@pytest.mark.parametrize("model_fixture", ["tiny_gpt2", "tiny_llama"])
 def test_fast_nll_with_active_lora_adapter(request, tiny_tokenizer, model_fixture):
     model = request.getfixturevalue(model_fixture)
     targets = ["c_attn"] if model_fixture == "tiny_gpt2" else ["q_proj", "v_proj"]

@@ -588,6 +588,35 @@ def test_passes_are_cut_evenly_and_within_the_budget():
     assert [len(p) for p in _passes(items, 40)] == [1, 1, 1, 1, 1, 1, 1, 1]  # longer examples: a pass each
 
 
+def test_passes_are_as_few_as_an_in_order_cut_allows_and_none_is_a_small_remainder():
+    """Against an independent count: filling each pass as far as it goes gives the fewest passes of an in-order
+    cut. A step a little over two budgets (the paper run's 21-adapter steps) gets three even passes, not two full
+    ones and a remainder of a few hundred tokens (a pass of its own shape, and a recompilation of the layers)."""
+    import random
+
+    from lorasum.data.tokenize import Encoded
+    from lorasum.train.parallel import _passes
+
+    rng = random.Random(0)
+    for _ in range(300):
+        lengths = [rng.randint(1, 512) for _ in range(rng.randint(1, 60))]
+        budget = rng.choice([512, 700, 1024, 2048, 4096])
+        items = [(Encoded(input_ids=[1] * n, labels=[1] * n), 0) for n in lengths]
+        fewest, size = 1, 0
+        for n in lengths:
+            if size and size + n > budget:
+                fewest, size = fewest + 1, 0
+            size += n
+        parts = _passes(items, budget)
+        sizes = [sum(len(e.input_ids) for e, _ in p) for p in parts]
+        assert [x for p in parts for x in p] == items and all(parts)
+        assert all(s <= budget for s in sizes)
+        assert len(parts) == fewest
+        assert max(sizes) <= sum(lengths) / len(parts) + max(lengths)  # even: the largest near the mean
+    step = [(Encoded(input_ids=[1] * 250, labels=[1] * 250), 0)] * 168  # 42,000 tokens, budget 20,480
+    assert [sum(len(e.input_ids) for e, _ in p) for p in _passes(step, 20480)] == [14000, 14000, 14000]
+
+
 def test_static_passes_fall_back_when_logits_are_more_than_the_head(tmp_path, tiny_tokenizer, tiny_llama, caplog):
     """A model whose logits are transformed after the LM head (here a logit scale in its config) gets the
     ordinary passes, with one warning, and the same adapters."""

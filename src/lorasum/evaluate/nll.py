@@ -238,6 +238,12 @@ def _to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return t.to(device)
 
 
+def _right_padded(mask: torch.Tensor) -> bool:
+    """Whether each row of a (B, T) attention mask is ones then zeros (padding only at the end)."""
+    mask = mask.bool()
+    return bool((mask[:, 1:] <= mask[:, :-1]).all()) if mask.shape[1] > 1 else True
+
+
 def answer_token_nll(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
     """Summed NLL (nats) of the labelled tokens of a batch and their count.
 
@@ -245,8 +251,10 @@ def answer_token_nll(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> 
         model: a transformers causal LM, or a PEFT ``PeftModel`` wrapping one (adapters active).
         batch: ``input_ids`` and ``labels``, each (B, T) int64, labels aligned with the inputs;
             either ``attention_mask`` (B, T) (a right-padded batch, see
-            :func:`lorasum.data.tokenize.collate`) or ``position_ids`` (B, T) and no attention
-            mask (a packed batch, see :func:`lorasum.train.packing.pack`).
+            :func:`lorasum.data.tokenize.collate`; the model then gets no mask, since causal
+            attention keeps each real token from the padding after it, and a batch padded
+            elsewhere keeps its mask) or ``position_ids`` (B, T) and no attention mask (a packed
+            batch, see :func:`lorasum.train.packing.pack`).
 
     Returns:
         ``(nll_sum, n_tokens)``: a float32 scalar tensor (differentiable, on the model's device)
@@ -278,8 +286,11 @@ def token_nll(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[t
         inputs |= {"position_ids": _to(batch["position_ids"], device), "attention_mask": None}
         # example boundaries for variable-length attention (lorasum.train.varlen), when the batch has them
         inputs |= {k: _to(v, device) if torch.is_tensor(v) else v for k, v in batch.items() if k in _VARLEN_KEYS}
-    else:
+    elif not _right_padded(batch["attention_mask"]):
         inputs["attention_mask"] = _to(batch["attention_mask"], device)
+    # else no mask at all: in a right-padded batch causal attention already keeps every real token from the
+    # padding after it, and padded positions are never scored; one kind of call for compiled layers (a mask
+    # or None: two compilations otherwise, ~6 s each for SmolLM2) and the unmasked (flash) attention kernels
     flat, targets = _to(flat_cpu, device), _to(targets, device)
     inner = _unwrap(model)
     parts = _split_head(inner)

@@ -262,8 +262,15 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, overwrite: bool = 
         ConfigError, DataError, ModelError: from loading the config's data and model; a domain with
             no test example, or no answer token to score, is a DataError.
     """
+    with contextlib.ExitStack() as scope:  # what lasts as long as the run (the tokenizer's shared ids)
+        return _run_experiment(cfg, out, overwrite=overwrite, progress=progress, scope=scope)
+
+
+def _run_experiment(cfg: ExperimentConfig, out: str | Path, *, overwrite: bool, progress: bool,
+                    scope: contextlib.ExitStack) -> dict:
     import torch
 
+    from lorasum.data.tokenize import shared_tokenization
     from lorasum.models import load_model
     from lorasum.report import write_report
     from lorasum.storage import check_output_name
@@ -295,6 +302,8 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, overwrite: bool = 
 
     log.info("loading model %s", cfg.model)
     model, tokenizer, info = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    # each record's text fields tokenised once: truncation counts, training, validation and evaluation share them
+    scope.enter_context(shared_tokenization(tokenizer))
     lap("load_model")
     data = _load_data(cfg, tokenizer)
     truncation = _truncation(cfg, data, tokenizer)

@@ -340,21 +340,36 @@ class _AdamW:
         self._attach()
 
 
-def _passes(examples: list, max_tokens: int) -> list[list]:
-    """Cut (example, adapter) pairs, in order, into forward passes of at most ``max_tokens`` tokens and
-    about equal size (a longer example gets a pass of its own): a step of 1.2 × ``max_tokens`` takes
-    two passes of 0.6, not one full and one small (fewer distinct shapes for the CUDA graphs)."""
-    total = sum(len(item[0].input_ids) for item in examples)
-    target = min(max_tokens, -(-total // max(1, -(-total // max_tokens))))
-    out, size = [[]], 0
-    for item in examples:
-        n = len(item[0].input_ids)
-        if out[-1] and (size + n > max_tokens or size + n / 2 > target):
-            out.append([])
+def _fill(lengths: list[int], capacity: int) -> list[int]:
+    """Start indices of the passes when each is filled in order as far as ``capacity`` tokens allow (an
+    example longer than that alone)."""
+    starts, size = [0], 0
+    for i, n in enumerate(lengths):
+        if size and size + n > capacity:
+            starts.append(i)
             size = 0
-        out[-1].append(item)
         size += n
-    return out
+    return starts
+
+
+def _passes(examples: list, max_tokens: int) -> list[list]:
+    """Cut (example, adapter) pairs, in order, into the fewest forward passes of at most ``max_tokens`` tokens
+    (an example longer than that gets a pass of its own), as even as that count allows: the largest pass is
+    as small as it can be (the least capacity whose in-order filling still needs no more passes, found by
+    bisection), so a step of 2.05 × ``max_tokens`` takes three passes of 0.68, not two full ones and a small
+    third. Each pass costs a launch of every layer, and each distinct size a CUDA graph; the largest pass is
+    at most the mean plus the longest example."""
+    lengths = [len(item[0].input_ids) for item in examples]
+    fewest = len(_fill(lengths, max_tokens))
+    low, high = 1, max(1, max_tokens)
+    while low < high:  # the least capacity that keeps the fewest passes
+        mid = (low + high) // 2
+        if len(_fill(lengths, mid)) <= fewest:
+            high = mid
+        else:
+            low = mid + 1
+    starts = _fill(lengths, low) + [len(examples)]
+    return [examples[a:b] for a, b in zip(starts, starts[1:])]
 
 
 def _pack_by_adapter(part: list, row_length: int, pad_id: int) -> dict[str, torch.Tensor]:

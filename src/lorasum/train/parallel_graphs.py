@@ -329,7 +329,10 @@ class GraphedPasses:
                 torch.cuda.empty_cache()
             before = torch.cuda.memory_reserved(self.device)
             graph = self._capture_pass(static)
-            self.capture_seconds += time.perf_counter() - started
+            seconds = time.perf_counter() - started
+            self.capture_seconds += seconds
+            log.debug("CUDA graph %d: a pass of %d tokens, %d scored positions, %d segments captured in %.2f s",
+                      len(self._graphs) + 1, *key, seconds)
             if graph is None:  # capture failed: its memory released, eager from now on
                 del static
                 self._release()
