@@ -829,3 +829,36 @@ def test_a_pass_is_split_into_pieces_that_a_captured_shape_holds():
         with pytest.raises(ValueError, match="does not fit|do not fit"):
             static_layout(joined, pad_id=0, n_answer=n_answer, k=3, max_seqlen=30, shape=shape)
     assert split_to_fit(part, (16, 32, 8), max_seqlen=30) is None  # examples of up to 29 tokens: no piece holds them
+
+
+@pytest.mark.parametrize("per_adapter", [False, True])
+def test_peft_initialisation_runs_once_per_seed_and_gives_each_adapter_its_factors(tmp_path, tiny_tokenizer,
+                                                                                   tiny_llama, monkeypatch,
+                                                                                   per_adapter):
+    """Adapters of one seed share PEFT's initial factors (one initialisation per seed); with
+    lora.init_per_adapter each adapter gets its own. Each adapter's factors are those of a fresh initialisation
+    with its key (the memo hands out no other adapter's)."""
+    import lorasum.train.parallel as par
+
+    calls = []
+    real = par._peft_init
+    monkeypatch.setattr(par, "_peft_init", lambda m, c, seed, init_seed: calls.append((seed, init_seed))
+                        or real(m, c, seed, init_seed))
+    seen = {}
+    real_layer = par._ParallelLoRA
+
+    def spy(base, factors, *a, **k):
+        seen.setdefault("factors", factors)
+        return real_layer(base, factors, *a, **k)
+
+    monkeypatch.setattr(par, "_ParallelLoRA", spy)
+    tasks = [AdapterTask(records=records(d, 6, i), seed=seed, out_dir=tmp_path / f"{d}{seed}", meta={"domains": [d]})
+             for i, (d, seed) in enumerate([("a", 0), ("b", 0), ("a", 1), ("c", 0)])]
+    lora = LoraSpec(r=4, lora_alpha=8, lora_dropout=0.0, init_per_adapter=per_adapter)
+    train_adapters(tiny_llama, tiny_tokenizer, tasks, lora=lora, train=TrainSpec(**TRAIN | {"max_steps": 1}),
+                   max_length=64, model_info=info_of(tiny_llama), progress=False)
+    assert len(calls) == len(set(calls)) == (4 if per_adapter else 2)
+    first = seen["factors"]  # (A, B) of each adapter for the first adapted module
+    same = [torch.equal(first[0][0], first[j][0]) for j in range(4)]
+    # shared by the adapters of seed 0 (tasks 0, 1, 3) unless each adapter has its own; seed 1 differs
+    assert same == ([True, False, False, False] if per_adapter else [True, True, False, True])

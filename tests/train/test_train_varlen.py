@@ -167,3 +167,22 @@ def test_varlen_reference_applies_attention_dropout(tmp_path, tiny_tokenizer, ti
         losses[run] = res[0].losses
     assert losses["a"] == losses["b"]
     assert losses["a"] != pytest.approx(losses["c"], rel=1e-4)
+
+
+def test_varlen_attention_defines_the_dropout_operator_before_the_first_pass(tiny_gpt2, tiny_llama, monkeypatch):
+    """With attention dropout (GPT-2's 0.1), entering variable-length attention defines lorasum::flash_varlen
+    at once: defined on first use inside a compiled layer, it broke the layer's graph and recompiled. A model
+    without attention dropout leaves it undefined."""
+    import lorasum.train.varlen as varlen
+
+    if not varlen._flash_available():
+        pytest.skip("this torch has no FlashAttention-2 operators")
+    monkeypatch.setattr(varlen, "_FLASH_OP", None)
+    tiny_llama.config.attention_dropout = 0.0
+    with varlen.varlen_attention(tiny_llama):
+        assert varlen._FLASH_OP is None
+    assert tiny_gpt2.config.attn_pdrop > 0
+    with varlen.varlen_attention(tiny_gpt2):
+        assert varlen._FLASH_OP is not None
+        op = varlen._FLASH_OP
+    assert varlen._flash_op() is op  # defined once

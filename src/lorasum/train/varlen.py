@@ -161,13 +161,26 @@ def flash_varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu
         RuntimeError: no FlashAttention-2 in this torch or on this device, or the inputs are outside
             what its kernels take (the message is torch's).
     """
+    op = _FLASH_OP if _FLASH_OP is not None else _flash_op()
+    scale = float(scale) if scale is not None else 1 / math.sqrt(q.shape[-1])
+    return op(q, k, v, cu_seqlens, int(max_seqlen), float(dropout_p), scale)[0]
+
+
+def _flash_op():
+    """``lorasum::flash_varlen``, defined on first use. :func:`varlen_attention` defines it before the first
+    forward pass: defined inside a compiled layer instead, it broke the layer's graph in two at the attention
+    call for good and recompiled the attention once (GPT-2, 2026-12-06: 96 s of compilation against 61 s for
+    the 30 layers of SmolLM2, which has no attention dropout).
+
+    Raises:
+        RuntimeError: this torch has no FlashAttention-2 operators.
+    """
     global _FLASH_OP
     if _FLASH_OP is None:
         if not _flash_available():
             raise RuntimeError("this torch has no FlashAttention-2 operators (aten._flash_attention_forward)")
         _FLASH_OP = _define_flash_ops()
-    scale = float(scale) if scale is not None else 1 / math.sqrt(q.shape[-1])
-    return _FLASH_OP(q, k, v, cu_seqlens, int(max_seqlen), float(dropout_p), scale)[0]
+    return _FLASH_OP
 
 
 def _attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
@@ -251,6 +264,8 @@ def varlen_attention(model: torch.nn.Module, enabled: bool = True) -> Iterator[b
         yield False
         return
     _register()
+    if has_attention_dropout(model) and _flash_available():
+        _flash_op()  # defined now, not while a compiled layer is traced
     with attention_implementation(model, VARLEN):
         yield True
 
