@@ -88,6 +88,17 @@ def test_right_padded_batches_run_unmasked_and_left_padded_ones_keep_their_mask(
     assert seen and seen[0] is not None  # left padding: the mask is passed
     ref, n_ref = full_logits_nll(model, left)
     assert left_n == n_ref and float(left_nll) == pytest.approx(ref, rel=1e-5)
+    labelled = dict(batch)  # a caller's batch that scores a padded position keeps its mask too
+    labelled["labels"] = torch.where(batch["attention_mask"] == 0, batch["input_ids"], batch["labels"])
+    seen.clear()
+    hook = _split_head(model)[0].register_forward_pre_hook(lambda m, a, kw: seen.append(kw.get("attention_mask")),
+                                                           with_kwargs=True)
+    try:
+        with torch.no_grad():
+            token_nll(model, labelled)
+    finally:
+        hook.remove()
+    assert seen and seen[0] is not None
     assert float(left_nll) == pytest.approx(sum(alone), rel=1e-4) or model_fixture == "tiny_gpt2"
 
 

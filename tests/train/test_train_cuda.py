@@ -174,6 +174,7 @@ def test_gpt2_with_attention_dropout_trains_with_varlen_attention(tmp_path, tiny
     from lorasum.train import AdapterTask, train_adapters
 
     monkeypatch.setattr(varlen_module, "_FLASH_OP", None)
+    torch._dynamo.reset()  # no compiled frame left from an earlier test
 
     model = tiny_gpt2.to(device="cuda", dtype=torch.bfloat16)
     for key in ("resid_pdrop", "embd_pdrop"):

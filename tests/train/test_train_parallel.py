@@ -612,9 +612,14 @@ def test_passes_are_as_few_as_an_in_order_cut_allows_and_none_is_a_small_remaind
         assert [x for p in parts for x in p] == items and all(parts)
         assert all(s <= budget for s in sizes)
         assert len(parts) == fewest
-        assert max(sizes) <= sum(lengths) / len(parts) + max(lengths)  # even: the largest near the mean
+        share = sum(lengths) / len(parts)
+        assert max(sizes) <= share + max(lengths)  # even: the largest near the mean
+        if budget >= share + max(lengths):  # cuts at the nearest boundaries fit: every pass near the mean
+            assert min(sizes) >= share - max(lengths), (sizes, share)
     step = [(Encoded(input_ids=[1] * 250, labels=[1] * 250), 0)] * 168  # 42,000 tokens, budget 20,480
     assert [sum(len(e.input_ids) for e, _ in p) for p in _passes(step, 20480)] == [14000, 14000, 14000]
+    tail = [(Encoded(input_ids=[1] * n, labels=[1] * n), 0) for n in (10, 10, 10, 10, 1)]
+    assert [sum(len(e.input_ids) for e, _ in p) for p in _passes(tail, 20)] == [10, 20, 11]  # not 20, 20, 1
 
 
 def test_static_passes_fall_back_when_logits_are_more_than_the_head(tmp_path, tiny_tokenizer, tiny_llama, caplog):
@@ -840,10 +845,10 @@ def test_peft_initialisation_runs_once_per_seed_and_gives_each_adapter_its_facto
     with its key (the memo hands out no other adapter's)."""
     import lorasum.train.parallel as par
 
-    calls = []
+    calls, configs = [], []
     real = par._peft_init
     monkeypatch.setattr(par, "_peft_init", lambda m, c, seed, init_seed: calls.append((seed, init_seed))
-                        or real(m, c, seed, init_seed))
+                        or configs.append(c) or real(m, c, seed, init_seed))
     seen = {}
     real_layer = par._ParallelLoRA
 
@@ -862,3 +867,7 @@ def test_peft_initialisation_runs_once_per_seed_and_gives_each_adapter_its_facto
     same = [torch.equal(first[0][0], first[j][0]) for j in range(4)]
     # shared by the adapters of seed 0 (tasks 0, 1, 3) unless each adapter has its own; seed 1 differs
     assert same == ([True, False, False, False] if per_adapter else [True, True, False, True])
+    keys = calls if per_adapter else [calls[0], calls[0], calls[1], calls[0]]  # each adapter's own key
+    for j, key in enumerate(keys):  # its factors are a fresh initialisation with that key
+        fresh = real(tiny_llama, configs[0], *key)
+        torch.testing.assert_close(first[j][0], fresh[sorted(fresh)[0]][0].to(first[j][0].dtype), rtol=0, atol=0)

@@ -238,10 +238,13 @@ def _to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return t.to(device)
 
 
-def _right_padded(mask: torch.Tensor) -> bool:
-    """Whether each row of a (B, T) attention mask is ones then zeros (padding only at the end)."""
-    mask = mask.bool()
-    return bool((mask[:, 1:] <= mask[:, :-1]).all()) if mask.shape[1] > 1 else True
+def _causal_hides_padding(mask: torch.Tensor, labels: torch.Tensor) -> bool:
+    """Whether a batch may go to the model without its (B, T) attention ``mask``: each row is ones then
+    zeros (padding only at the end, so causal attention keeps every real token from it) and no padded
+    position carries a label (none is scored). CPU tensors: no device synchronisation."""
+    mask, labels = mask.cpu().bool(), labels.cpu()
+    ordered = bool((mask[:, 1:] <= mask[:, :-1]).all()) if mask.shape[1] > 1 else True
+    return ordered and not bool((labels[~mask] != IGNORE_INDEX).any())
 
 
 def answer_token_nll(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
@@ -286,7 +289,7 @@ def token_nll(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[t
         inputs |= {"position_ids": _to(batch["position_ids"], device), "attention_mask": None}
         # example boundaries for variable-length attention (lorasum.train.varlen), when the batch has them
         inputs |= {k: _to(v, device) if torch.is_tensor(v) else v for k, v in batch.items() if k in _VARLEN_KEYS}
-    elif not _right_padded(batch["attention_mask"]):
+    elif not _causal_hides_padding(batch["attention_mask"], batch["labels"]):
         inputs["attention_mask"] = _to(batch["attention_mask"], device)
     # else no mask at all: in a right-padded batch causal attention already keeps every real token from the
     # padding after it, and padded positions are never scored; one kind of call for compiled layers (a mask

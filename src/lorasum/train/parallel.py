@@ -354,13 +354,21 @@ def _fill(lengths: list[int], capacity: int) -> list[int]:
 
 def _passes(examples: list, max_tokens: int) -> list[list]:
     """Cut (example, adapter) pairs, in order, into the fewest forward passes of at most ``max_tokens`` tokens
-    (an example longer than that gets a pass of its own), as even as that count allows: the largest pass is
-    as small as it can be (the least capacity whose in-order filling still needs no more passes, found by
-    bisection), so a step of 2.05 × ``max_tokens`` takes three passes of 0.68, not two full ones and a small
-    third. Each pass costs a launch of every layer, and each distinct size a CUDA graph; the largest pass is
-    at most the mean plus the longest example."""
+    (an example longer than that gets a pass of its own), as even as that count allows: each cut at the
+    example boundary nearest to its share of the tokens, so that every pass is within one example of the
+    mean; where such cuts would overrun ``max_tokens``, the least capacity whose in-order filling still needs
+    no more passes (bisection: the largest pass as small as it can be). A step of 2.05 × ``max_tokens`` takes
+    three passes of 0.68, not two full ones and a small third: each pass costs a launch of every layer, and
+    each distinct size a CUDA graph (and a small one a recompilation of the layers)."""
     lengths = [len(item[0].input_ids) for item in examples]
     fewest = len(_fill(lengths, max_tokens))
+    prefix = [0]
+    for n in lengths:
+        prefix.append(prefix[-1] + n)
+    cuts = [0] + [min(range(len(lengths) + 1), key=lambda at: (abs(prefix[at] - prefix[-1] * i / fewest), at))
+                  for i in range(1, fewest)] + [len(lengths)]
+    if all(a < b and (prefix[b] - prefix[a] <= max_tokens or b - a == 1) for a, b in zip(cuts, cuts[1:])):
+        return [examples[a:b] for a, b in zip(cuts, cuts[1:])]
     low, high = 1, max(1, max_tokens)
     while low < high:  # the least capacity that keeps the fewest passes
         mid = (low + high) // 2
@@ -536,13 +544,13 @@ def train_adapters(
     try:  # PEFT's initialisation changes requires_grad flags: restored in `finally`, also on a refusal
         # adapters of one seed start from the same factors (as train_adapter gives them): PEFT's
         # initialisation runs once per (seed, init seed), not once per adapter (0.4 s each for SmolLM2)
-        memo: dict[tuple, dict[str, tuple]] = {}
+        init_of: dict[tuple, dict[str, tuple]] = {}
         inits = []
         for t in tasks:
             key = (t.seed, _init_seed(t.seed, t.meta.get("domains")) if lora.init_per_adapter else None)
-            if key not in memo:
-                memo[key] = _peft_init(model, config, *key)
-            inits.append(memo[key])
+            if key not in init_of:
+                init_of[key] = _peft_init(model, config, *key)
+            inits.append(init_of[key])
         modules = sorted(inits[0])
         router = _Router(len(tasks), lora.r, inits[0][modules[0]][2])
         for p in model.parameters():
