@@ -286,3 +286,39 @@ def check_distinct_adapters(paths: list[str], hint: str = "", *, refuse: bool = 
                 raise ConfigError(message)
             logging.getLogger("lorasum").warning(message)
         seen[key] = p
+
+
+def check_out_not_inputs(out: str, *inputs: str | None) -> None:
+    """Refuse an output path that is, holds or lies inside one of the ``inputs`` that exist on this machine
+    (the config file, a model folder or ``.gguf`` file, the data folder, a custom domain's source): with
+    ``--overwrite`` lorasum would replace what the command reads (a base model folder, the training data), and
+    without it would write into the user's own folder. Hub ids and None are skipped.
+
+    Raises:
+        OutputExistsError: naming the output and the input (:func:`lorasum.storage.check_not_inputs`).
+    """
+    import os
+
+    from lorasum.storage import check_not_inputs
+
+    check_not_inputs(out, [p for p in inputs if p and os.path.lexists(os.path.expanduser(p))])
+
+
+def experiment_inputs(args: argparse.Namespace, cfg: ExperimentConfig) -> list[str]:
+    """The local paths a train or reproduce command reads: ``--config``, the model, the data folder and the
+    sources of the config's custom domains (relative ones under the data folder)."""
+    import os
+
+    from lorasum.config import data_root
+
+    paths = [getattr(args, "config", None), cfg.model]
+    try:
+        root = str(data_root(cfg.data))
+    except ConfigError:  # no data folder: the data loading says so, in its own words
+        root = None
+    paths.append(root)
+    for spec in cfg.custom_domains.values():
+        for source in spec.sources:
+            path = os.path.expanduser(source.path)
+            paths.append(path if os.path.isabs(path) or root is None else os.path.join(root, path))
+    return [os.path.expanduser(p) for p in paths if p]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from lorasum.errors import ConfigError
 
-from ._options import NO_UNDERSCORES, check_distinct_adapters, nonempty, seed
+from ._options import NO_UNDERSCORES, check_distinct_adapters, check_out_not_inputs, nonempty, seed
 
 log = logging.getLogger("lorasum")
 
@@ -306,7 +306,10 @@ def _load_base(args, adapters):
     from lorasum.models import estimate_model_bytes, load_model
     from lorasum.storage import check_free_space
 
-    model, tokenizer, info = load_model(_base_name(args, adapters), device="cpu", dtype="float32")
+    name = _base_name(args, adapters)
+    check_out_not_inputs(args.out, name)  # --overwrite would replace the model the merge reads
+    model, tokenizer, info = load_model(name, device="cpu", dtype="float32")
+    check_out_not_inputs(args.out, info.source)  # an alias's file, or a folder reached by another spelling
     for adapter in adapters:
         note = check_adapter_base(adapter, info)
         if note:

@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from ._options import csv_list, int_list, nonempty
+from ._options import check_out_not_inputs, csv_list, experiment_inputs, int_list, nonempty
 
 
 def add_parser(sub, common) -> None:
@@ -42,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
     check_output_name(args.out)  # `--out ""` would be the current folder: refused before the config is read
     cfg = load_config(args.config, flags=_OVERRIDE_FLAGS, seeds=args.seeds, domains=args.domains, model=args.model,
                       device=args.device)
+    check_out_not_inputs(args.out, *experiment_inputs(args, cfg))  # never the model, the data or the config
     results = run_experiment(cfg, args.out, overwrite=args.overwrite, progress=not args.quiet)
     _print_headline(results)
     print(f"report: {Path(args.out) / 'report' / 'report.md'}")

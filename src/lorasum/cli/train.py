@@ -6,8 +6,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from ._options import (add_data_options, add_model_options, add_train_options, build_config, check_max_length, csv_list,
-                       nonempty, seed, truncation_warnings)
+from ._options import (add_data_options, add_model_options, add_train_options, build_config, check_max_length,
+                       check_out_not_inputs, csv_list, experiment_inputs, nonempty, seed, truncation_warnings)
 from ._options import load_data as _load_data
 
 log = logging.getLogger("lorasum")
@@ -42,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger("lorasum").warning(
             "train.parallel_adapters applies to `lorasum reproduce`; `lorasum train` trains one adapter")
     check_output(args.out, args.overwrite)  # fail before the slow steps
+    check_out_not_inputs(args.out, *experiment_inputs(args, cfg))  # never the model, the data or the config
     # something in the checkpoint's place that is not one (kept whatever the flags), or a checkpoint without
     # --resume / --overwrite: said before loading anything
     check_checkpoint(checkpoint_dir(args.out), resume=args.resume, overwrite=args.overwrite)
