@@ -232,3 +232,30 @@ def test_merge_into_base_errors_leave_model_untouched(env):
         merge_into_base(model, wrong)
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+def test_merge_into_a_tied_lm_head_unties_it_and_matches_peft(tmp_path, caplog):
+    """GPT-2 ties lm_head to the token embeddings: merging a ΔW of lm_head changed the embeddings too (a silently
+    wrong model). The head is untied first: the merged model equals PEFT's forward with the adapter, the
+    embeddings keep their values, and a saved copy reloads untied with the same logits."""
+    base = _gpt2()
+    assert base.lm_head.weight is base.transformer.wte.weight
+    peft = get_peft_model(copy.deepcopy(base), LoraConfig(r=2, lora_alpha=4, target_modules=["lm_head", "c_attn"],
+                                                          fan_in_fan_out=False, init_lora_weights=False))
+    peft.eval()
+    folder = tmp_path / "a"
+    peft.save_pretrained(folder, save_embedding_layers=False)
+    adapter = load_adapter(folder)
+    assert "lm_head" in adapter.factors
+    merged = copy.deepcopy(base)
+    wte = merged.transformer.wte.weight.detach().clone()
+    with caplog.at_level("WARNING", logger="lorasum"):
+        merge_into_base(merged, adapter)
+    assert "lm_head shares its weight with transformer.wte" in caplog.text
+    assert torch.equal(merged.transformer.wte.weight, wte)
+    assert merged.lm_head.weight is not merged.transformer.wte.weight and not merged.config.tie_word_embeddings
+    torch.testing.assert_close(_logits(merged), _logits(peft), rtol=0, atol=1e-4)
+    merged.save_pretrained(tmp_path / "m")
+    again = GPT2LMHeadModel.from_pretrained(tmp_path / "m").eval()
+    assert again.lm_head.weight.data_ptr() != again.transformer.wte.weight.data_ptr()
+    torch.testing.assert_close(_logits(again), _logits(peft), rtol=0, atol=1e-4)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import torch
@@ -11,6 +12,8 @@ from lorasum.compose.dense import DenseDelta
 from lorasum.errors import AdapterError
 
 __all__ = ["merge_into_base"]
+
+log = logging.getLogger("lorasum")
 
 
 def _is_conv1d(module: torch.nn.Module) -> bool:
@@ -47,7 +50,10 @@ def merge_into_base(model: torch.nn.Module, adapter: Adapter | DenseDelta) -> to
     GPT-2 ``Conv1D`` weight (d_in, d_out) gets ΔWᵀ (Conv1D is detected with isinstance,
     importing transformers lazily). The sum is formed in float64 and cast to the weight's
     dtype. All modules are checked before any weight changes, so on error the model is
-    untouched.
+    untouched. A weight shared with another parameter (an LM head tied to the input embeddings,
+    as in GPT-2 and SmolLM2) is untied first, with a warning: only the adapted module gets ΔW, as
+    in the adapter's own forward pass, and ``model.config.tie_word_embeddings`` is set to False so
+    that a saved copy keeps both weights.
 
     Returns:
         ``model`` (modified in place).
@@ -72,11 +78,34 @@ def merge_into_base(model: torch.nn.Module, adapter: Adapter | DenseDelta) -> to
         if tuple(module.weight.shape) != expected:
             raise AdapterError(f"{label}: module {path} has weight shape "
                                f"{tuple(module.weight.shape)} but ΔW needs {expected}")
-        plan.append((module.weight, make, conv1d))
+        plan.append((module, make, conv1d))
+    _untie([m for m, _, _ in plan], model, label)
     with torch.no_grad():
-        for weight, make, conv1d in plan:
+        for module, make, conv1d in plan:
+            weight = module.weight
             delta = make(weight.device)
             if conv1d:
                 delta = delta.T
             weight.copy_((weight.double() + delta).to(weight.dtype))
     return model
+
+
+def _untie(modules: list[torch.nn.Module], model: torch.nn.Module, label: str) -> None:
+    """Give each of ``modules`` a weight of its own where it shares one with another module of ``model``."""
+    owners: dict[int, list[str]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, torch.Tensor):
+            owners.setdefault(id(weight), []).append(name)
+    by_module = {id(m): n for n, m in model.named_modules(remove_duplicate=False)}
+    for module in modules:
+        sharing = [n for n in owners.get(id(module.weight), []) if n != by_module[id(module)]]
+        if not sharing:
+            continue
+        module.weight = torch.nn.Parameter(module.weight.detach().clone(), requires_grad=module.weight.requires_grad)
+        config = getattr(model, "config", None)
+        if getattr(config, "tie_word_embeddings", False):
+            config.tie_word_embeddings = False
+        log.warning("%s: %s shares its weight with %s; untied, so that only %s gets the ΔW (the merged model keeps "
+                    "both weights, tie_word_embeddings false)", label, by_module[id(module)], ", ".join(sharing),
+                    by_module[id(module)])
