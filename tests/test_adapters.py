@@ -404,3 +404,30 @@ def test_save_writes_the_record_only_when_asked(tmp_path):
     assert json.loads((tmp_path / "norec" / "lorasum.json").read_text()) == {"k": 1}
     with pytest.raises(ValueError, match="lorasum.json"):
         save_adapter(a, tmp_path / "both", meta={}, extra_json={"lorasum.json": {}})
+
+
+def test_which_modules_peft_adapts_is_peft_own_rule():
+    """lorasum's mirror of PEFT's target matching (read without importing PEFT) agrees with
+    peft.tuners.tuners_utils.check_target_module_exists on names, regexes, exclusions and layer indexes."""
+    from itertools import product
+    from types import SimpleNamespace
+
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    from lorasum.adapters import _peft_adapts
+
+    modules = ["transformer.h.0.attn.c_attn", "transformer.h.1.attn.c_proj", "transformer.h.1.mlp.c_proj",
+               "model.layers.12.self_attn.q_proj", "model.layers.3.mlp.experts.7.down_proj", "lm_head", "c_attn",
+               "model.blocks.2.attn.c_attn", "transformer.h.10.mlp.c_fc"]
+    targets = [["c_attn", "c_proj"], ["q_proj", "down_proj"], ["attn.c_proj"], ["lm_head", "c_fc"], ["c_attn"],
+               r".*\.h\.\d+\.attn\..*", r".*(q_proj|c_fc)", ["transformer.h.1.mlp.c_proj"]]
+    excludes = [None, ["c_proj"], ["mlp.c_proj"], r".*\.1\..*", []]
+    layers = [None, [], 1, [0, 12], [2, 3, 10]]
+    patterns = [None, "h", ["layers", "blocks"], ""]
+    checked = 0
+    for m, t, e, lay, pat in product(modules, targets, excludes, layers, patterns):
+        view = SimpleNamespace(target_modules=t, exclude_modules=e, modules_to_save=None, target_parameters=None,
+                               layers_to_transform=lay, layers_pattern=pat)
+        assert _peft_adapts(m, t, e, lay, pat) == bool(check_target_module_exists(view, m)), (m, t, e, lay, pat)
+        checked += 1
+    assert checked == 7200

@@ -53,6 +53,7 @@ from lorasum.errors import AdapterError
 from lorasum.storage import atomic_dir, atomic_write_json, pickle_allowed, read_safetensors_header
 
 __all__ = ["LoraFactor", "Adapter", "BaseModelRecord", "load_adapter", "save_adapter", "check_adapter_matches_model",
+           "peft_from_pretrained",
            "model_ref_key", "base_model_difference", "check_same_base_model", "check_adapter_base",
            "CONFIG_NAME", "WEIGHTS_NAME", "META_NAME"]
 
@@ -65,6 +66,7 @@ _PICKLE_NAMES = ("adapter_model.bin", "adapter_model.pt", "adapter_model.pth", "
 _PREFIX = "base_model.model."
 _SUFFIX_A = ".lora_A.weight"
 _SUFFIX_B = ".lora_B.weight"
+_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
 @dataclass(frozen=True, eq=False)
@@ -340,14 +342,17 @@ def _read_tensors(folder: Path, allow_pickle: bool) -> tuple[Path, dict[str, tor
 
 
 def _split_keys(tensors: dict[str, Any], weights: Path) -> dict[str, dict[str, Any]]:
-    """Group ``<prefix><module>.lora_{A,B}.weight`` entries by module path; refuse anything else."""
+    """Group ``base_model.model.<module>.lora_{A,B}.weight`` entries by module path; refuse anything else,
+    factors without PEFT's prefix among them (PEFT would not load them)."""
     by_module: dict[str, dict[str, Any]] = {}
     for key, tensor in tensors.items():
         name = key.removeprefix(_PREFIX)
-        if name.endswith(_SUFFIX_A):
-            by_module.setdefault(name[: -len(_SUFFIX_A)], {})["A"] = tensor
-        elif name.endswith(_SUFFIX_B):
-            by_module.setdefault(name[: -len(_SUFFIX_B)], {})["B"] = tensor
+        part = "A" if name.endswith(_SUFFIX_A) else "B" if name.endswith(_SUFFIX_B) else None
+        if part is not None and key == name:
+            raise AdapterError(f"{weights}: tensor {key} lacks PEFT's {_PREFIX} prefix (PEFT would not load it: the "
+                               f"adapter would score as the base model); name it {_PREFIX}{key}")
+        if part is not None:
+            by_module.setdefault(name[: -len(_SUFFIX_A)], {})[part] = tensor  # both suffixes have the same length
         elif "lora_magnitude_vector" in name:
             raise AdapterError(f"{weights}: tensor {key} is a DoRA magnitude vector; DoRA adapters are refused")
         elif "lora_embedding_" in name:
@@ -359,33 +364,81 @@ def _split_keys(tensors: dict[str, Any], weights: Path) -> dict[str, dict[str, A
 
 
 def _check_targets(cfg: dict, modules: list[str], where: Path) -> None:
-    """Refuse a config whose ``target_modules`` does not name every module of the weights: PEFT would not load
-    those factors (``NoMatchingPeftModuleError`` or factors left out), so the file pair is inconsistent. PEFT's
-    rule: a string is a regular expression matched against the whole module name; a list matches a name equal to
-    an entry or ending in ``.entry``. Absent, empty or ``"all-linear"``: nothing to check."""
+    """Refuse a config under which PEFT would not adapt every module of the weights: PEFT would not load those
+    factors (``NoMatchingPeftModuleError`` or factors silently left out), so the file pair means one thing to
+    PEFT and another to a reader of the files. The rule is PEFT's own
+    (``peft.tuners.tuners_utils.check_target_module_exists``: ``target_modules`` a regular expression matched
+    against the whole name, or names equal to or ending a module's; ``exclude_modules``; ``layers_to_transform``
+    with ``layers_pattern``; mirrored in :func:`_peft_adapts`, tested against PEFT's function, so that reading an
+    adapter does not import PEFT). Absent, empty or ``"all-linear"`` target modules: nothing to check (they need
+    the model)."""
     targets = cfg.get("target_modules")
     if targets in (None, "", [], "all-linear"):
         return
-    if isinstance(targets, str):
-        try:
-            pattern = re.compile(targets)
-        except re.error as e:
-            raise AdapterError(f"{where}: target_modules {targets!r} is not a regular expression ({e})") from None
-
-        def covered(module: str) -> bool:
-            return pattern.fullmatch(module) is not None
-    elif isinstance(targets, list) and all(isinstance(t, str) for t in targets):
-        names = set(targets)
-
-        def covered(module: str) -> bool:
-            return module in names or any(module.endswith("." + t) for t in names)
-    else:
-        raise AdapterError(f"{where}: target_modules must be a list of module names or a regular expression, "
-                           f"got {targets!r}")
-    missing = [m for m in modules if not covered(m)]
+    fields = {}
+    for name in ("target_modules", "exclude_modules"):
+        value = cfg.get(name)
+        if isinstance(value, str):
+            try:
+                re.compile(value)
+            except re.error as e:
+                raise AdapterError(f"{where}: {name} {value!r} is not a regular expression ({e})") from None
+        elif value is not None and not (isinstance(value, list) and all(isinstance(t, str) for t in value)):
+            raise AdapterError(f"{where}: {name} must be a list of module names or a regular expression, "
+                               f"got {value!r}")
+        fields[name] = value
+    layers, pattern = cfg.get("layers_to_transform"), cfg.get("layers_pattern")
+    if layers is not None and not (_is_index(layers) or (isinstance(layers, list) and all(map(_is_index, layers)))):
+        raise AdapterError(f"{where}: layers_to_transform must be a layer index or a list of them, got {layers!r}")
+    if pattern is not None and not (isinstance(pattern, str) or (isinstance(pattern, list)
+                                                                  and all(isinstance(p, str) for p in pattern))):
+        raise AdapterError(f"{where}: layers_pattern must be a string or a list of strings, got {pattern!r}")
+    missing = [m for m in modules if not _peft_adapts(m, fields["target_modules"], fields["exclude_modules"], layers,
+                                                      pattern)]
     if missing:
-        raise AdapterError(f"{where}: target_modules {targets!r} does not name module {missing[0]} of the weights "
-                           f"({len(missing)} of {len(modules)} modules); PEFT would not load these factors")
+        how = ", ".join(f"{k} {cfg[k]!r}" for k in ("target_modules", "exclude_modules", "layers_to_transform",
+                                                     "layers_pattern") if cfg.get(k) not in (None, [], ""))
+        verb = "does not name" if how.count(",") == 0 else "leaves out"
+        raise AdapterError(f"{where}: {how} {verb} module {missing[0]} of the weights ({len(missing)} of "
+                           f"{len(modules)} modules); PEFT would not load these factors")
+
+
+def _peft_adapts(module: str, targets: str | list[str], exclude: str | list[str] | None,
+                 layers: int | list[int] | None, pattern: str | list[str] | None) -> bool:
+    """Whether PEFT (0.21+, ``check_target_module_exists``) puts a LoRA layer on ``module``: not excluded (a
+    regular expression matching the whole name, or a name equal to or ending it); then a regular expression
+    ``targets`` matching the whole name, or a name of ``targets`` equal to it, or ending it, and then, with
+    ``layers_to_transform``, the first numbered segment (after ``layers_pattern`` when given) among ``layers``."""
+    if exclude:
+        if isinstance(exclude, str):
+            if re.fullmatch(exclude, module):
+                return False
+        elif module in exclude or any(module.endswith(f".{e}") for e in exclude):
+            return False
+    if isinstance(targets, str):
+        return re.fullmatch(targets, module) is not None
+    if module in targets:
+        return True
+    if not any(module.endswith(f".{t}") for t in targets):
+        return False
+    if layers is None or layers == []:
+        return True
+    if not pattern:
+        match = re.match(r".*?\.[^.]*\.(?P<idx>\d+)\.", module)
+    else:
+        match = None
+        for p in [pattern] if isinstance(pattern, str) else pattern:
+            match = re.match(rf"(?:^|.*?\.){p}\.(?P<idx>\d+)\.", module)
+            if match is not None:
+                break
+    if match is None:
+        return False
+    index = int(match.group("idx"))
+    return index == layers if isinstance(layers, int) else index in layers
+
+
+def _is_index(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
 def _make_factor(module: str, parts: dict[str, torch.Tensor], cfg: dict, weights: Path) -> LoraFactor:
@@ -398,6 +451,9 @@ def _make_factor(module: str, parts: dict[str, torch.Tensor], cfg: dict, weights
     if r != A.shape[0]:
         raise AdapterError(f"{weights}: module {module} has rank {A.shape[0]} but the config gives r={r}")
     scaling = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
+    if not abs(scaling) < _FLOAT32_MAX:
+        raise AdapterError(f"{weights.parent / CONFIG_NAME}: module {module}: lora_alpha {alpha!r} gives scaling "
+                           f"{scaling:.3g}, beyond float32's range (ΔW would be inf)")
     return LoraFactor(A=A.contiguous(), B=B.contiguous(), scaling=scaling)
 
 
@@ -484,6 +540,69 @@ def check_adapter_matches_model(adapter: Adapter, model: torch.nn.Module) -> Non
             raise AdapterError(f"{label}: module {path}: ΔW is {d_out}×{d_in} but the base weight is "
                                f"{got[0]}×{got[1]}{' (Conv1D, stored transposed)' if is_conv1d else ''}; "
                                "the adapter was trained on another model")
+
+
+def peft_from_pretrained(model: torch.nn.Module, adapter: Adapter) -> torch.nn.Module:
+    """``peft.PeftModel.from_pretrained(model, adapter.path)``, checked against lorasum's own reading of the
+    folder: PEFT must hold, for every module and only those, the factors and scaling that
+    :func:`load_adapter` read (``adapter``, from the same folder).
+
+    PEFT loads silently what it can: factors whose keys lack the ``base_model.model.`` prefix, or lie outside
+    ``layers_to_transform`` or inside ``exclude_modules``, are dropped (the model then scores as the base model,
+    or with some modules missing), and a targeted module with no factors in the file gets PEFT's own
+    initialisation (random with ``init_lora_weights: false``: other numbers at each run; with PEFT's default,
+    B = 0, it changes nothing and is let pass). Each of the others is an error here.
+
+    Returns:
+        the ``PeftModel`` (LoRA layers injected into ``model``).
+
+    Raises:
+        AdapterError: PEFT finds no module to adapt, leaves out or adds a module, or holds other values than
+            the files (the message names the folder and the first module concerned).
+    """
+    from peft import PeftModel
+    from peft.tuners.lora import LoraLayer
+
+    label = _label(adapter)
+    try:
+        peft_model = PeftModel.from_pretrained(model, str(adapter.path))
+    except ValueError as e:  # peft's NoMatchingPeftModuleError is a ValueError
+        if "target modules" not in str(e).lower() and type(e).__name__ != "NoMatchingPeftModuleError":
+            raise
+        first = " ".join(str(e).split())[:200]
+        raise AdapterError(f"{label}: PEFT finds no module of the base model to adapt ({first}); check "
+                           "target_modules, exclude_modules and layers_to_transform in adapter_config.json") from None
+    prefix = "base_model.model."
+    adapter_init = getattr(peft_model.peft_config.get("default"), "init_lora_weights", None)
+    layers = {name.removeprefix(prefix): m for name, m in peft_model.named_modules()
+              if isinstance(m, LoraLayer) and "default" in getattr(m, "lora_A", {})}
+    problem = None
+    # a targeted module without factors in the file keeps PEFT's initialisation: harmless when B = 0 (PEFT's
+    # default), a random ΔW with init_lora_weights false
+    extra = sorted(m for m in set(layers) - set(adapter.factors) if layers[m].lora_B["default"].weight.any())
+    dropped = sorted(set(adapter.factors) - set(layers))
+    if extra:
+        problem = (f"target_modules names module {extra[0]}, which has no factors in the weights file, so PEFT "
+                   f"gives it a random ΔW of its own initialisation ({len(extra)} such module(s); "
+                   f"init_lora_weights: {adapter_init!r})")
+    elif dropped:
+        problem = (f"PEFT does not load the factors of module {dropped[0]} ({len(dropped)} of "
+                   f"{len(adapter.factors)} modules: keys without the base_model.model. prefix, exclude_modules or "
+                   "layers_to_transform?)")
+    else:
+        for module, f in sorted(adapter.factors.items()):
+            layer = layers[module]
+            A, B = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+            if not (torch.equal(A.detach().cpu(), f.A.to(A.dtype)) and torch.equal(B.detach().cpu(), f.B.to(B.dtype))
+                    and math.isclose(float(layer.scaling["default"]), f.scaling, rel_tol=1e-6)):
+                problem = (f"PEFT holds other factors or another scaling for module {module} than the weights file "
+                           "and adapter_config.json give (keys given twice, with and without the base_model.model. "
+                           "prefix?)")
+                break
+    if problem:
+        peft_model.unload()  # the caller's model back as it was
+        raise AdapterError(f"{label}: {problem}")
+    return peft_model
 
 
 # -- which base model ------------------------------------------------------------------------------

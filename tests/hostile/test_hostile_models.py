@@ -177,3 +177,102 @@ def test_check_adapter_matches_model_accepts_peft_adapters(tmp_path, tiny_gpt2, 
         check_adapter_matches_model(ll, tiny_gpt2)
     with pytest.raises(AdapterError, match="not in the base model"):
         check_adapter_matches_model(g, tiny_llama)
+
+
+def _unprefixed(folder):
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(folder / "adapter_model.safetensors")
+    save_file({k.removeprefix("base_model.model."): v for k, v in tensors.items()},
+              str(folder / "adapter_model.safetensors"))
+    return folder
+
+
+@pytest.mark.parametrize("command", ["eval", "similarity", "compose"])
+def test_factors_without_peft_prefix_are_refused_by_every_command(tmp_path, tiny_model, data_root, command, capsys):
+    """PEFT ignores keys without base_model.model. (eval scored the base model), while similarity and compose
+    read them: the same folder meant two things. Now every command refuses it."""
+    bare = _unprefixed(write_adapter(tmp_path / "bare"))
+    other = write_adapter(tmp_path / "other", seed=1)
+    argv = {"eval": ["eval", "--model", tiny_model, "--adapter", bare, "--domain", "math", "--data-root", data_root,
+                     *SMALL],
+            "similarity": ["similarity", bare, other],
+            "compose": ["compose", bare, other, "--out", tmp_path / "out"]}[command]
+    rc, _, err = run_cli(argv, capsys)
+    assert_user_error(rc, err, bare / "adapter_model.safetensors", "lacks PEFT's base_model.model. prefix")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("config, fragment", [
+    ({"exclude_modules": ["c_proj"]}, "leaves out module transformer.h.0.attn.c_proj of the weights"),
+    ({"layers_to_transform": [1]}, "leaves out module transformer.h.0.attn.c_attn of the weights"),
+    ({"layers_to_transform": [5]}, "leaves out module transformer.h.0.attn.c_attn of the weights (4 of 4"),
+    ({"layers_to_transform": [0], "layers_pattern": "blocks"}, "leaves out module transformer.h.0.attn.c_attn"),
+])
+@pytest.mark.parametrize("command", ["eval", "similarity", "compose"])
+def test_factors_that_peft_would_leave_out_are_refused_by_every_command(tmp_path, tiny_model, data_root, config,
+                                                                        fragment, command, capsys):
+    """PEFT leaves out factors outside layers_to_transform or inside exclude_modules (eval then scored without
+    them, or ended in an internal error when none was left), while similarity and compose counted them."""
+    folder = write_adapter(tmp_path / "a", config=config)
+    other = write_adapter(tmp_path / "other", seed=1)
+    argv = {"eval": ["eval", "--model", tiny_model, "--adapter", folder, "--domain", "math", "--data-root", data_root,
+                     *SMALL],
+            "similarity": ["similarity", folder, other],
+            "compose": ["compose", folder, other, "--out", tmp_path / "out"]}[command]
+    rc, _, err = run_cli(argv, capsys)
+    assert_user_error(rc, err, folder / "adapter_config.json", fragment)
+
+
+def test_peft_layers_of_a_module_without_factors_are_refused_when_not_zero(tmp_path, tiny_model, data_root, capsys):
+    """target_modules c_proj also names GPT-2's mlp.c_proj, which the file has no factors for: PEFT initialises
+    it, with B = 0 by default (no effect: accepted) but randomly with init_lora_weights false (other perplexities
+    at each run: refused)."""
+    for init, ok in ((True, True), (False, False)):
+        folder = write_adapter(tmp_path / f"a{init}", config={"init_lora_weights": init})
+        rc, _, err = run_cli(["eval", "--model", tiny_model, "--adapter", folder, "--domain", "math",
+                              "--data-root", data_root, *SMALL], capsys)
+        if ok:
+            assert rc == 0, err
+        else:
+            assert_user_error(rc, err, folder, "names module transformer.h.0.mlp.c_proj, which has no factors",
+                              "init_lora_weights: False")
+
+
+def test_peft_from_pretrained_refuses_what_peft_drops_or_changes(tmp_path, tiny_model):
+    """The cross-check itself, on adapters whose files lorasum reads in one way and PEFT in another (made so by
+    editing the parsed Adapter: the files can no longer be made to disagree through load_adapter)."""
+    import dataclasses
+
+    from lorasum.adapters import LoraFactor, load_adapter, peft_from_pretrained
+    from lorasum.errors import AdapterError
+    from lorasum.models import load_model
+
+    folder = write_adapter(tmp_path / "a")
+    adapter = load_adapter(folder)
+    model, _, _ = load_model(str(tiny_model), device="cpu")
+    module = "transformer.h.0.attn.c_proj"
+    more = dataclasses.replace(adapter, factors=adapter.factors | {"transformer.h.0.mlp.c_fc": adapter.factors[module]})
+    with pytest.raises(AdapterError, match="PEFT does not load the factors of module transformer.h.0.mlp.c_fc"):
+        peft_from_pretrained(model, more)
+    f = adapter.factors[module]
+    for changed in (LoraFactor(f.A, f.B * 2, f.scaling), LoraFactor(f.A, f.B, f.scaling * 2)):
+        other = dataclasses.replace(adapter, factors=adapter.factors | {module: changed})
+        with pytest.raises(AdapterError, match=f"other factors or another scaling for module {module}"):
+            peft_from_pretrained(model, other)
+    assert not any("lora" in n for n, _ in model.named_modules())  # the model is left as it was, each time
+
+
+def test_peft_from_pretrained_gives_the_files_factors(tmp_path, tiny_model):
+    """The check passes for a folder PEFT reads as lorasum does, and the layers hold the files' values."""
+    from lorasum.adapters import load_adapter, peft_from_pretrained
+    from lorasum.models import load_model
+
+    folder = write_adapter(tmp_path / "a", r=3)
+    adapter = load_adapter(folder)
+    model, _, _ = load_model(str(tiny_model), device="cpu")
+    peft_model = peft_from_pretrained(model, adapter)
+    layer = peft_model.base_model.model.transformer.h[1].attn.c_attn
+    torch.testing.assert_close(layer.lora_B["default"].weight, adapter.factors["transformer.h.1.attn.c_attn"].B,
+                               rtol=0, atol=0)
+    assert layer.scaling["default"] == adapter.factors["transformer.h.1.attn.c_attn"].scaling == 2.0

@@ -72,8 +72,7 @@ def run(args: argparse.Namespace) -> int:
     for dd in data:  # before the adapter is applied and anything is scored
         check_max_length(args, model, dd.max_length or cfg.data.max_length, dd.name if dd.max_length else None)
     if adapter is not None:
-        from lorasum.adapters import check_adapter_base, check_adapter_matches_model
-        from peft import PeftModel
+        from lorasum.adapters import check_adapter_base, check_adapter_matches_model, peft_from_pretrained
 
         from .compose import deferred_warnings
 
@@ -87,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
             if note:
                 log.warning("warning: %s", note)
             check_adapter_matches_model(adapter, model)
-        model = PeftModel.from_pretrained(model, args.adapter).eval()
+            model = peft_from_pretrained(model, adapter).eval()  # PEFT's load checked against the files
     # as `lorasum train` does: test examples cut at max_length lose answer tokens from the score (said once the
     # model and adapter are accepted, so that an error before stays the only line)
     for dd in data:

@@ -35,11 +35,12 @@ def peft_adapter(model: torch.nn.Module, path: str | Path) -> Iterator[torch.nn.
     keeps using the same ``model`` object afterwards.
 
     Raises:
-        whatever ``PeftModel.from_pretrained`` raises for a bad folder.
+        AdapterError: the folder cannot be read, or PEFT loads other factors than its files hold
+            (:func:`lorasum.adapters.peft_from_pretrained`).
     """
-    from peft import PeftModel
+    from lorasum.adapters import load_adapter, peft_from_pretrained
 
-    peft_model = PeftModel.from_pretrained(model, str(path))
+    peft_model = peft_from_pretrained(model, load_adapter(path))
     try:
         yield peft_model.eval()
     finally:
