@@ -141,3 +141,31 @@ def test_missing_folder_loop_and_a_good_file(tmp_path):
     (tmp_path / "ok.txt").write_bytes(b"abc\n")
     (tmp_path / "ok-link").symlink_to(tmp_path / "ok.txt")
     assert read_regular_file(tmp_path / "ok.txt") == read_regular_file(tmp_path / "ok-link") == b"abc\n"
+
+
+@pytest.mark.parametrize("name", ["a" * 255, "é" * 127 + "x", "d" * 246 + ".json"])
+def test_names_up_to_the_file_system_limit_are_written(tmp_path, name):
+    """The temporary sibling (.NAME.<8 random>.tmp) of a long name was over 255 bytes: an output name of 242 to
+    255 bytes failed only when the result was written (after training). The temporary's name is cut instead."""
+    from lorasum.storage import atomic_dir, atomic_write_text, check_output
+
+    assert len(name.encode()) == 255 or name.endswith(".json")
+    check_output(tmp_path / name)
+    if name.endswith(".json"):
+        atomic_write_text(tmp_path / name, "{}")
+        assert (tmp_path / name).read_text() == "{}"
+    else:
+        with atomic_dir(tmp_path / name) as tmp:
+            (tmp / "f").write_text("x")
+        with atomic_dir(tmp_path / name, overwrite=True) as tmp:  # the .old holder too
+            (tmp / "f").write_text("y")
+        assert (tmp_path / name / "f").read_text() == "y"
+    assert [p.name for p in tmp_path.iterdir()] == [name]  # no temporary left
+
+
+def test_a_name_longer_than_the_file_system_allows_is_refused_up_front(tmp_path):
+    from lorasum.errors import UserError
+    from lorasum.storage import check_output
+
+    with pytest.raises(UserError, match="is 256 bytes long, more than the 255 a file system allows in one name"):
+        check_output(tmp_path / ("b" * 256) / "adapter")

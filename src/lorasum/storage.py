@@ -149,6 +149,17 @@ def make_folders(folder: str | os.PathLike) -> Path:
     return folder
 
 
+_NAME_MAX = 255  # bytes in one file name on Linux, macOS and Windows file systems
+
+
+def _temp_prefix(name: str) -> str:
+    """``.NAME.`` for a temporary sibling of ``name``, cut so that with mkstemp's 8 random characters and a
+    4-byte suffix the temporary's name stays within :data:`_NAME_MAX` bytes (an output name of 250 bytes
+    failed only when its result was written). A cut inside a multi-byte character is kept as the file system's
+    bytes (``os.fsdecode``), so the name stays valid."""
+    return f".{os.fsdecode(os.fsencode(name)[:_NAME_MAX - 2 - 8 - 4])}."
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (temporary file, fsync, rename).
 
@@ -163,7 +174,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         raise _WriteError(path, "is a folder; give a file name")
     try:
         make_folders(path.parent)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path.name), suffix=".tmp", dir=path.parent)
     except OSError as exc:  # the folder cannot take a new file
         raise _fs_error(path, exc) from exc
     try:
@@ -280,6 +291,10 @@ def check_output_name(path: str | os.PathLike) -> None:
     if Path(text).name in ("", ".", ".."):
         raise UserError(f"output path {text!r} names no file or folder of its own (it is '.', '..' or '/', or "
                         "ends in '/..'): give a file or folder name, e.g. --out NAME")
+    long = next((part for part in Path(text).parts if len(os.fsencode(part)) > _NAME_MAX), None)
+    if long is not None:
+        raise UserError(f"output path {text[:60]!r}…: the name {long[:40]!r}… is {len(os.fsencode(long))} bytes long, "
+                        f"more than the {_NAME_MAX} a file system allows in one name; choose a shorter one")
 
 
 def _link_error(path: Path) -> OutputExistsError:
@@ -420,7 +435,7 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     path = check_output(path, overwrite)  # also refuses a path with no name of its own
     try:
         make_folders(path.parent)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path.name), suffix=".tmp", dir=path.parent))
         os.chmod(tmp, 0o777 & ~_umask())
     except OSError as exc:  # the parent cannot take a new folder
         raise _fs_error(path, exc) from exc
@@ -429,7 +444,7 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
         _usual_permissions(tmp)
         if os.path.lexists(path):
             # the old copy waits in a fresh hidden folder of its own: no existing name is ever reused
-            holder = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            holder = Path(tempfile.mkdtemp(prefix=_temp_prefix(path.name), suffix=".old", dir=path.parent))
             old = holder / path.name
             try:
                 os.replace(path, old)

@@ -136,6 +136,21 @@ def test_reproduce_refuses_negative_seeds_from_the_flag_and_the_file(work, capsy
     assert not (work / "r").exists()
 
 
+@pytest.mark.parametrize("flag, value, fragment", [
+    ("--epochs", "1e308", "--epochs 1e+308 (train.epochs): Input should be less than or equal to 10000"),
+    ("--epochs", "inf", "--epochs inf (train.epochs): Input should be"),
+    ("--max-steps", str(10**12), "(train.max_steps): Input should be less than or equal to 1000000000"),
+    ("--split-seed", "-1", "--split-seed -1 (data.split_seed): Input should be greater than or equal to 0"),
+])
+def test_train_refuses_out_of_range_numbers_before_any_work(flag, value, fragment, work, capsys):
+    """--epochs 1e308 ended in an internal OverflowError (exit 1) when the steps were counted; a negative
+    split seed was taken while a negative training seed was refused."""
+    assert main([*TRAIN, flag, value]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and fragment in err and "Traceback" not in err, err
+    assert list(work.iterdir()) == []
+
+
 # -- --plot ----------------------------------------------------------------------------------------------
 
 

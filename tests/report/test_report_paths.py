@@ -164,6 +164,9 @@ DAMAGED = {
                                 "malformed: config.method_params.ties: expected an object, got a list"),
     "source path a number": (lambda r: r["data"]["math"]["sources"][0].update(path=1),
                              "malformed: data.math.sources[0].path: expected a string, got the number 1"),
+    "an evaluation listed twice": (lambda r: r["evaluations"].insert(2, dict(r["evaluations"][1])),
+                                   "malformed: evaluations[2]: evaluation of base (seed 0) on medicine is listed "
+                                   "twice (also at evaluations[1])"),
     "lone surrogate": (lambda r: r["config"].update(name="\ud800"),
                        "malformed: config.name: the string holds an unpaired UTF-16 surrogate"),
 }

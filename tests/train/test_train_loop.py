@@ -171,6 +171,15 @@ def test_unknown_target_modules(tmp_path, tiny_tokenizer, tiny_llama):
     assert not (tmp_path / "a").exists()
 
 
+def test_a_target_peft_cannot_wrap_is_named_on_one_line(tmp_path, tiny_tokenizer, tiny_gpt2):
+    """PEFT's message holds the module's multi-line repr; its first line alone read 'Target module GPT2Attention('."""
+    with pytest.raises(ConfigError) as e:
+        run(tiny_gpt2, tiny_tokenizer, tmp_path / "a", lora=LoraSpec(target_modules=["attn"]))
+    message = str(e.value)
+    assert "\n" not in message and "Target module GPT2Attention is not supported" in message, message
+    assert "Conv1D" in message and len(message) < 400
+
+
 @pytest.mark.parametrize(("arch", "targets", "named"), [("tiny_gpt2", ["wte"], "transformer.wte (Embedding)"),
                                                          ("tiny_llama", ["q_proj", "embed_tokens"],
                                                           "model.embed_tokens (Embedding)")])

@@ -188,6 +188,7 @@ def check_results(results: dict) -> None:
             train = _get(a, w, "train", _obj)
             _get(train, _at(w, "train"), "parallel_adapters", _int)
 
+    seen: dict[tuple, str] = {}
     for _, e, w in _each(results["evaluations"], "evaluations"):
         _get(e, w, "model", _text, required=True)
         _get(e, w, "kind", _text)
@@ -195,6 +196,12 @@ def check_results(results: dict) -> None:
         _get(e, w, "domains", _texts, null=True)
         _get(e, w, "eval_domain", _text)
         _get(e, w, "seed", _int, null=True)
+        # a row listed twice would be averaged as two seeds (a mean ± spread out of one number)
+        key = (e["model"], e.get("seed"), e.get("eval_domain"))
+        if key in seen:
+            raise MalformedResults(w, f"evaluation of {e['model']} (seed {e.get('seed')}) on {e.get('eval_domain')} "
+                                      f"is listed twice (also at {seen[key]})")
+        seen[key] = w
 
     for _, c, w in _each(results["combinations"], "combinations"):
         _get(c, w, "domains", _texts)

@@ -25,6 +25,7 @@ import importlib.metadata
 import logging
 import shutil
 import math
+import re
 import random
 import time
 from collections.abc import Iterator
@@ -103,6 +104,14 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def peft_error_line(e: BaseException) -> str:
+    """PEFT's error message on one line: a module's multi-line repr (``Target module GPT2Attention(\n ... \n) is
+    not supported``) shortened to its type, whitespace collapsed, at most 300 characters."""
+    text = re.sub(r"Target module (\w+)\(.*?\n\) is", r"Target module \1 is", str(e), flags=re.S)
+    text = " ".join(text.split())
+    return text if len(text) <= 300 else text[:299] + "…"
 
 
 def _total_steps(n_examples: int, train: TrainSpec) -> int:
@@ -479,7 +488,7 @@ def train_adapter(
         if init_seed is not None:
             _seed_everything(seed)  # ... dropout and data order from the run seed, as without
     except ValueError as e:
-        raise ConfigError(f"lora.target_modules {config.target_modules}: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"lora.target_modules {config.target_modules}: {peft_error_line(e)}") from None
     signals: dict[str, int] = {}
     stack_signals = contextlib.ExitStack()
     try:

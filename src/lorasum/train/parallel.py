@@ -77,7 +77,7 @@ from lorasum.train.checkpoint import TrainingDiverged, fingerprint, prepare_chec
 from lorasum.train.parallel_checkpoint import load_group_checkpoint, restore_group_checkpoint, save_group_checkpoint
 from lorasum.models import compiled_layers, weights_digest
 from lorasum.train.loop import (ADAPTER_META_FILE, _LOG_TAIL, _VAL_BATCH, _VAL_MAX_TOKENS, TrainResult,
-                                _examples_hash, _fingerprint_train, _init_seed, training_attention_dropout, _lora_config, _metadata, _micro_batches, _seed_everything, _total_steps)
+                                _examples_hash, _fingerprint_train, _init_seed, peft_error_line, training_attention_dropout, _lora_config, _metadata, _micro_batches, _seed_everything, _total_steps)
 from lorasum.train.packing import pack, packing_is_exact
 from lorasum.train.varlen import (attention_implementation, has_attention_dropout, varlen_attention, varlen_kwargs,
                                   varlen_supported)
@@ -408,7 +408,7 @@ def _peft_init(model: torch.nn.Module, config, seed: int, init_seed: int | None)
     try:
         peft_model = get_peft_model(model, config)
     except ValueError as e:
-        raise ConfigError(f"lora.target_modules {config.target_modules}: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"lora.target_modules {config.target_modules}: {peft_error_line(e)}") from None
     try:
         inner = peft_model.base_model.model
         head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
