@@ -29,7 +29,6 @@ install: $(VENV)/.installed
 
 quickstart: install
 	$(BIN)/lorasum reproduce --config $(CONFIG) --out $(OUT)
-	@echo "report: $(OUT)/report/report.md"
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -392,10 +392,16 @@ def test_check_adapter_base(tmp_path, monkeypatch):
     assert "'gpt2'" in note and "records no source or config hash" in note
 
 
-def test_save_writes_the_record_only_when_asked(tmp_path):
+def test_save_keeps_the_base_model_record(tmp_path):
+    """An adapter with a base-model record keeps it in lorasum.json also without meta (a sum saved from Python
+    lost it, so the saved folder could no longer be checked against its model); without a record and meta,
+    no lorasum.json."""
     a = dataclasses.replace(ad(rec()), config={})
     save_adapter(a, tmp_path / "plain")
-    assert not (tmp_path / "plain" / "lorasum.json").exists()
+    assert json.loads((tmp_path / "plain" / "lorasum.json").read_text()) == {"base_model": rec().to_dict()}
+    assert load_adapter(tmp_path / "plain").base_record == rec()
+    save_adapter(ad(None), tmp_path / "bare")
+    assert not (tmp_path / "bare" / "lorasum.json").exists()
     save_adapter(a, tmp_path / "meta", meta={"format": "lorasum-composed/1"})
     meta = json.loads((tmp_path / "meta" / "lorasum.json").read_text())
     assert meta == {"format": "lorasum-composed/1", "base_model": rec().to_dict()}

@@ -225,7 +225,11 @@ def _read_small_json(path: Path, what: str):
 
 
 def _read_config(folder: Path) -> dict:
-    cfg_path = _need_file(folder / CONFIG_NAME, "missing; not a PEFT adapter folder")
+    missing = "missing; not a PEFT adapter folder"
+    if (folder / "dense_delta.safetensors").is_file() and not os.path.lexists(folder / CONFIG_NAME):
+        missing += (" (it holds dense_delta.safetensors, the dense ΔW that compose writes for ties, dare and "
+                    "magnitude_prune: compose with --merge-into-base and pass that folder as --model)")
+    cfg_path = _need_file(folder / CONFIG_NAME, missing)
     return validate_adapter_config(_read_small_json(cfg_path, "an adapter config"), cfg_path)
 
 
@@ -821,11 +825,12 @@ def save_adapter(adapter: Adapter, path: str | Path, *, overwrite: bool = False,
         base_model: ``base_model_name_or_path`` to record (default: ``adapter.base_model``).
         extra_json: file name → JSON-ready object, written into the folder in the same
             atomic step (e.g. ``{"svd_report.json": ...}``).
-        meta: when given, written as ``lorasum.json`` (:data:`META_NAME`) with its
-            ``base_model`` entry set to ``adapter.base_record`` (:meth:`BaseModelRecord.to_dict`)
-            unless ``meta`` has its own, so that :func:`load_adapter` reads the record back
-            and the base-model checks work on the saved folder. None (default): no
-            ``lorasum.json`` is written.
+        meta: written as ``lorasum.json`` (:data:`META_NAME`) with its ``base_model`` entry set
+            to ``adapter.base_record`` (:meth:`BaseModelRecord.to_dict`) unless ``meta`` has its
+            own, so that :func:`load_adapter` reads the record back and the base-model checks
+            work on the saved folder. None (default): ``lorasum.json`` holds the record alone
+            when the adapter has one (a sum of adapters read from lorasum folders keeps it), and
+            is not written otherwise.
 
     Returns:
         The folder path.
@@ -841,6 +846,8 @@ def save_adapter(adapter: Adapter, path: str | Path, *, overwrite: bool = False,
     if not adapter.factors:
         raise AdapterError(f"{path}: refusing to save an adapter with no LoRA factors")
     files = dict(extra_json or {})
+    if meta is None and adapter.base_record is not None:
+        meta = {}
     if meta is not None:
         if META_NAME in files:
             raise ValueError(f"save_adapter: {META_NAME} given both as meta and in extra_json")

@@ -276,3 +276,14 @@ def test_peft_from_pretrained_gives_the_files_factors(tmp_path, tiny_model):
     torch.testing.assert_close(layer.lora_B["default"].weight, adapter.factors["transformer.h.1.attn.c_attn"].B,
                                rtol=0, atol=0)
     assert layer.scaling["default"] == adapter.factors["transformer.h.1.attn.c_attn"].scaling == 2.0
+
+
+def test_eval_of_a_dense_compose_output_says_how_to_evaluate_it(tmp_path, tiny_model, data_root, capsys):
+    """compose --method ties writes a dense ΔW, not a PEFT folder: eval --adapter on it names the way that works."""
+    a, b = write_adapter(tmp_path / "a"), write_adapter(tmp_path / "b", seed=1)
+    rc, _, err = run_cli(["compose", a, b, "--method", "ties", "--out", tmp_path / "t"], capsys)
+    assert rc == 0, err
+    rc, _, err = run_cli(["eval", "--model", tiny_model, "--adapter", tmp_path / "t", "--domain", "math",
+                          "--data-root", data_root, *SMALL], capsys)
+    assert_user_error(rc, err, tmp_path / "t" / "adapter_config.json", "not a PEFT adapter folder",
+                      "dense_delta.safetensors", "--merge-into-base")

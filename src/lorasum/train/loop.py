@@ -311,7 +311,8 @@ def _optimise(
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(step_nll / n_answer)
-        if progress and (step % 20 == 0 or step == total - 1):  # reading the loss waits for the GPU
+        # reading the loss waits for an accelerator (every 20 steps there); on the CPU it costs nothing
+        if progress and (step % 20 == 0 or step == total - 1 or losses[-1].device.type == "cpu"):
             bar.set_postfix(loss=f"{float(losses[-1]):.3f} (step {step + 1})", tok_s=f"{tokens / elapsed():.0f}")
         if step + 1 < total and "signum" in stop:
             raise TrainingInterrupted(stop["signum"], step + 1, total, save(step + 1))
