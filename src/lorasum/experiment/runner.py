@@ -440,7 +440,8 @@ class _Context:
                 value = field(json.loads((path / name).read_text(encoding="utf-8")))
             except (OSError, ValueError, AttributeError, RecursionError):
                 continue
-            return value if isinstance(value, str) else None
+            if isinstance(value, str):  # a composed adapter's lorasum.json holds only its base-model record
+                return value
         return None
 
     @classmethod
