@@ -400,10 +400,10 @@ def _check_targets(cfg: dict, modules: list[str], where: Path) -> None:
     missing = [m for m in modules if not _peft_adapts(m, fields["target_modules"], fields["exclude_modules"], layers,
                                                       pattern)]
     if missing:
-        how = ", ".join(f"{k} {cfg[k]!r}" for k in ("target_modules", "exclude_modules", "layers_to_transform",
-                                                     "layers_pattern") if cfg.get(k) not in (None, [], ""))
-        verb = "does not name" if how.count(",") == 0 else "leaves out"
-        raise AdapterError(f"{where}: {how} {verb} module {missing[0]} of the weights ({len(missing)} of "
+        given = [f"{k} {cfg[k]!r}" for k in ("target_modules", "exclude_modules", "layers_to_transform",
+                                              "layers_pattern") if cfg.get(k) not in (None, [], "")]
+        verb = "does not name" if len(given) == 1 else "leaves out"
+        raise AdapterError(f"{where}: {', '.join(given)} {verb} module {missing[0]} of the weights ({len(missing)} of "
                            f"{len(modules)} modules); PEFT would not load these factors")
 
 
@@ -576,9 +576,8 @@ def peft_from_pretrained(model: torch.nn.Module, adapter: Adapter) -> torch.nn.M
         first = " ".join(str(e).split())[:200]
         raise AdapterError(f"{label}: PEFT finds no module of the base model to adapt ({first}); check "
                            "target_modules, exclude_modules and layers_to_transform in adapter_config.json") from None
-    prefix = "base_model.model."
     adapter_init = getattr(peft_model.peft_config.get("default"), "init_lora_weights", None)
-    layers = {name.removeprefix(prefix): m for name, m in peft_model.named_modules()
+    layers = {name.removeprefix(_PREFIX): m for name, m in peft_model.named_modules()
               if isinstance(m, LoraLayer) and "default" in getattr(m, "lora_A", {})}
     problem = None
     # a targeted module without factors in the file keeps PEFT's initialisation: harmless when B = 0 (PEFT's

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import importlib.util
 import json
 import logging
@@ -434,9 +435,9 @@ def load_model(
     CLI's ``--allow-pickle``).
 
     A GGUF model (such as ``smollm2-135m``) is converted by transformers at its first load (about
-    6 s on a 2-core CPU: the file is parsed once, :func:`_gguf_parsed_once`, and dequantised) and
-    the float32 result kept in :func:`model_cache_root` (files checked by SHA-256 at each load; a model over
-    :data:`CACHE_MAX_BYTES` is not kept); later loads read it from there (safetensors, under a
+    10 s in a fresh process on a 2-core CPU: the file is parsed once, :func:`_gguf_parsed_once`, and
+    dequantised) and the float32 result kept in :func:`model_cache_root` (files checked by SHA-256 at each
+    load; a model over :data:`CACHE_MAX_BYTES` is not kept); later loads read it from there (safetensors, under a
     second) and give the same weights, tokenizer and :class:`ModelInfo`. A kept copy that cannot
     be used is converted again, with a warning.
 
@@ -476,7 +477,8 @@ def _gguf_parsed_once() -> Iterator[None]:
     size, mtime), the name map per argument tuple; on exit the package's own functions are put back. The
     readers are read-only views of the file, so sharing one between the three loads gives the same
     config, tokenizer and weights (``tests/test_models.py`` checks weights against ``gguf.dequantize``).
-    First load of ``smollm2-135m`` on a 2-core CPU: 20.5 s → 5.9 s (BENCHMARKS.md). Nested use is a no-op.
+    First load of ``smollm2-135m`` in a fresh process on a 2-core CPU: 22.5 s → 9.9 s
+    (``benchmarks/bench_load_model.py``, BENCHMARKS.md). Nested use is a no-op.
     Not thread-safe (it rebinds two names of the ``gguf`` module for its duration).
 
     Raises:
@@ -489,7 +491,6 @@ def _gguf_parsed_once() -> Iterator[None]:
         return
     reader_cls, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
     readers: dict[tuple, Any] = {}
-    maps: dict[tuple, Any] = {}
 
     def reader(path: Any, mode: str = "r") -> Any:
         st = os.stat(path)
@@ -498,13 +499,8 @@ def _gguf_parsed_once() -> Iterator[None]:
             readers[key] = reader_cls(path, mode)
         return readers[key]
 
-    def tensor_name_map(*args: Any) -> Any:
-        if args not in maps:
-            maps[args] = name_map(*args)
-        return maps[args]
-
     reader._lorasum_memo = True  # type: ignore[attr-defined]
-    gguf.GGUFReader, gguf.get_tensor_name_map = reader, tensor_name_map
+    gguf.GGUFReader, gguf.get_tensor_name_map = reader, functools.lru_cache(maxsize=None)(name_map)
     try:
         yield
     finally:

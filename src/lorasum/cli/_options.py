@@ -301,7 +301,8 @@ def check_out_not_inputs(out: str, *inputs: str | None) -> None:
 
     from lorasum.storage import check_not_inputs
 
-    check_not_inputs(out, [p for p in inputs if p and os.path.lexists(os.path.expanduser(p))])
+    paths = [os.path.expanduser(p) for p in inputs if p]
+    check_not_inputs(out, [p for p in paths if os.path.lexists(p)])
 
 
 def experiment_inputs(args: argparse.Namespace, cfg: ExperimentConfig) -> list[str]:
@@ -321,4 +322,4 @@ def experiment_inputs(args: argparse.Namespace, cfg: ExperimentConfig) -> list[s
         for source in spec.sources:
             path = os.path.expanduser(source.path)
             paths.append(path if os.path.isabs(path) or root is None else os.path.join(root, path))
-    return [os.path.expanduser(p) for p in paths if p]
+    return [p for p in paths if p]  # expanded by check_out_not_inputs

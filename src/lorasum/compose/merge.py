@@ -92,14 +92,15 @@ def merge_into_base(model: torch.nn.Module, adapter: Adapter | DenseDelta) -> to
 
 def _untie(modules: list[torch.nn.Module], model: torch.nn.Module, label: str) -> None:
     """Give each of ``modules`` a weight of its own where it shares one with another module of ``model``."""
-    owners: dict[int, list[str]] = {}
+    owners: dict[int, list[str]] = {}  # id of a weight -> the modules holding it
+    names: dict[int, str] = {}  # id of a module -> its name
     for name, module in model.named_modules(remove_duplicate=False):
+        names[id(module)] = name
         weight = getattr(module, "weight", None)
         if isinstance(weight, torch.Tensor):
             owners.setdefault(id(weight), []).append(name)
-    by_module = {id(m): n for n, m in model.named_modules(remove_duplicate=False)}
     for module in modules:
-        sharing = [n for n in owners.get(id(module.weight), []) if n != by_module[id(module)]]
+        sharing = [n for n in owners.get(id(module.weight), []) if n != names[id(module)]]
         if not sharing:
             continue
         module.weight = torch.nn.Parameter(module.weight.detach().clone(), requires_grad=module.weight.requires_grad)
@@ -107,5 +108,5 @@ def _untie(modules: list[torch.nn.Module], model: torch.nn.Module, label: str) -
         if getattr(config, "tie_word_embeddings", False):
             config.tie_word_embeddings = False
         log.warning("%s: %s shares its weight with %s; untied, so that only %s gets the ΔW (the merged model keeps "
-                    "both weights, tie_word_embeddings false)", label, by_module[id(module)], ", ".join(sharing),
-                    by_module[id(module)])
+                    "both weights, tie_word_embeddings false)", label, names[id(module)], ", ".join(sharing),
+                    names[id(module)])
